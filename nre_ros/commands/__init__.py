@@ -1,0 +1,1 @@
+"""Sub-commands of ``nre-ros`` (one module each, discovered by ``nre_ros.cli``)."""

@@ -1,0 +1,1 @@
+"""eval of nre_ros."""

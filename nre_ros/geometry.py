@@ -1,0 +1,149 @@
+"""Rigid-body geometry on numpy arrays (float64).
+
+Conventions (used everywhere in nre_ros):
+- ``T_a_b`` is a (4, 4) homogeneous transform that maps a point from frame b to frame a:
+  ``p_a = T_a_b @ p_b``. Compose by cancelling inner letters: ``T_a_c = T_a_b @ T_b_c``.
+- Camera frames are optical frames (REP 103 / OpenCV): x right, y down, z forward.
+- Quaternions are Hamilton, scalar last ``(qx, qy, qz, qw)`` as in ROS and TUM files.
+- Rotation vectors (axis * angle, radians) are used for small increments and errors.
+
+The solver has torch twins of the few functions it needs on batches (``nre_ros.solver``).
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy.spatial.transform import Rotation
+
+from nre_ros.errors import ShapeError
+
+
+def _check_transform(T: np.ndarray, name: str = 'T') -> np.ndarray:
+    T = np.asarray(T, dtype=np.float64)
+    if T.shape[-2:] != (4, 4):
+        raise ShapeError(f'{name} must have shape (..., 4, 4), got {T.shape}')
+    return T
+
+
+def make_transform(R: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Build (..., 4, 4) transforms from rotations (..., 3, 3) and translations (..., 3)."""
+    R = np.asarray(R, dtype=np.float64)
+    t = np.asarray(t, dtype=np.float64)
+    T = np.zeros(R.shape[:-2] + (4, 4))
+    T[..., :3, :3] = R
+    T[..., :3, 3] = t
+    T[..., 3, 3] = 1.0
+    return T
+
+
+def invert(T_a_b: np.ndarray) -> np.ndarray:
+    """Inverse of rigid transforms (..., 4, 4): returns ``T_b_a``."""
+    T_a_b = _check_transform(T_a_b, 'T_a_b')
+    R = T_a_b[..., :3, :3]
+    t = T_a_b[..., :3, 3]
+    R_inv = np.swapaxes(R, -1, -2)
+    return make_transform(R_inv, -np.einsum('...ij,...j->...i', R_inv, t))
+
+
+def transform_points(T_a_b: np.ndarray, points_b: np.ndarray) -> np.ndarray:
+    """Map (N, 3) points from frame b to frame a with a (4, 4) transform."""
+    T_a_b = _check_transform(T_a_b, 'T_a_b')
+    points_b = np.asarray(points_b, dtype=np.float64)
+    if points_b.shape[-1] != 3:
+        raise ShapeError(f'points must have shape (N, 3), got {points_b.shape}')
+    return points_b @ T_a_b[:3, :3].T + T_a_b[:3, 3]
+
+
+def quat_to_matrix(q_xyzw: np.ndarray) -> np.ndarray:
+    """Unit quaternions (..., 4) scalar last -> rotation matrices (..., 3, 3). Normalizes q."""
+    q = np.asarray(q_xyzw, dtype=np.float64)
+    if q.shape[-1] != 4:
+        raise ShapeError(f'quaternion must have shape (..., 4), got {q.shape}')
+    norm = np.linalg.norm(q, axis=-1)
+    if not np.all(np.isfinite(norm)) or np.any(norm < 1e-9):
+        raise ShapeError('quaternion has zero or non-finite norm')
+    return Rotation.from_quat(q.reshape(-1, 4)).as_matrix().reshape(q.shape[:-1] + (3, 3))
+
+
+def matrix_to_quat(R: np.ndarray) -> np.ndarray:
+    """Rotation matrices (..., 3, 3) -> unit quaternions (..., 4), scalar last, qw >= 0."""
+    R = np.asarray(R, dtype=np.float64)
+    q = Rotation.from_matrix(R.reshape(-1, 3, 3)).as_quat()
+    q = np.where(q[:, 3:4] < 0, -q, q)
+    return q.reshape(R.shape[:-2] + (4,))
+
+
+def pose_to_tum(T_world_cam: np.ndarray) -> np.ndarray:
+    """(..., 4, 4) transforms -> (..., 7) rows ``tx ty tz qx qy qz qw``."""
+    T = _check_transform(T_world_cam, 'T_world_cam')
+    return np.concatenate([T[..., :3, 3], matrix_to_quat(T[..., :3, :3])], axis=-1)
+
+
+def tum_to_pose(rows: np.ndarray) -> np.ndarray:
+    """(..., 7) rows ``tx ty tz qx qy qz qw`` -> (..., 4, 4) transforms."""
+    rows = np.asarray(rows, dtype=np.float64)
+    if rows.shape[-1] != 7:
+        raise ShapeError(f'TUM pose rows must have 7 values, got {rows.shape}')
+    return make_transform(quat_to_matrix(rows[..., 3:]), rows[..., :3])
+
+
+def so3_exp(rotvec: np.ndarray) -> np.ndarray:
+    """Rotation vectors (..., 3) -> rotation matrices (..., 3, 3)."""
+    rotvec = np.asarray(rotvec, dtype=np.float64)
+    return Rotation.from_rotvec(rotvec.reshape(-1, 3)).as_matrix().reshape(rotvec.shape + (3,))
+
+
+def so3_log(R: np.ndarray) -> np.ndarray:
+    """Rotation matrices (..., 3, 3) -> rotation vectors (..., 3)."""
+    R = np.asarray(R, dtype=np.float64)
+    return Rotation.from_matrix(R.reshape(-1, 3, 3)).as_rotvec().reshape(R.shape[:-2] + (3,))
+
+
+def skew(v: np.ndarray) -> np.ndarray:
+    """(..., 3) vectors -> (..., 3, 3) cross-product matrices ``[v]x``."""
+    v = np.asarray(v, dtype=np.float64)
+    S = np.zeros(v.shape + (3,))
+    S[..., 0, 1], S[..., 0, 2] = -v[..., 2], v[..., 1]
+    S[..., 1, 0], S[..., 1, 2] = v[..., 2], -v[..., 0]
+    S[..., 2, 0], S[..., 2, 1] = -v[..., 1], v[..., 0]
+    return S
+
+
+def adjoint(T_a_b: np.ndarray) -> np.ndarray:
+    """(6, 6) adjoint of a transform for twists ordered (translation, rotation).
+
+    ``Ad(T) = [[R, [t]x R], [0, R]]``: maps a left increment in frame b to frame a.
+    """
+    T_a_b = _check_transform(T_a_b, 'T_a_b')
+    R, t = T_a_b[:3, :3], T_a_b[:3, 3]
+    A = np.zeros((6, 6))
+    A[:3, :3] = R
+    A[:3, 3:] = skew(t) @ R
+    A[3:, 3:] = R
+    return A
+
+
+def pose_error(T_est: np.ndarray, T_gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Translation (m) and rotation (deg) errors between camera poses ``T_cam_world``.
+
+    The translation error compares camera centres, so it does not depend on which direction
+    the transforms map. Works on (4, 4) or batched (N, 4, 4) arrays.
+    """
+    T_est = _check_transform(T_est, 'T_est')
+    T_gt = _check_transform(T_gt, 'T_gt')
+    c_est = invert(T_est)[..., :3, 3]
+    c_gt = invert(T_gt)[..., :3, 3]
+    dt = np.linalg.norm(c_est - c_gt, axis=-1)
+    R_delta = T_est[..., :3, :3] @ np.swapaxes(T_gt[..., :3, :3], -1, -2)
+    cos = (np.trace(R_delta, axis1=-2, axis2=-1) - 1.0) / 2.0
+    dr = np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
+    return dt, dr
+
+
+def is_rigid(T: np.ndarray, atol: float = 1e-5) -> bool:
+    """True if T is a finite (4, 4) rigid transform (orthonormal R, det +1, last row 0 0 0 1)."""
+    T = np.asarray(T, dtype=np.float64)
+    if T.shape != (4, 4) or not np.all(np.isfinite(T)):
+        return False
+    R = T[:3, :3]
+    return (np.allclose(R @ R.T, np.eye(3), atol=atol) and abs(np.linalg.det(R) - 1.0) < atol
+            and np.allclose(T[3], [0, 0, 0, 1], atol=atol))

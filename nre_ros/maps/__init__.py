@@ -1,0 +1,1 @@
+"""maps of nre_ros."""

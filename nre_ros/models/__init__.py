@@ -1,0 +1,1 @@
+"""models of nre_ros."""
