@@ -1,0 +1,69 @@
+"""What a localization attempt returns: a trusted ``Result`` or a ``Failure`` with a reason.
+
+A ``Failure`` is a normal outcome (not an exception) and never carries a pose to publish.
+Shared by the solver, the pipeline, the evaluation tools and the ROS node.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Union
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Result:
+    """A pose the verdict trusts.
+
+    Attributes:
+        T_cam_world: (4, 4) float64, maps world (map) points into the camera optical frame.
+        covariance: (6, 6) float64 covariance of a left increment xi = (rho, phi) on
+            T_cam_world (T <- exp(xi) T), translation first, metres / radians. Symmetric PD.
+        cost: final NRE cost (sum over points, nats).
+        mean_cost: cost / number of points used.
+        num_points: points used by the final stage.
+        num_supported: points whose final NRE is well below ln|Omega| (the supporting set).
+        iterations: total solver iterations (all stages).
+        timings_ms: per-stage wall times, e.g. {'lossmaps': .., 'msac': .., 'coarse': ..}.
+        info: free-form diagnostics (stage costs, runner-up margin, ...), JSON-serializable.
+    """
+
+    T_cam_world: np.ndarray
+    covariance: np.ndarray
+    cost: float
+    mean_cost: float
+    num_points: int
+    num_supported: int
+    iterations: int
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    info: dict = field(default_factory=dict)
+
+    ok: bool = field(default=True, init=False)
+
+    @property
+    def T_world_cam(self) -> np.ndarray:
+        R, t = self.T_cam_world[:3, :3], self.T_cam_world[:3, 3]
+        T = np.eye(4)
+        T[:3, :3] = R.T
+        T[:3, 3] = -R.T @ t
+        return T
+
+
+@dataclass(frozen=True)
+class Failure:
+    """No trustworthy pose. ``reason`` is a short stable code, ``detail`` a sentence for humans.
+
+    Reason codes in use: 'too_few_points', 'too_few_peaked_maps', 'no_hypothesis',
+    'degenerate_geometry', 'diverged', 'cost_too_high', 'ambiguous', 'too_few_supported',
+    'covariance_too_large', 'bad_input', 'no_keyframes'.
+    """
+
+    reason: str
+    detail: str = ''
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    info: dict = field(default_factory=dict)
+
+    ok: bool = field(default=False, init=False)
+
+
+Outcome = Union[Result, Failure]
