@@ -1,0 +1,105 @@
+"""Query image preparation: undistort, resize and in-plane rotation, with consistent cameras.
+
+Every function returns the new image together with the camera that describes it, so the solver
+always works on a pinhole camera of exactly the image it sees. Rotations are quarter turns:
+``np.rot90(image, k)`` turns the image counter-clockwise; the matching camera frame ``rcam``
+is the original optical frame rotated about its z axis, ``p_rcam = R_rcam_cam @ p_cam``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import cv2
+import numpy as np
+
+from nre_ros.camera import Camera
+from nre_ros.errors import InputError
+
+# One counter-clockwise quarter turn of the image: (u, v) -> (v, W - 1 - u), i.e. in camera
+# coordinates (x, y, z) -> (y, -x, z).
+_R_QUARTER = np.array([[0.0, 1.0, 0.0], [-1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """An image ready for the network and the pinhole camera that describes it.
+
+    Attributes:
+        image: (H, W, 3) uint8 RGB.
+        camera: pinhole Camera of ``image`` (no distortion).
+        R_img_cam: (3, 3) rotation from the caller's camera frame to this image's camera frame
+            (identity unless the image was rotated).
+        quarter_turns: number of counter-clockwise quarter turns applied.
+    """
+
+    image: np.ndarray
+    camera: Camera
+    R_img_cam: np.ndarray
+    quarter_turns: int = 0
+
+
+def check_image_matches_camera(image: np.ndarray, camera: Camera) -> None:
+    """InputError unless ``image`` is (H, W, 3) uint8 with the camera's size."""
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
+        raise InputError(f'image must be an HxWx3 array, got {getattr(image, "shape", image)}')
+    if image.dtype != np.uint8:
+        raise InputError(f'image must be uint8, got {image.dtype}')
+    if image.shape[0] != camera.height or image.shape[1] != camera.width:
+        raise InputError(f'image is {image.shape[1]}x{image.shape[0]} but the camera is '
+                         f'{camera.width}x{camera.height}')
+
+
+@lru_cache(maxsize=8)
+def _undistort_maps(key: bytes, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    values = np.frombuffer(key, dtype=np.float64)
+    K, dist = values[:9].reshape(3, 3), values[9:]
+    return cv2.initUndistortRectifyMap(K, dist, None, K, (width, height), cv2.CV_32FC1)
+
+
+def undistort(image: np.ndarray, camera: Camera) -> tuple[np.ndarray, Camera]:
+    """Remove lens distortion; the result is a pinhole image with the same K and size."""
+    if not camera.has_distortion:
+        return image, camera
+    key = np.concatenate([camera.K.ravel(), camera.dist]).tobytes()
+    map_x, map_y = _undistort_maps(key, camera.width, camera.height)
+    out = cv2.remap(image, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return out, Camera(camera.width, camera.height, camera.K)
+
+
+def resize_max_side(image: np.ndarray, camera: Camera, max_side: int) -> tuple[np.ndarray, Camera]:
+    """Shrink so the longer side is at most ``max_side`` (never enlarges)."""
+    if max(camera.width, camera.height) <= max_side:
+        return image, camera
+    new_cam = camera.resized_max_side(max_side)
+    out = cv2.resize(image, (new_cam.width, new_cam.height), interpolation=cv2.INTER_AREA)
+    return out, new_cam
+
+
+def rotate_quarter_turns(image: np.ndarray, camera: Camera, k: int
+                         ) -> tuple[np.ndarray, Camera, np.ndarray]:
+    """Rotate image and pinhole camera by k counter-clockwise quarter turns.
+
+    Returns:
+        image: rotated (H', W', 3) image.
+        camera: its pinhole camera.
+        R_rcam_cam: (3, 3) rotation mapping original camera coordinates to rotated ones.
+    """
+    k = k % 4
+    R = np.eye(3)
+    cam = camera
+    for _ in range(k):
+        fx, fy, cx, cy, W = cam.fx, cam.fy, cam.cx, cam.cy, cam.width
+        cam = Camera.from_params(cam.height, cam.width, fy, fx, cy, W - 1 - cx)
+        R = _R_QUARTER @ R
+    return np.ascontiguousarray(np.rot90(image, k)), cam, R
+
+
+def prepare(image: np.ndarray, camera: Camera, max_side: int, quarter_turns: int = 0
+            ) -> PreparedImage:
+    """Validate, undistort, resize and rotate a query image."""
+    check_image_matches_camera(image, camera)
+    img, cam = undistort(image, camera)
+    img, cam = resize_max_side(img, cam, max_side)
+    img, cam, R = rotate_quarter_turns(img, cam, quarter_turns)
+    return PreparedImage(img, cam, R, quarter_turns % 4)

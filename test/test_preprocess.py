@@ -1,0 +1,60 @@
+import numpy as np
+import pytest
+
+from nre_ros.camera import Camera
+from nre_ros.errors import InputError
+from nre_ros.preprocess import prepare, rotate_quarter_turns, undistort
+
+
+@pytest.mark.parametrize('k', [0, 1, 2, 3])
+def test_rotated_camera_sees_the_rotated_image(k):
+    """A marked pixel lands where the rotated camera projects the same 3D point."""
+    cam = Camera.from_params(64, 48, 60.0, 55.0, 30.2, 22.7)
+    p_cam = np.array([[0.1, -0.05, 1.0]])
+    uv, _ = cam.project(p_cam)
+    u, v = np.round(uv[0]).astype(int)
+    img = np.zeros((48, 64, 3), np.uint8)
+    img[v, u] = 255
+    rimg, rcam, R = rotate_quarter_turns(img, cam, k)
+    assert rimg.shape[:2] == (rcam.height, rcam.width)
+    ruv, valid = rcam.project(p_cam @ R.T)
+    rv, ru = np.argwhere(rimg[..., 0] == 255)[0]
+    assert valid[0]
+    # the marked pixel is the rounded projection; the rotated projection is within 0.5 px of it
+    assert np.all(np.abs(ruv[0] - [ru, rv]) <= 0.5 + 1e-9)
+    assert np.allclose(R @ R.T, np.eye(3)) and np.isclose(np.linalg.det(R), 1.0)
+
+
+def test_undistort_makes_straight_projection(fr1_rpy):
+    frame = fr1_rpy[0]
+    img = fr1_rpy.load_rgb(frame)
+    out, cam = undistort(img, fr1_rpy.camera)
+    assert out.shape == img.shape and not cam.has_distortion
+    # the undistorted image at the pinhole projection shows what the raw image shows at the
+    # distorted projection of the same 3D point
+    rng = np.random.default_rng(0)
+    pts = np.concatenate([rng.uniform(-0.5, 0.5, (40, 2)), np.ones((40, 1))], 1)
+    uv_raw, ok_raw = fr1_rpy.camera.project(pts)
+    uv_und, ok_und = cam.project(pts)
+    ok = ok_raw & ok_und & cam.in_image(uv_und, margin=3) & cam.in_image(uv_raw, margin=3)
+    iu, iv = np.round(uv_und[ok]).astype(int).T
+    ru, rv = np.round(uv_raw[ok]).astype(int).T
+    diff = np.abs(out[iv, iu].astype(int) - img[rv, ru].astype(int)).mean()
+    shuffled = np.abs(out[iv, iu].astype(int) - img[np.roll(rv, 7), np.roll(ru, 7)]).mean()
+    assert diff < 15 and shuffled > 2 * diff
+    assert np.median(np.linalg.norm(uv_raw - uv_und, axis=1)) > 3   # distortion matters
+
+
+def test_prepare_rejects_size_mismatch():
+    cam = Camera.from_params(640, 480, 500, 500, 319.5, 239.5)
+    with pytest.raises(InputError, match='camera is 640x480'):
+        prepare(np.zeros((240, 320, 3), np.uint8), cam, 640)
+    with pytest.raises(InputError, match='uint8'):
+        prepare(np.zeros((480, 640, 3), np.float32), cam, 640)
+
+
+def test_prepare_resizes_longer_side():
+    cam = Camera.from_params(1600, 1063, 1789.6, 1790.4, 799.5, 531.0)
+    prep = prepare(np.zeros((1063, 1600, 3), np.uint8), cam, 640)
+    assert prep.image.shape == (425, 640, 3)
+    assert (prep.camera.width, prep.camera.height) == (640, 425)
