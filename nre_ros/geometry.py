@@ -147,3 +147,17 @@ def is_rigid(T: np.ndarray, atol: float = 1e-5) -> bool:
     R = T[:3, :3]
     return (np.allclose(R @ R.T, np.eye(3), atol=atol) and abs(np.linalg.det(R) - 1.0) < atol
             and np.allclose(T[3], [0, 0, 0, 1], atol=atol))
+
+
+def se3_log(T: np.ndarray) -> np.ndarray:
+    """(4, 4) rigid transform -> twist (rho, phi) (6,) with ``T = expm(hat(rho, phi))``."""
+    T = _check_transform(T, 'T')
+    phi = so3_log(T[:3, :3])
+    theta = np.linalg.norm(phi)
+    W = skew(phi)
+    if theta < 1e-8:
+        V_inv = np.eye(3) - 0.5 * W
+    else:
+        coef = (1.0 - theta * np.sin(theta) / (2.0 * (1.0 - np.cos(theta)))) / theta**2
+        V_inv = np.eye(3) - 0.5 * W + coef * (W @ W)
+    return np.concatenate([V_inv @ T[:3, 3], phi])
