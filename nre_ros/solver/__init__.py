@@ -1,1 +1,21 @@
-"""solver of nre_ros."""
+"""NRE solver core (ROS-free): MSAC+P3P initialization, GNC refinement, covariance, verdict.
+
+Public API::
+
+    solve(points_world, coarse, K_coarse, config=SolverConfig(), fine=None, T_init=None)
+        -> Result | Failure
+    msac(points_world, maps, K, MsacConfig) -> MsacResult           # stage 1
+    refine(points_world, maps, K, T_init, GncConfig) -> RefineResult  # stage 2 (any level)
+    information(points_world, maps, K, T, sigma, GncConfig, kind) -> (6, 6)
+    p3p(bearings, points) -> R, t, valid                              # batched P3P
+    baselines.re_opencv_magsac(...), baselines.re_poselib(...)      # RE on argmax matches
+"""
+from nre_ros.solver.core import (FineLevel, SolverConfig, VerdictConfig, evaluate_pose,
+                                 point_nre, solve)
+from nre_ros.solver.gnc import GncConfig, RefineResult, information, refine
+from nre_ros.solver.msac import MsacConfig, MsacResult, msac
+from nre_ros.solver.p3p import p3p
+
+__all__ = ['solve', 'SolverConfig', 'VerdictConfig', 'FineLevel', 'GncConfig', 'MsacConfig',
+           'MsacResult', 'RefineResult', 'msac', 'refine', 'information', 'p3p', 'point_nre',
+           'evaluate_pose']

@@ -1,0 +1,314 @@
+"""Dense NRE loss maps (Germain et al. CVPR 2021, §3-5 and App. D.1).
+
+For map point n with descriptor h_n and query descriptors H_q (C x h x w), the correspondence map
+is ``C_n = softmax_p(tau * h_n . H_q(p))`` over the h*w cells of the grid; the category "out" has
+mass 0, so ``|Omega| = h*w + 1``. The NRE loss map is ``L_n(p) = min(-ln C_n(p), ln|Omega|)``.
+
+Coordinates: a map cell (x, y) is centred on grid coordinate (x, y) (OpenCV convention, centres
+at integers, see nre_ros.camera). Local (fine) maps are windows: cell (i, j) of window n lies at
+grid coordinate ``origin[n] + (j, i)``; everything outside a window costs ``ln|Omega|``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from nre_ros.errors import ShapeError
+
+__all__ = ['LossMaps', 'coarse_loss_maps', 'loss_maps_from_logits', 'fine_loss_maps',
+           'fine_loss_maps_from_logits', 'window_origins']
+
+
+@dataclass(frozen=True)
+class LossMaps:
+    """Truncated NRE loss maps of N points.
+
+    Attributes:
+        maps: (N, h, w) float32, values in [0, ln_omega]. Full-grid maps have (h, w) equal to the
+            grid size; window maps are (N, S, S) placed at ``origin``.
+        ln_omega: ln|Omega| of the grid the maps live on (cap and cost of "out").
+        grid_size: (W, H) of the full feature grid.
+        origin: (N, 2) int64 grid coordinates (x0, y0) of window cell (0, 0), or None for
+            full-grid maps (origin 0).
+    """
+
+    maps: Tensor
+    ln_omega: float
+    grid_size: tuple[int, int]
+    origin: Tensor | None = None
+
+    @property
+    def num_points(self) -> int:
+        return int(self.maps.shape[0])
+
+    @property
+    def nbytes(self) -> int:
+        return self.maps.numel() * self.maps.element_size()
+
+    def select(self, index: Tensor) -> 'LossMaps':
+        """Maps of a subset of points; ``index`` (M,) long or (N,) bool."""
+        origin = None if self.origin is None else self.origin[index]
+        return LossMaps(self.maps[index], self.ln_omega, self.grid_size, origin)
+
+    def to_local(self, uv: Tensor) -> Tensor:
+        """(..., N, 2) grid coordinates -> coordinates in each point's map (window) frame."""
+        if self.origin is None:
+            return uv
+        return uv - self.origin.to(uv.dtype)
+
+    def min_loss(self) -> tuple[Tensor, Tensor]:
+        """Per-map minimum loss (N,) and its cell as (N, 2) int64 grid coordinates (x, y)."""
+        n, h, w = self.maps.shape
+        value, flat = self.maps.reshape(n, h * w).min(dim=1)
+        xy = torch.stack([flat % w, flat // w], dim=1)
+        if self.origin is not None:
+            xy = xy + self.origin
+        return value, xy
+
+    def peakedness(self) -> Tensor:
+        """(N,) ``ln|Omega| - min_p L_n(p)`` = ln(|Omega| max_p C_n(p)): 0 for a flat map."""
+        return self.ln_omega - self.min_loss()[0]
+
+    def argmin_uv(self, subcell: bool = True) -> Tensor:
+        """(N, 2) float grid coordinates of each map's minimum.
+
+        With ``subcell`` the minimum is refined by the centroid of ``exp(-L)`` over its 3x3
+        neighbourhood (cells outside the map get no mass).
+        """
+        n, h, w = self.maps.shape
+        flat = self.maps.reshape(n, h * w).argmin(dim=1)
+        x, y = flat % w, flat // w
+        uv = torch.stack([x, y], dim=1).to(torch.float32)
+        if subcell:
+            d = torch.tensor([-1, 0, 1], device=flat.device)
+            xs = (x[:, None, None] + d[None, None, :]).expand(n, 3, 3)
+            ys = (y[:, None, None] + d[None, :, None]).expand(n, 3, 3)
+            inside = (xs >= 0) & (xs < w) & (ys >= 0) & (ys < h)
+            idx = (ys.clamp(0, h - 1) * w + xs.clamp(0, w - 1)).reshape(n, 9)
+            loss = self.maps.reshape(n, h * w).gather(1, idx).reshape(n, 3, 3)
+            mass = torch.exp(loss.min(dim=1, keepdim=True)[0].min(dim=2, keepdim=True)[0] - loss)
+            mass = mass * inside
+            total = mass.sum(dim=(1, 2))
+            dx = (mass * d[None, None, :]).sum(dim=(1, 2)) / total
+            dy = (mass * d[None, :, None]).sum(dim=(1, 2)) / total
+            uv = uv + torch.stack([dx, dy], dim=1)
+        if self.origin is not None:
+            uv = uv + self.origin.to(uv.dtype)
+        return uv
+
+    def lookup(self, uv: Tensor, valid: Tensor | None = None) -> Tensor:
+        """Bilinear lookup of L_n at grid coordinates (the NRE of Eq. 4 with s_n = 1, truncated).
+
+        Each of the 4 neighbouring cells that lies outside the map costs ln|Omega| (the "out"
+        category), as does every point with ``valid`` False (e.g. behind the camera).
+
+        Args:
+            uv: (..., N, 2) grid coordinates (x, y); leading dims broadcast (e.g. M hypotheses).
+            valid: optional (..., N) bool.
+
+        Returns:
+            (..., N) float32 NRE values in [0, ln_omega].
+        """
+        n, h, w = self.maps.shape
+        if uv.shape[-2] != n or uv.shape[-1] != 2:
+            raise ShapeError(f'uv must have shape (..., {n}, 2), got {tuple(uv.shape)}')
+        uv = self.to_local(uv)
+        lead = uv.shape[:-2]
+        uv = uv.reshape(-1, n, 2)
+        finite = torch.isfinite(uv).all(dim=-1)
+        uv = torch.where(finite[..., None], uv, torch.full_like(uv, -10.0))
+        x0f = torch.floor(uv[..., 0])
+        y0f = torch.floor(uv[..., 1])
+        fx = (uv[..., 0] - x0f).to(self.maps.dtype)
+        fy = (uv[..., 1] - y0f).to(self.maps.dtype)
+        x0 = x0f.clamp(-2, w + 1).long()
+        y0 = y0f.clamp(-2, h + 1).long()
+        flat = self.maps.reshape(n, h * w)
+        row = torch.arange(n, device=flat.device) * (h * w)
+        out = torch.zeros(uv.shape[:-1], dtype=self.maps.dtype, device=self.maps.device)
+        for dx, dy, wgt in ((0, 0, (1 - fx) * (1 - fy)), (1, 0, fx * (1 - fy)),
+                            (0, 1, (1 - fx) * fy), (1, 1, fx * fy)):
+            xi, yi = x0 + dx, y0 + dy
+            inside = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
+            idx = row + yi.clamp(0, h - 1) * w + xi.clamp(0, w - 1)
+            val = flat.reshape(-1)[idx]
+            out = out + wgt * torch.where(inside, val, torch.full_like(val, self.ln_omega))
+        ok = finite if valid is None else finite & valid.reshape(-1, n)
+        out = torch.where(ok, out, torch.full_like(out, self.ln_omega))
+        return out.reshape(lead + (n,))
+
+
+def loss_maps_from_logits(logits: Tensor, ln_omega: float | None = None) -> LossMaps:
+    """Truncated loss maps from full-grid matching logits.
+
+    Args:
+        logits: (N, h, w) scores; C_n = softmax over the h*w cells. Consumed: computed in place
+            when it is a float32 tensor that does not require grad.
+        ln_omega: cap; default ln(h*w + 1).
+
+    Returns:
+        LossMaps with (N, h, w) float32 maps ``min(-ln C_n, ln|Omega|)``.
+    """
+    if logits.ndim != 3:
+        raise ShapeError(f'logits must have shape (N, h, w), got {tuple(logits.shape)}')
+    n, h, w = logits.shape
+    if ln_omega is None:
+        ln_omega = math.log(h * w + 1)
+    flat = logits.reshape(n, h * w)
+    if flat.dtype != torch.float32 or flat.requires_grad:
+        flat = flat.float().clone()
+    lse = torch.logsumexp(flat, dim=1, keepdim=True)
+    # L = lse - logit, truncated; in place to hold a single (N, h*w) buffer.
+    maps = flat.neg_().add_(lse).clamp_(max=ln_omega)
+    return LossMaps(maps.reshape(n, h, w), float(ln_omega), (w, h))
+
+
+def coarse_loss_maps(query_desc: Tensor, point_desc: Tensor, inv_temperature: float,
+                     normalize: bool = False) -> LossMaps:
+    """Loss maps of N map points on a dense query descriptor grid (one matmul + logsumexp).
+
+    Args:
+        query_desc: (C, h, w) query descriptors.
+        point_desc: (N, C) map point descriptors, same device.
+        inv_temperature: tau multiplying the dot products (about 20 for XFeat's L2-normalised
+            64-d descriptors; 1.0 for NRE's raw descriptors).
+        normalize: L2-normalise both descriptor sets first.
+
+    Returns:
+        LossMaps with (N, h, w) float32 maps, ln_omega = ln(h*w + 1), grid_size (w, h).
+    """
+    if query_desc.ndim != 3 or point_desc.ndim != 2 or point_desc.shape[1] != query_desc.shape[0]:
+        raise ShapeError(f'expected query_desc (C, h, w) and point_desc (N, C), got '
+                         f'{tuple(query_desc.shape)} and {tuple(point_desc.shape)}')
+    c, h, w = query_desc.shape
+    q = query_desc.reshape(c, h * w).float()
+    p = point_desc.float()
+    if normalize:
+        q = torch.nn.functional.normalize(q, dim=0)
+        p = torch.nn.functional.normalize(p, dim=1)
+    logits = (p * float(inv_temperature)) @ q
+    return loss_maps_from_logits(logits.reshape(-1, h, w))
+
+
+def window_origins(centres: Tensor, window: int) -> Tensor:
+    """(N, 2) int64 top-left cells of S x S windows centred on (N, 2) grid coordinates.
+
+    The window centre ``origin + (S-1)/2`` is within half a cell of the requested centre.
+    """
+    return torch.round(centres - (window - 1) / 2.0).long()
+
+
+def fine_loss_maps(query_desc: Tensor, point_desc: Tensor, centres: Tensor, coarse: LossMaps,
+                   fine_per_coarse: float, inv_temperature: float, window: int = 16,
+                   divisor: float = 1.0, normalize: bool = False,
+                   chunk: int = 512) -> LossMaps:
+    """Local fine loss maps in windows around given fine-grid centres (App. D.1).
+
+    The softmax runs over the window cells that lie inside the fine grid; the window's mass is
+    the coarse probability ``exp(-L_coarse)`` integrated over the area the window covers (so a
+    window holds what the coarse map believes it should), optionally divided by ``divisor``.
+
+    Args:
+        query_desc: (C, Hf, Wf) fine query descriptors.
+        point_desc: (N, C) fine map point descriptors.
+        centres: (N, 2) fine-grid coordinates the windows are centred on (e.g. reprojections
+            under the coarse pose).
+        coarse: the same N points' coarse LossMaps (full grid).
+        fine_per_coarse: fine cells per coarse cell (coarse stride / fine stride, e.g. 4).
+        inv_temperature: tau for the fine softmax.
+        window: S, window side in fine cells.
+        divisor: extra divisor of the window mass (1 = mass preserving; the paper uses 64).
+        normalize: L2-normalise descriptors first.
+        chunk: points per gather (bounds memory to chunk * S^2 * C floats).
+
+    Returns:
+        LossMaps with (N, S, S) maps, ``origin`` (N, 2), grid (Wf, Hf), ln_omega = ln(Hf*Wf + 1).
+    """
+    c, hf, wf = query_desc.shape
+    n = point_desc.shape[0]
+    if centres.shape != (n, 2) or coarse.num_points != n:
+        raise ShapeError(f'centres must be ({n}, 2) and coarse maps must hold {n} points')
+    q = query_desc.float()
+    p = point_desc.float()
+    if normalize:
+        q = torch.nn.functional.normalize(q, dim=0)
+        p = torch.nn.functional.normalize(p, dim=1)
+    origin = window_origins(centres.float(), window)
+    d = torch.arange(window, device=q.device)
+    qflat = q.reshape(c, hf * wf).T  # (Hf*Wf, C)
+    logits = torch.empty(n, window, window, device=q.device)
+    for s in range(0, n, chunk):
+        o = origin[s:s + chunk]
+        xs = (o[:, 0, None, None] + d[None, None, :]).clamp(0, wf - 1)
+        ys = (o[:, 1, None, None] + d[None, :, None]).clamp(0, hf - 1)
+        patch = qflat[(ys * wf + xs).reshape(-1)].reshape(-1, window * window, c)
+        logits[s:s + chunk] = torch.einsum('mkc,mc->mk', patch, p[s:s + chunk] * inv_temperature
+                                           ).reshape(-1, window, window)
+    return fine_loss_maps_from_logits(logits, origin, coarse, fine_per_coarse, (wf, hf), divisor)
+
+
+def fine_loss_maps_from_logits(logits: Tensor, origin: Tensor, coarse: LossMaps,
+                               fine_per_coarse: float, grid_size: tuple[int, int],
+                               divisor: float = 1.0) -> LossMaps:
+    """Fine window loss maps from window logits.
+
+    Args:
+        logits: (N, S, S) matching scores of the window cells (cells outside the fine grid are
+            ignored whatever their value).
+        origin: (N, 2) int64 fine-grid coordinates of window cell (0, 0).
+        coarse: (N, h, w) full-grid coarse LossMaps of the same points.
+        fine_per_coarse: fine cells per coarse cell (r); fine coordinate x_f maps to coarse
+            ``(x_f + 0.5) / r - 0.5``.
+        grid_size: (Wf, Hf) of the fine grid.
+        divisor: extra divisor of the window mass.
+
+    Returns:
+        LossMaps (N, S, S) with ``L = min(-ln(softmax_window * mass / divisor), ln|Omega_f|)``.
+    """
+    n, s, _ = logits.shape
+    wf, hf = grid_size
+    ln_omega = math.log(wf * hf + 1)
+    d = torch.arange(s, device=logits.device)
+    xs = origin[:, 0, None] + d[None, :]
+    ys = origin[:, 1, None] + d[None, :]
+    inside = (((xs >= 0) & (xs < wf))[:, None, :] & ((ys >= 0) & (ys < hf))[:, :, None])
+    logits = logits.float().masked_fill(~inside, float('-inf'))
+    log_soft = torch.log_softmax(logits.reshape(n, -1), dim=1).reshape(n, s, s)
+    log_mass = _coarse_log_mass(coarse, origin, s, fine_per_coarse, grid_size)
+    loss = -(log_soft + log_mass[:, None, None]) + math.log(divisor)
+    loss = torch.nan_to_num(loss, nan=ln_omega, posinf=ln_omega).clamp(0.0, ln_omega)
+    loss = loss.masked_fill(~inside, ln_omega)
+    return LossMaps(loss.contiguous(), ln_omega, (wf, hf), origin)
+
+
+def _coarse_log_mass(coarse: LossMaps, origin: Tensor, s: int, r: float,
+                     grid_size: tuple[int, int]) -> Tensor:
+    """(N,) log of the coarse mass exp(-L) over the area a fine window covers (exact overlap).
+
+    The window covers fine interval [x0 - 0.5, x0 + S - 0.5] (clipped to the fine grid), i.e.
+    coarse interval [(x0)/r - 0.5, (x0 + S)/r - 0.5]; coarse cell j covers [j - 0.5, j + 0.5].
+    """
+    n, h, w = coarse.maps.shape
+    wf, hf = grid_size
+    o = origin.to(torch.float64)
+    lo_x = o[:, 0].clamp(0, wf) / r - 0.5
+    hi_x = (o[:, 0] + s).clamp(0, wf) / r - 0.5
+    lo_y = o[:, 1].clamp(0, hf) / r - 0.5
+    hi_y = (o[:, 1] + s).clamp(0, hf) / r - 0.5
+    k = int(math.ceil(s / r)) + 2
+    j0x = torch.floor(lo_x + 0.5).long()
+    j0y = torch.floor(lo_y + 0.5).long()
+    dk = torch.arange(k, device=origin.device)
+    jx = j0x[:, None] + dk
+    jy = j0y[:, None] + dk
+    ovx = (torch.minimum(hi_x[:, None], jx + 0.5) - torch.maximum(lo_x[:, None], jx - 0.5)
+           ).clamp(min=0) * ((jx >= 0) & (jx < w))
+    ovy = (torch.minimum(hi_y[:, None], jy + 0.5) - torch.maximum(lo_y[:, None], jy - 0.5)
+           ).clamp(min=0) * ((jy >= 0) & (jy < h))
+    idx = jy.clamp(0, h - 1)[:, :, None] * w + jx.clamp(0, w - 1)[:, None, :]
+    prob = torch.exp(-coarse.maps.reshape(n, h * w).gather(1, idx.reshape(n, -1)).double())
+    mass = (prob.reshape(n, k, k) * ovy[:, :, None] * ovx[:, None, :]).sum(dim=(1, 2))
+    return torch.log(mass.clamp(min=1e-30)).to(torch.float32)

@@ -1,0 +1,200 @@
+"""``solve``: MSAC -> coarse GNC -> optional fine GNC -> covariance -> verdict."""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from nre_ros.errors import ShapeError
+from nre_ros.lossmaps import LossMaps
+from nre_ros.results import Failure, Result
+from nre_ros.solver import se3
+from nre_ros.solver.gnc import GncConfig, information, refine
+from nre_ros.solver.msac import MsacConfig, MsacResult, msac
+
+logger = logging.getLogger(__name__)
+
+__all__ = ['VerdictConfig', 'SolverConfig', 'FineLevel', 'solve', 'point_nre', 'evaluate_pose']
+
+
+@dataclass(frozen=True)
+class VerdictConfig:
+    """When a refined pose is trusted, and how its covariance is scaled."""
+
+    support_margin: float = 3.0     # supported: NRE < ln|Omega| - margin (map prob > e^3 x uniform)
+    min_supported: int = 12         # fewer supported points -> 'too_few_supported'
+    max_mean_cost: float | None = None  # optional cap on mean NRE per point (nats)
+    max_condition: float = 1e12     # information condition number above -> degenerate
+    covariance_scale: float = 1.0   # k^2 in Sigma = k^2 H^-1 (from NEES calibration)
+    information: str = 'laplace'    # 'laplace' or 'irls' (see gnc.information)
+
+
+@dataclass(frozen=True)
+class SolverConfig:
+    """Everything ``solve`` needs. Fine sigmas are in fine cells."""
+
+    msac: MsacConfig = MsacConfig()
+    coarse: GncConfig = GncConfig()
+    fine: GncConfig = GncConfig(sigmas=(2.0, 1.0, 0.8, 0.6))
+    verdict: VerdictConfig = VerdictConfig()
+    min_points: int = 6
+
+
+@dataclass(frozen=True)
+class FineLevel:
+    """Fine maps built around the coarse solution.
+
+    Attributes:
+        maps: LossMaps (windows) of the points in ``index``.
+        K: (3, 3) float64 intrinsics of the fine grid.
+        index: (M,) int64 indices into solve's points_world (None = all N, same order).
+    """
+
+    maps: LossMaps
+    K: Tensor
+    index: Tensor | None = None
+
+
+FineBuilder = Callable[[Tensor], Union[FineLevel, None]]
+"""Called with the (4, 4) float64 coarse T_cam_world; returns the fine level (or None)."""
+
+
+def point_nre(points_world: Tensor, maps: LossMaps, K: Tensor, T: Tensor,
+              min_depth: float = 1e-4) -> Tensor:
+    """(N,) truncated NRE of each point at pose T (bilinear lookup; behind -> ln|Omega|)."""
+    pc = se3.transform(points_world, T[:3, :3], T[:3, 3])
+    uv, valid = se3.project(pc, K, min_depth)
+    return maps.lookup(uv, valid)
+
+
+def evaluate_pose(points_world: Tensor, maps: LossMaps, K: Tensor, T: Tensor,
+                  support_margin: float = 3.0) -> tuple[float, int]:
+    """Summed NRE and number of supported points of pose T."""
+    nre = point_nre(points_world, maps, K, T)
+    return float(nre.sum()), int((nre < maps.ln_omega - support_margin).sum())
+
+
+def _ms(t0: float, dev: torch.device) -> float:
+    if dev.type == 'cuda':
+        torch.cuda.synchronize(dev)
+    return (time.perf_counter() - t0) * 1e3
+
+
+def solve(points_world: Tensor | np.ndarray, coarse: LossMaps, K_coarse: Tensor | np.ndarray,
+          config: SolverConfig = SolverConfig(), fine: FineBuilder | FineLevel | None = None,
+          T_init: Tensor | np.ndarray | None = None) -> Result | Failure:
+    """Estimate T_cam_world from NRE loss maps.
+
+    Args:
+        points_world: (N, 3) world points, in the order of the maps.
+        coarse: N full-grid coarse loss maps.
+        K_coarse: (3, 3) pinhole intrinsics of the coarse grid (undistorted).
+        config: solver settings.
+        fine: None (coarse only), a FineLevel, or a callable building one from the coarse
+            pose (e.g. windows centred on the reprojections under that pose).
+        T_init: (4, 4) prior T_cam_world; when given MSAC is skipped (tracking mode).
+
+    Returns:
+        Result (pose, covariance of a left increment, translation first, in the units of the
+        world frame / radians) or Failure with a reason code.
+    """
+    dev = coarse.maps.device
+    pts = torch.as_tensor(points_world, dtype=torch.float64, device=dev)
+    K = torch.as_tensor(K_coarse, dtype=torch.float64, device=dev)
+    if pts.ndim != 2 or pts.shape[1] != 3 or pts.shape[0] != coarse.num_points:
+        raise ShapeError(f'points_world must be ({coarse.num_points}, 3), got {tuple(pts.shape)}')
+    if K.shape != (3, 3):
+        raise ShapeError(f'K_coarse must be (3, 3), got {tuple(K.shape)}')
+    timings: dict[str, float] = {}
+    info: dict = {'num_points': int(pts.shape[0])}
+    finite = torch.isfinite(pts).all(1)
+    if int(finite.sum()) < config.min_points:
+        return Failure('too_few_points', f'{int(finite.sum())} finite points, need '
+                       f'{config.min_points}', timings, info)
+    if not bool(finite.all()):
+        pts = torch.where(finite[:, None], pts, torch.zeros_like(pts))
+        coarse = LossMaps(torch.where(finite[:, None, None], coarse.maps,
+                                      torch.full_like(coarse.maps, coarse.ln_omega)),
+                          coarse.ln_omega, coarse.grid_size, coarse.origin)
+
+    t0 = time.perf_counter()
+    if T_init is None:
+        m: MsacResult = msac(pts, coarse, K, config.msac)
+        timings['msac'] = _ms(t0, dev)
+        info.update(msac_cost=m.cost, msac_runner_up=m.runner_up_cost, msac_support=m.support,
+                    msac_hypotheses=m.num_hypotheses, msac_candidates=m.num_candidates)
+        if m.T_cam_world is None:
+            return Failure(m.reason, m.detail, timings, info)
+        T = m.T_cam_world
+    else:
+        T = torch.as_tensor(T_init, dtype=torch.float64, device=dev).clone()
+        if T.shape != (4, 4) or not bool(torch.isfinite(T).all()):
+            raise ShapeError('T_init must be a finite (4, 4) transform')
+
+    t0 = time.perf_counter()
+    level = ('coarse', pts, coarse, K, config.coarse)
+    res = refine(pts, coarse, K, T, config.coarse)
+    timings['coarse'] = _ms(t0, dev)
+    iterations = res.iterations
+    info['coarse_cost'] = res.cost
+    if not res.finite:
+        return Failure('diverged', 'coarse refinement produced a non-finite pose', timings, info)
+    T = res.T_cam_world
+
+    if fine is not None:
+        t0 = time.perf_counter()
+        fl = fine(T) if callable(fine) else fine
+        timings['fine_maps'] = _ms(t0, dev)
+        if fl is not None and fl.maps.num_points >= config.min_points:
+            t0 = time.perf_counter()
+            fpts = pts if fl.index is None else pts[fl.index]
+            fK = torch.as_tensor(fl.K, dtype=torch.float64, device=dev)
+            res_f = refine(fpts, fl.maps, fK, T, config.fine)
+            timings['fine'] = _ms(t0, dev)
+            iterations += res_f.iterations
+            info['fine_cost'] = res_f.cost
+            if not res_f.finite:
+                return Failure('diverged', 'fine refinement produced a non-finite pose',
+                               timings, info)
+            T = res_f.T_cam_world
+            level = ('fine', fpts, fl.maps, fK, config.fine)
+    t0 = time.perf_counter()
+    out = _verdict(level, T, config.verdict, iterations, timings, info)
+    timings['verdict'] = _ms(t0, dev)
+    return out
+
+
+def _verdict(level: tuple, T: Tensor, cfg: VerdictConfig, iterations: int,
+             timings: dict, info: dict) -> Result | Failure:
+    name, pts, maps, K, gcfg = level
+    nre = point_nre(pts, maps, K, T, gcfg.min_depth)
+    cost = float(nre.sum())
+    n = int(nre.numel())
+    supported = int((nre < maps.ln_omega - cfg.support_margin).sum())
+    info.update(level=name, ln_omega=maps.ln_omega, supported=supported, cost=cost)
+    if supported < cfg.min_supported:
+        return Failure('too_few_supported', f'{supported} of {n} points supported at the '
+                       f'{name} level, need {cfg.min_supported}', timings, info)
+    mean_cost = cost / max(n, 1)
+    if cfg.max_mean_cost is not None and mean_cost > cfg.max_mean_cost:
+        return Failure('cost_too_high', f'mean NRE {mean_cost:.2f} > {cfg.max_mean_cost}',
+                       timings, info)
+    H = information(pts, maps, K, T, gcfg.sigmas[-1], gcfg, cfg.information)
+    evals = torch.linalg.eigvalsh(H)
+    cond = float(evals[-1] / evals[0]) if float(evals[0]) > 0 else math.inf
+    info['information_condition'] = cond
+    if not math.isfinite(cond) or cond > cfg.max_condition:
+        return Failure('degenerate_geometry', f'information condition number {cond:.3g} > '
+                       f'{cfg.max_condition:.3g}', timings, info)
+    cov = cfg.covariance_scale * torch.linalg.inv(H)
+    cov = 0.5 * (cov + cov.T)
+    logger.debug('solve: %s level, cost %.1f, %d/%d supported, %d iterations', name, cost,
+                 supported, n, iterations)
+    return Result(T.cpu().numpy(), cov.cpu().numpy(), cost, mean_cost, n, supported, iterations,
+                  timings, info)
