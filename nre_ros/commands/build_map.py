@@ -1,0 +1,68 @@
+"""``nre-ros build-map``: build a relocalization map from posed RGB-D, posed RGB, COLMAP or images."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from nre_ros.maps.build_common import BuildOptions
+from nre_ros.maps.stats import format_summary, map_summary
+
+NAME = 'build-map'
+HELP = 'build a map (rgbd: posed RGB-D; posed: posed RGB; colmap: COLMAP model; sfm: images)'
+ORDER = 10
+BUILDERS = ('rgbd', 'posed', 'colmap', 'sfm')
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('source', help='sequence folder (TUM layout) for rgbd/posed, image '
+                        'folder for colmap/sfm')
+    parser.add_argument('output', help='map directory to write, e.g. maps/lab.nremap')
+    parser.add_argument('--builder', choices=BUILDERS, default='rgbd')
+    parser.add_argument('--model', default='xfeat', help='feature model (default xfeat)')
+    parser.add_argument('--device', default='cpu')
+    parser.add_argument('--split', default=None, help='use split_<SPLIT>.txt, e.g. map')
+    parser.add_argument('--step', type=int, default=1, help='keep every n-th frame')
+    parser.add_argument('--max-keyframes', type=int, default=None)
+    parser.add_argument('--max-points', type=int, default=1024,
+                        help='max keypoints (observations) per keyframe')
+    parser.add_argument('--keypoints', choices=('score', 'grid'), default='score',
+                        help='keep the best NMS peaks, or the best per 32 px grid cell')
+    parser.add_argument('--max-size', type=int, default=None,
+                        help='resize images so the longer side is at most this')
+    parser.add_argument('--float32', action='store_true', help='store float32 descriptors')
+    parser.add_argument('--colmap-model', default=None,
+                        help='colmap builder: folder of the COLMAP model (text or binary)')
+    parser.add_argument('--exclude', nargs='*', default=(),
+                        help='colmap/sfm builders: image names to leave out (held-out queries)')
+    parser.add_argument('--work-dir', default=None, help='sfm builder: where SfM files go')
+
+
+def run(args: argparse.Namespace) -> int:
+    from nre_ros import maps
+    from nre_ros.models import load_model
+    opts = BuildOptions(split=args.split, keyframe_step=args.step,
+                        max_keyframes=args.max_keyframes, max_points_per_keyframe=args.max_points,
+                        keypoint_mode=args.keypoints, image_max_size=args.max_size,
+                        descriptor_dtype='float32' if args.float32 else 'float16')
+    t0 = time.perf_counter()
+    model = load_model(args.model, args.device)
+    if args.builder == 'rgbd':
+        m = maps.build_rgbd_map(args.source, model, opts, progress=True)
+    elif args.builder == 'posed':
+        m = maps.build_posed_map(args.source, model, opts, progress=True)
+    elif args.builder == 'colmap':
+        m = maps.build_colmap_map(args.colmap_model, args.source, model, opts,
+                                  exclude=args.exclude, progress=True)
+    else:
+        m = maps.build_sfm_map(args.source, model, opts, exclude=args.exclude,
+                               work_dir=args.work_dir, progress=True)
+    m = maps.with_command(m, ' '.join(['nre-ros'] + sys.argv[1:]))
+    path = m.save(args.output)
+    s = map_summary(m, path)
+    print(format_summary({k: s[k] for k in ('keyframes', 'points', 'observations',
+                                            'track_length_mean', 'reproj_err_median_px',
+                                            'size_mb')}))
+    print(f'wrote {path} ({s["keyframes"]} keyframes, {s["points"]} points, '
+          f'{s["size_mb"]:.2f} MB) in {time.perf_counter() - t0:.1f} s')
+    return 0

@@ -1,0 +1,394 @@
+"""The nre_ros map format: one directory, ``metadata.json`` + ``tensors.safetensors``.
+
+A map holds K keyframes, P 3D points and O observations (point seen in a keyframe). Per
+keyframe the observations are contiguous (CSR layout, ``kf_offsets``); each carries the
+point index, the measured pixel and the coarse (and fine) descriptor sampled from that
+keyframe's dense features at the point's projection. Everything variable lives in the
+safetensors file; ``metadata.json`` holds the format version, the model spec, frames, units,
+provenance, keyframe names and the sha256 of the tensor file. Nothing is ever unpickled.
+
+Tensors (dtype, shape)::
+
+    kf_T_cam_world   F64 (K, 4, 4)   world -> keyframe camera (OpenCV optical frame)
+    kf_K             F64 (K, 3, 3)   intrinsics of the image the features were computed on
+    kf_dist          F64 (K, 8)      OpenCV distortion, zero-padded to 8
+    kf_image_size    I32 (K, 2)      (width, height) in pixels
+    kf_global        F32 (K, G)      L2-normalized global descriptors (retrieval)
+    kf_offsets       I64 (K + 1,)    observations of keyframe i: [kf_offsets[i], kf_offsets[i+1])
+    points_world     F32 (P, 3)      map points, world frame, ``units``
+    points_rgb       U8  (P, 3)      colour (for viz)
+    obs_point        I32 (O,)        point index of each observation
+    obs_uv           F32 (O, 2)      measured pixel (keypoint), OpenCV centres at integers
+    obs_coarse       F16|F32 (O, C)  coarse descriptors (L2-normalized)
+    obs_fine         F16|F32 (O, Cf) fine descriptors, only when the model has a fine level
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import asdict, dataclass, field, replace
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import save_file
+
+from nre_ros.camera import Camera
+from nre_ros.errors import MapFormatError
+from nre_ros.maps.safetensors_io import read_safetensors
+from nre_ros.models.base import ModelSpec, file_sha256
+
+logger = logging.getLogger(__name__)
+
+FORMAT_NAME = 'nre_ros.map'
+FORMAT_VERSION = 1
+METADATA_FILE = 'metadata.json'
+TENSORS_FILE = 'tensors.safetensors'
+MAP_SUFFIX = '.nremap'
+
+_KF = ('kf_T_cam_world', 'kf_K', 'kf_dist', 'kf_image_size', 'kf_global', 'kf_offsets')
+_PT = ('points_world', 'points_rgb')
+_OBS = ('obs_point', 'obs_uv', 'obs_coarse')
+REQUIRED_TENSORS = _KF + _PT + _OBS
+_DTYPES = {
+    'kf_T_cam_world': (np.float64,), 'kf_K': (np.float64,), 'kf_dist': (np.float64,),
+    'kf_image_size': (np.int32,), 'kf_global': (np.float32,), 'kf_offsets': (np.int64,),
+    'points_world': (np.float32,), 'points_rgb': (np.uint8,), 'obs_point': (np.int32,),
+    'obs_uv': (np.float32,), 'obs_coarse': (np.float16, np.float32),
+    'obs_fine': (np.float16, np.float32),
+}
+
+
+@dataclass(frozen=True)
+class Sim3:
+    """Similarity ``p_map = scale * R @ p_model + t`` (``map_T_model``)."""
+
+    rotation: np.ndarray     # (3, 3)
+    translation: np.ndarray  # (3,)
+    scale: float = 1.0
+
+    def to_dict(self) -> dict:
+        return {'rotation': np.asarray(self.rotation).tolist(),
+                'translation': np.asarray(self.translation).tolist(), 'scale': float(self.scale)}
+
+
+@dataclass(frozen=True)
+class MapMetadata:
+    """Everything in ``metadata.json`` except the tensors' hash and the keyframe names."""
+
+    map_frame: str = 'map'
+    units: str = 'm'
+    map_T_model: Sim3 | None = None
+    global_descriptor: dict = field(default_factory=dict)
+    provenance: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Keyframe:
+    """One keyframe: ``T_cam_world`` maps world points into its camera."""
+
+    id: int
+    name: str
+    camera: Camera
+    T_cam_world: np.ndarray
+
+
+@dataclass(frozen=True)
+class KeyframeObservations:
+    """The points a keyframe sees. point_idx (N,), uv (N, 2), coarse (N, C), fine (N, Cf)|None."""
+
+    point_idx: np.ndarray
+    uv: np.ndarray
+    coarse: np.ndarray
+    fine: np.ndarray | None
+
+
+@dataclass(frozen=True)
+class Map:
+    """A relocalization map (see the module docstring for every array's shape and dtype)."""
+
+    spec: ModelSpec
+    keyframe_names: tuple[str, ...]
+    kf_T_cam_world: np.ndarray
+    kf_K: np.ndarray
+    kf_dist: np.ndarray
+    kf_image_size: np.ndarray
+    kf_global: np.ndarray
+    kf_offsets: np.ndarray
+    points_world: np.ndarray
+    points_rgb: np.ndarray
+    obs_point: np.ndarray
+    obs_uv: np.ndarray
+    obs_coarse: np.ndarray
+    obs_fine: np.ndarray | None = None
+    metadata: MapMetadata = field(default_factory=MapMetadata)
+
+    # ------------------------------------------------------------------ accessors
+    @property
+    def num_keyframes(self) -> int:
+        return len(self.keyframe_names)
+
+    @property
+    def num_points(self) -> int:
+        return int(self.points_world.shape[0])
+
+    @property
+    def num_observations(self) -> int:
+        return int(self.obs_point.shape[0])
+
+    @property
+    def global_descriptors(self) -> np.ndarray:
+        """(K, G) float32 L2-normalized global descriptors."""
+        return self.kf_global
+
+    def camera(self, i: int) -> Camera:
+        w, h = (int(v) for v in self.kf_image_size[i])
+        return Camera(w, h, np.array(self.kf_K[i]), np.array(self.kf_dist[i]))
+
+    @cached_property
+    def keyframes(self) -> tuple[Keyframe, ...]:
+        return tuple(Keyframe(i, n, self.camera(i), np.array(self.kf_T_cam_world[i]))
+                     for i, n in enumerate(self.keyframe_names))
+
+    def observations(self, i: int) -> KeyframeObservations:
+        """Points seen by keyframe i with their descriptors (views into the map arrays)."""
+        s = slice(int(self.kf_offsets[i]), int(self.kf_offsets[i + 1]))
+        fine = None if self.obs_fine is None else self.obs_fine[s]
+        return KeyframeObservations(self.obs_point[s], self.obs_uv[s], self.obs_coarse[s], fine)
+
+    def obs_keyframe(self) -> np.ndarray:
+        """(O,) int64 keyframe index of each observation."""
+        return np.repeat(np.arange(self.num_keyframes), np.diff(self.kf_offsets))
+
+    def point_tracks(self) -> tuple[np.ndarray, np.ndarray]:
+        """Track of every point as CSR: keyframes of point p are ``kfs[offsets[p]:offsets[p+1]]``."""
+        order = np.argsort(self.obs_point, kind='stable')
+        counts = np.bincount(self.obs_point, minlength=self.num_points)
+        offsets = np.concatenate([[0], np.cumsum(counts)])
+        return offsets, self.obs_keyframe()[order]
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        out = {k: np.ascontiguousarray(getattr(self, k)) for k in REQUIRED_TENSORS}
+        if self.obs_fine is not None:
+            out['obs_fine'] = np.ascontiguousarray(self.obs_fine)
+        return out
+
+    @property
+    def nbytes(self) -> int:
+        return sum(v.nbytes for v in self.tensors().values())
+
+    # ------------------------------------------------------------------ I/O
+    def save(self, path: str | Path) -> Path:
+        """Write the map directory ``path`` atomically (validated first). Returns the path."""
+        validate_map(self, str(path))
+        path = Path(path)
+        tmp = path.with_name(path.name + '.tmp')
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_file(self.tensors(), str(tmp / TENSORS_FILE))
+        meta = {
+            'format': FORMAT_NAME, 'version': FORMAT_VERSION,
+            'model_spec': asdict(self.spec), 'map_frame': self.metadata.map_frame,
+            'units': self.metadata.units,
+            'map_T_model': None if self.metadata.map_T_model is None
+            else self.metadata.map_T_model.to_dict(),
+            'global_descriptor': self.metadata.global_descriptor,
+            'provenance': self.metadata.provenance,
+            'counts': {'keyframes': self.num_keyframes, 'points': self.num_points,
+                       'observations': self.num_observations},
+            'keyframe_names': list(self.keyframe_names),
+            'tensors_file': TENSORS_FILE,
+            'tensors_sha256': file_sha256(tmp / TENSORS_FILE),
+        }
+        (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=1) + '\n')
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+        return path
+
+
+def with_command(m: Map, command: str) -> Map:
+    """The same map with ``command`` recorded in its provenance."""
+    meta = replace(m.metadata, provenance={**m.metadata.provenance, 'command': command})
+    return replace(m, metadata=meta)
+
+
+def map_size_bytes(path: str | Path) -> int:
+    """Bytes on disk of a map directory."""
+    return sum(p.stat().st_size for p in Path(path).iterdir() if p.is_file())
+
+
+# ---------------------------------------------------------------------- loading
+def load_map(path: str | Path, expected_spec: ModelSpec | None = None,
+             verify_hash: bool = True) -> Map:
+    """Load and fully validate a map directory; MapFormatError naming the problem otherwise.
+
+    Args:
+        path: the map directory (holding metadata.json and tensors.safetensors).
+        expected_spec: the querying model's spec; a mismatch is an error. None skips the check.
+        verify_hash: check the tensor file's sha256 against the metadata (truncation/tampering).
+
+    Returns:
+        The Map; its arrays are read-only memory maps of the tensor file.
+    """
+    path = Path(path)
+    meta = _read_metadata(path)
+    spec = _spec_from_meta(meta, path)
+    if expected_spec is not None:
+        diff = spec.mismatch(expected_spec)
+        if diff:
+            raise MapFormatError(f'map {path} was built with model {spec.name!r} and does not '
+                                 f'match the configured model ({diff}); rebuild the map with '
+                                 f'`nre-ros build-map` or select the matching model')
+    tfile = path / TENSORS_FILE
+    if not tfile.is_file():
+        raise MapFormatError(f'map {path}: tensor file {TENSORS_FILE} is missing')
+    if verify_hash:
+        digest = file_sha256(tfile)
+        if digest != meta.get('tensors_sha256'):
+            raise MapFormatError(
+                f'map {path}: content hash of {TENSORS_FILE} is {digest[:12]}…, metadata says '
+                f'{str(meta.get("tensors_sha256"))[:12]}…: the file is truncated or was modified; '
+                'rebuild or re-copy the map')
+    arrays = read_safetensors(tfile)
+    for name in REQUIRED_TENSORS:
+        if name not in arrays:
+            raise MapFormatError(f'map {path}: missing tensor {name!r} in {TENSORS_FILE}')
+    unknown = set(arrays) - set(_DTYPES)
+    if unknown:
+        raise MapFormatError(f'map {path}: unknown tensors {sorted(unknown)} in {TENSORS_FILE}')
+    names = meta.get('keyframe_names')
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise MapFormatError(f'map {path}: metadata keyframe_names must be a list of strings')
+    m = Map(spec=spec, keyframe_names=tuple(names), metadata=_metadata_from_meta(meta, path),
+            obs_fine=arrays.get('obs_fine'), **{k: arrays[k] for k in REQUIRED_TENSORS})
+    validate_map(m, str(path))
+    counts = meta.get('counts', {})
+    actual = {'keyframes': m.num_keyframes, 'points': m.num_points,
+              'observations': m.num_observations}
+    if counts != actual:
+        raise MapFormatError(f'map {path}: metadata counts {counts} != tensors {actual}')
+    return m
+
+
+def _read_metadata(path: Path) -> dict:
+    mfile = path / METADATA_FILE
+    if not path.is_dir():
+        raise MapFormatError(f'map {path} does not exist or is not a directory '
+                             f'(a map is a folder with {METADATA_FILE} and {TENSORS_FILE})')
+    try:
+        meta = json.loads(mfile.read_text())
+    except FileNotFoundError as exc:
+        raise MapFormatError(f'map {path}: {METADATA_FILE} is missing') from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MapFormatError(f'map {path}: {METADATA_FILE} is not valid JSON ({exc})') from exc
+    if not isinstance(meta, dict) or meta.get('format') != FORMAT_NAME:
+        raise MapFormatError(f'map {path}: {METADATA_FILE} is not an nre_ros map '
+                             f'(format {meta.get("format") if isinstance(meta, dict) else None!r}'
+                             f', expected {FORMAT_NAME!r})')
+    if meta.get('version') != FORMAT_VERSION:
+        raise MapFormatError(f'map {path} has format version {meta.get("version")!r}, this '
+                             f'nre_ros reads version {FORMAT_VERSION}; rebuild the map')
+    return meta
+
+
+def _spec_from_meta(meta: dict, path: Path) -> ModelSpec:
+    try:
+        return ModelSpec.from_dict(meta['model_spec'])
+    except (KeyError, TypeError) as exc:
+        raise MapFormatError(f'map {path}: invalid or missing model_spec ({exc})') from exc
+
+
+def _metadata_from_meta(meta: dict, path: Path) -> MapMetadata:
+    sim = meta.get('map_T_model')
+    if sim is not None:
+        try:
+            R = np.asarray(sim['rotation'], dtype=np.float64)
+            t = np.asarray(sim['translation'], dtype=np.float64)
+            s = float(sim['scale'])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise MapFormatError(f'map {path}: invalid map_T_model ({exc!r})') from exc
+        ok = (R.shape == (3, 3) and t.shape == (3,) and np.isfinite(s) and s > 0
+              and np.all(np.isfinite(R)) and np.all(np.isfinite(t))
+              and np.allclose(R @ R.T, np.eye(3), atol=1e-5) and np.linalg.det(R) > 0)
+        if not ok:
+            raise MapFormatError(f'map {path}: map_T_model must hold a 3x3 rotation, a 3-vector '
+                                 f'translation and a positive scale, got {sim}')
+        sim = Sim3(R, t, s)
+    for key in ('map_frame', 'units'):
+        if not isinstance(meta.get(key), str):
+            raise MapFormatError(f'map {path}: metadata {key!r} must be a string')
+    return MapMetadata(map_frame=meta['map_frame'], units=meta['units'], map_T_model=sim,
+                       global_descriptor=dict(meta.get('global_descriptor') or {}),
+                       provenance=dict(meta.get('provenance') or {}))
+
+
+# ---------------------------------------------------------------------- validation
+def _fail(where: str, msg: str) -> None:
+    raise MapFormatError(f'map {where}: {msg}')
+
+
+def _check_array(where: str, name: str, a: np.ndarray, shape: tuple) -> None:
+    if a.dtype.type not in _DTYPES[name]:
+        _fail(where, f'tensor {name!r} has dtype {a.dtype}, expected '
+                     f'{" or ".join(np.dtype(d).name for d in _DTYPES[name])}')
+    if a.ndim != len(shape) or any(s is not None and s != d for s, d in zip(shape, a.shape)):
+        want = 'x'.join('?' if s is None else str(s) for s in shape)
+        _fail(where, f'tensor {name!r} has shape {tuple(a.shape)}, expected ({want})')
+    if a.dtype.kind == 'f' and a.size and not np.all(np.isfinite(a)):
+        _fail(where, f'tensor {name!r} has {int(np.sum(~np.isfinite(a)))} non-finite values')
+
+
+def validate_map(m: Map, where: str = '<memory>') -> None:
+    """Check shapes, dtypes, finiteness, index ranges and geometry; MapFormatError otherwise."""
+    K, P, O = m.num_keyframes, m.points_world.shape[0], m.obs_point.shape[0]
+    C, G = m.spec.coarse_dim, m.kf_global.shape[-1] if m.kf_global.ndim == 2 else None
+    for name, shape in [('kf_T_cam_world', (K, 4, 4)), ('kf_K', (K, 3, 3)), ('kf_dist', (K, 8)),
+                        ('kf_image_size', (K, 2)), ('kf_global', (K, G)),
+                        ('kf_offsets', (K + 1,)), ('points_world', (P, 3)),
+                        ('points_rgb', (P, 3)), ('obs_point', (O,)), ('obs_uv', (O, 2)),
+                        ('obs_coarse', (O, C))]:
+        _check_array(where, name, getattr(m, name), shape)
+    if m.spec.fine_dim > 0 and m.obs_fine is None:
+        _fail(where, f'model {m.spec.name!r} has a fine level ({m.spec.fine_dim}-d) but the map '
+                     'has no obs_fine tensor')
+    if m.obs_fine is not None:
+        if m.spec.fine_dim == 0:
+            _fail(where, 'tensor obs_fine present but the model spec has no fine level')
+        _check_array(where, 'obs_fine', m.obs_fine, (O, m.spec.fine_dim))
+    if K == 0 or P == 0:
+        _fail(where, f'empty map ({K} keyframes, {P} points)')
+    T = m.kf_T_cam_world
+    R = T[:, :3, :3]
+    rigid = (np.abs(R @ R.transpose(0, 2, 1) - np.eye(3)).max(axis=(1, 2)) < 1e-4) \
+        & np.all(np.abs(T[:, 3] - [0, 0, 0, 1]) < 1e-9, axis=1) & (np.linalg.det(R) > 0)
+    if not np.all(rigid):
+        _fail(where, f'keyframe poses {np.flatnonzero(~rigid)[:5].tolist()} are not rigid '
+                     'transforms')
+    _validate_cameras(m, where)
+    off = m.kf_offsets
+    if off[0] != 0 or off[-1] != O or np.any(np.diff(off) < 0):
+        _fail(where, f'kf_offsets must rise from 0 to {O} (observations), got '
+                     f'{off[0]}..{off[-1]}')
+    if O and (m.obs_point.min() < 0 or m.obs_point.max() >= P):
+        _fail(where, f'obs_point indices out of range [0, {P}): min {m.obs_point.min()}, '
+                     f'max {m.obs_point.max()}')
+    seen = np.bincount(m.obs_point, minlength=P) if O else np.zeros(P, int)
+    if np.any(seen == 0):
+        _fail(where, f'{int(np.sum(seen == 0))} points are seen by no keyframe')
+    wh = m.kf_image_size[m.obs_keyframe()].astype(np.float32)
+    if O and (np.any(m.obs_uv < -0.5 - 1e-3) or np.any(m.obs_uv > wh - 0.5 + 1e-3)):
+        _fail(where, 'obs_uv has pixels outside their keyframe image')
+
+
+def _validate_cameras(m: Map, where: str) -> None:
+    Kc = m.kf_K
+    if np.any(m.kf_image_size <= 0):
+        _fail(where, 'kf_image_size must be positive')
+    ok = (Kc[:, 0, 0] > 0) & (Kc[:, 1, 1] > 0) & (Kc[:, 0, 1] == 0) & (Kc[:, 1, 0] == 0) \
+        & np.all(Kc[:, 2] == [0, 0, 1], axis=1)
+    if not np.all(ok):
+        _fail(where, f'keyframes {np.flatnonzero(~ok)[:5].tolist()} have an invalid K '
+                     '(expected [[fx,0,cx],[0,fy,cy],[0,0,1]], fx, fy > 0)')

@@ -1,0 +1,75 @@
+"""Top-k image retrieval over keyframe global descriptors (numpy; FAISS optional, same API)."""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from nre_ros.errors import BackendUnavailable, ShapeError
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ('auto', 'numpy', 'faiss')
+
+
+class RetrievalIndex:
+    """Inner-product (cosine) top-k search over (K, G) unit global descriptors.
+
+    Args:
+        descriptors: (K, G) float32 L2-normalized keyframe descriptors.
+        backend: 'numpy' (exact matmul + argpartition), 'faiss' (IndexFlatIP, exact) or
+            'auto' (faiss when importable, else numpy).
+    """
+
+    def __init__(self, descriptors: np.ndarray, backend: str = 'numpy') -> None:
+        db = np.ascontiguousarray(descriptors, dtype=np.float32)
+        if db.ndim != 2 or db.shape[0] == 0:
+            raise ShapeError(f'retrieval descriptors must be (K>0, G), got {db.shape}')
+        if backend not in BACKENDS:
+            raise ShapeError(f'retrieval backend must be one of {BACKENDS}, got {backend!r}')
+        self.db = db
+        self._faiss = None
+        if backend in ('auto', 'faiss'):
+            try:
+                import faiss
+            except ImportError as exc:
+                if backend == 'faiss':
+                    raise BackendUnavailable('faiss is not installed (pip install faiss-cpu); '
+                                             'use backend="numpy"') from exc
+            else:
+                self._faiss = faiss.IndexFlatIP(db.shape[1])
+                self._faiss.add(db)
+        self.backend = 'faiss' if self._faiss is not None else 'numpy'
+
+    def __len__(self) -> int:
+        return self.db.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.db.shape[1]
+
+    def query(self, global_desc: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Best ``k`` keyframes for one (G,) or a batch (B, G) of query descriptors.
+
+        Returns:
+            indices: (k,) or (B, k) int64 keyframe indices, best first (k clipped to K).
+            scores: same shape, float32 cosine similarities, descending.
+        """
+        q = np.asarray(global_desc, dtype=np.float32)
+        single = q.ndim == 1
+        q = np.ascontiguousarray(q[None] if single else q)
+        if q.ndim != 2 or q.shape[1] != self.dim:
+            raise ShapeError(f'query descriptor must be ({self.dim},) or (B, {self.dim}), '
+                             f'got {np.shape(global_desc)}')
+        k = max(1, min(int(k), len(self)))
+        if self._faiss is not None:
+            scores, idx = self._faiss.search(q, k)
+            idx = idx.astype(np.int64)
+        else:
+            sim = q @ self.db.T                                       # (B, K)
+            part = np.argpartition(-sim, k - 1, axis=1)[:, :k]
+            ps = np.take_along_axis(sim, part, axis=1)
+            order = np.argsort(-ps, axis=1, kind='stable')
+            idx = np.take_along_axis(part, order, axis=1).astype(np.int64)
+            scores = np.take_along_axis(ps, order, axis=1)
+        return (idx[0], scores[0]) if single else (idx, scores)
