@@ -1,13 +1,560 @@
-"""Entry point of the ROS 2 relocalization node (``ros2 run nre_ros nre_relocalization``)."""
+"""Lifecycle node ``nre_relocalization``: a thin ROS 2 adapter over ``nre_ros.pipeline``.
+
+Contract: /work/shared/design/ros-interface.md §1-§7 (lifecycle, topics, QoS, frames, TF,
+covariance, parameters, services, diagnostics). Images are paired with camera_info by exact
+stamp on the executor; localization runs on one worker thread (frames arriving while it is
+busy are dropped and counted); a TF timer in its own callback group republishes the latest
+map->odom. Entry point: ``ros2 run nre_ros nre_relocalization`` (``main``).
+"""
 from __future__ import annotations
 
+import collections
+import gc
 import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from geometry_msgs.msg import PoseWithCovarianceStamped
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
+                       qos_profile_sensor_data)
+from sensor_msgs.msg import CameraInfo, Image
+from std_srvs.srv import SetBool, Trigger
+
+from nre_ros.geometry import invert, make_transform, so3_exp
+from nre_ros.ros import conversions as conv
+from nre_ros.ros.diagnostics import NodeStats, to_status
+from nre_ros.ros.gating import FixGate, GateConfig, quality_reason
+from nre_ros.ros.params import NodeConfig, declare_parameters, read_config
+from nre_ros.ros.tf import TfBroadcaster, TfLookupError, make_buffer_and_listener, \
+    make_transform_stamped
+
+NODE_NAME = 'nre_relocalization'
+POSE_QOS = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST,
+                      reliability=ReliabilityPolicy.RELIABLE,
+                      durability=DurabilityPolicy.TRANSIENT_LOCAL)
+INITIALPOSE_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.VOLATILE)
+RelocalizerFactory = Callable[[str, NodeConfig], Any]
 
 
-def main(argv: list[str] | None = None) -> int:
-    print('nre_relocalization: the ROS 2 node is not implemented yet (issue: ROS 2 relocalization '
-          'node); use `nre-ros` for the offline tools.', file=sys.stderr)
-    return 1
+def pipeline_relocalizer(map_path: str, cfg: NodeConfig):
+    """Default factory: ``Relocalizer.from_config`` of nre_ros.pipeline (imported lazily)."""
+    import dataclasses
+
+    from nre_ros.pipeline import PipelineConfig, Relocalizer
+    pcfg = PipelineConfig.from_yaml(cfg.pipeline_config) if cfg.pipeline_config \
+        else PipelineConfig()
+    if cfg.engine_cache_dir:
+        names = {f.name for f in dataclasses.fields(pcfg)}
+        if 'engine_cache_dir' in names:
+            pcfg = dataclasses.replace(pcfg, engine_cache_dir=cfg.engine_cache_dir)
+    return Relocalizer.from_config(map_path, pcfg)
+
+
+@dataclass(frozen=True)
+class _FallbackPrior:
+    """Same fields as nre_ros.pipeline.Prior, used while the pipeline module is absent."""
+
+    T_cam_world: np.ndarray
+    covariance: np.ndarray | None = None
+
+
+def _prior_class():
+    try:
+        from nre_ros.pipeline import Prior
+    except ImportError:
+        return _FallbackPrior
+    return Prior
+
+
+@dataclass
+class _Fix:
+    T_map_base: np.ndarray
+    T_map_odom: np.ndarray | None
+    cov: np.ndarray
+    stamp_ns: int
+
+
+class RelocalizationNode(LifecycleNode):
+    """See module docstring. ``relocalizer_factory(map_path, cfg)`` replaces the pipeline."""
+
+    def __init__(self, *, relocalizer_factory: RelocalizerFactory | None = None,
+                 node_name: str = NODE_NAME, **kwargs):
+        super().__init__(node_name, **kwargs)
+        declare_parameters(self)
+        self._factory = relocalizer_factory or pipeline_relocalizer
+        self.cfg: NodeConfig | None = None
+        self.reloc = None
+        self.stats = NodeStats()
+        self._lock = threading.Lock()          # frame slot, fix, flags
+        self._wake = threading.Condition(self._lock)
+        self._tf_lock = threading.Lock()
+        self._sensor_group = MutuallyExclusiveCallbackGroup()
+        self._tf_group = ReentrantCallbackGroup()
+        self._timer_group = MutuallyExclusiveCallbackGroup()
+        self._service_group = MutuallyExclusiveCallbackGroup()
+        self._reset_runtime_state()
+        self._active_entities: list = []
+        self._pose_pub = self._tf_pub = None
+        self._worker: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
+        period = float(self.get_parameter('diagnostic_updater.period').value)
+        self._diag_timer = self.create_timer(period, self.publish_diagnostics,
+                                             callback_group=self._timer_group)
+
+    # ================================================================== lifecycle
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.get_logger().info('Configuring...')
+        t0 = time.perf_counter()
+        try:
+            cfg = read_config(self)
+            reloc = self._factory(cfg.map_path, cfg)
+            t_load = time.perf_counter() - t0
+            reloc.warmup()
+        except Exception as exc:  # noqa: BLE001 - any load error must fail the transition
+            self.get_logger().error(f'Configure failed: {type(exc).__name__}: {exc}')
+            return TransitionCallbackReturn.FAILURE
+        self.cfg, self.reloc = cfg, reloc
+        map_frame = getattr(reloc, 'map_frame_id', cfg.map_frame)
+        if map_frame and map_frame != cfg.map_frame:
+            self.get_logger().warning(f'map file says frame {map_frame!r}, publishing in '
+                                      f'map_frame={cfg.map_frame!r}')
+        self._gate = FixGate(GateConfig(
+            cfg.min_points, cfg.min_inlier_ratio, cfg.max_cost, cfg.min_consistent_fixes,
+            cfg.consistency_translation, cfg.consistency_rotation, cfg.max_jump_translation,
+            cfg.max_jump_rotation))
+        self._pose_pub = self.create_lifecycle_publisher(PoseWithCovarianceStamped, '~/pose',
+                                                         POSE_QOS)
+        if cfg.tf_owner != 'none':
+            self._tf_pub = TfBroadcaster(self, lifecycle=True)
+        if cfg.publish_debug_image:
+            self.get_logger().warning('publish_debug_image is not implemented yet; ignored')
+        self._stop.clear()
+        self._worker = threading.Thread(target=self._worker_loop, name='nre_worker', daemon=True)
+        self._worker.start()
+        with self.stats.lock:
+            self.stats.map_loaded, self.stats.map_id = True, cfg.map_path
+            self.stats.state = 'inactive'
+        self.get_logger().info(
+            f'Configured: map {cfg.map_path} loaded in {t_load:.2f} s, warm-up '
+            f'{time.perf_counter() - t0 - t_load:.2f} s; tf_mode={cfg.tf_owner}, '
+            f'frames {cfg.map_frame}/{cfg.odom_frame}/{cfg.base_frame}')
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        cfg = self.cfg
+        self._tf_buffer, listener = make_buffer_and_listener(self, 10.0, self._tf_group)
+        image_topic = self.resolve_topic_name('image')
+        info_topic = self._camera_info_topic(image_topic)
+        qos = qos_profile_sensor_data if cfg.image_qos == 'SENSOR_DATA' else \
+            QoSProfile(depth=cfg.queue_size, reliability=ReliabilityPolicy.RELIABLE)
+        qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=cfg.queue_size,
+                         reliability=qos.reliability, durability=qos.durability)
+        sub = self.create_subscription
+        srv = self.create_service
+        self._active_entities = [
+            ('listener', listener),
+            ('sub', sub(Image, image_topic, self._on_image, qos,
+                        callback_group=self._sensor_group)),
+            ('sub', sub(CameraInfo, info_topic, self._on_camera_info, qos,
+                        callback_group=self._sensor_group)),
+            ('sub', sub(PoseWithCovarianceStamped, '/initialpose', self._on_initialpose,
+                        INITIALPOSE_QOS, callback_group=self._sensor_group)),
+            ('srv', srv(Trigger, '~/relocalize', self._srv_relocalize,
+                        callback_group=self._service_group)),
+            ('srv', srv(Trigger, '~/reset', self._srv_reset, callback_group=self._service_group)),
+            ('srv', srv(SetBool, '~/enable', self._srv_enable,
+                        callback_group=self._service_group)),
+        ]
+        if cfg.tf_owner != 'none' and cfg.transform_publish_period > 0:
+            self._active_entities.append(('timer', self.create_timer(
+                cfg.transform_publish_period, self._on_tf_timer,
+                callback_group=self._timer_group)))
+        with self._lock:
+            self._active, self._enabled = True, True
+            self._requested = cfg.localize_on_startup
+            if cfg.set_initial_pose:
+                self._pending_prior = self._initial_pose_prior(cfg)
+        with self.stats.lock:
+            self.stats.state = 'active'
+        self.get_logger().info(f'Activated: image {image_topic}, camera_info {info_topic}')
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        with self._lock:
+            self._active, self._slot = False, None
+        self._destroy_active_entities()
+        with self.stats.lock:
+            self.stats.state = 'inactive'
+        self.get_logger().info('Deactivated (model kept loaded)')
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release()
+        self.get_logger().info('Cleaned up (model and map released)')
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        with self._lock:
+            self._active = False
+        self._destroy_active_entities()
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.get_logger().error('Error processing: releasing everything')
+        return self.on_shutdown(state)
+
+    def autostart(self) -> bool:
+        """configure + activate (the ``autostart`` parameter); False if a step failed."""
+        if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+            return False
+        return self.trigger_activate() == TransitionCallbackReturn.SUCCESS
+
+    def _destroy_active_entities(self) -> None:
+        for kind, entity in self._active_entities:
+            if kind == 'listener':
+                entity.destroy()
+            elif kind == 'sub':
+                self.destroy_subscription(entity)
+            elif kind == 'srv':
+                self.destroy_service(entity)
+            elif kind == 'timer':
+                self.destroy_timer(entity)
+        self._active_entities = []
+
+    def _release(self) -> None:
+        self._stop.set()
+        with self._lock:
+            self._wake.notify_all()
+        if self._worker is not None:
+            self._worker.join(timeout=30.0)
+            self._worker = None
+        if self._pose_pub is not None:
+            self.destroy_lifecycle_publisher(self._pose_pub)
+        if self._tf_pub is not None:
+            self._tf_pub.destroy()
+        self._pose_pub = self._tf_pub = None
+        self.reloc, self.cfg = None, None
+        self._reset_runtime_state()
+        gc.collect()
+        torch = sys.modules.get('torch')
+        if torch is not None and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        self.stats = NodeStats()
+
+    def _reset_runtime_state(self) -> None:
+        self._active = self._enabled = self._requested = self._busy = False
+        self._force_global = False
+        self._slot = None
+        self._pending_image: Image | None = None
+        self._infos: collections.OrderedDict[int, CameraInfo] = collections.OrderedDict()
+        self._pending_prior = None
+        self._fix: _Fix | None = None
+        self._last_tf_ns = 0
+        self._last_start_stamp_ns: int | None = None
+        self._gate = FixGate(GateConfig())
+
+    def _camera_info_topic(self, image_topic: str) -> str:
+        remapped = self.resolve_topic_name('camera_info')
+        if remapped != self.resolve_topic_name('camera_info', only_expand=True):
+            return remapped  # explicitly remapped
+        return image_topic.rsplit('/', 1)[0] + '/camera_info'  # sibling of the image
+
+    # ================================================================== inputs (executor)
+    def _on_image(self, msg: Image) -> None:
+        self.stats.count('frames_received')
+        stamp = conv.stamp_to_ns(msg.header.stamp)
+        with self._lock:
+            info = self._infos.get(stamp)
+            if info is None:
+                if self._pending_image is not None:
+                    self.stats.count('frames_unpaired')
+                self._pending_image = msg
+                return
+            self._submit(msg, info)
+
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        stamp = conv.stamp_to_ns(msg.header.stamp)
+        with self._lock:
+            self._infos[stamp] = msg
+            while len(self._infos) > 10:
+                self._infos.popitem(last=False)
+            pending = self._pending_image
+            if pending is not None and conv.stamp_to_ns(pending.header.stamp) == stamp:
+                self._pending_image = None
+                self._submit(pending, msg)
+
+    def _submit(self, image: Image, info: CameraInfo) -> None:
+        """Hand a paired frame to the worker (called with self._lock held)."""
+        self.stats.count('frames_paired')
+        cfg = self.cfg
+        if not (self._active and self._enabled and (cfg.continuous or self._requested)):
+            return
+        stamp = conv.stamp_to_ns(image.header.stamp)
+        last = self._last_start_stamp_ns
+        if cfg.continuous and cfg.max_rate > 0 and last is not None and \
+                0 <= stamp - last < 1e9 / cfg.max_rate:
+            self.stats.count('frames_skipped_rate')
+            return
+        if self._busy or self._slot is not None:
+            self.stats.count('frames_dropped_busy')
+            if self._busy:
+                return
+        self._slot = (image, info)
+        self._last_start_stamp_ns = stamp
+        self._wake.notify()
+
+    def _on_initialpose(self, msg: PoseWithCovarianceStamped) -> None:
+        cfg = self.cfg
+        if msg.header.frame_id.lstrip('/') != cfg.map_frame:
+            self.get_logger().warning(f'/initialpose ignored: frame {msg.header.frame_id!r} is '
+                                      f'not map_frame {cfg.map_frame!r}')
+            return
+        try:
+            T = conv.pose_to_matrix(msg.pose.pose)
+        except conv.InputError as exc:
+            self.get_logger().warning(f'/initialpose ignored: {exc}')
+            return
+        cov = np.asarray(msg.pose.covariance, dtype=np.float64).reshape(6, 6)
+        with self._lock:
+            self._pending_prior, self._force_global, self._requested = (T, cov), False, True
+        self.get_logger().info(f'/initialpose: prior at {np.round(T[:3, 3], 3).tolist()} '
+                               f'for the next frame')
+
+    @staticmethod
+    def _initial_pose_prior(cfg: NodeConfig) -> tuple[np.ndarray, np.ndarray]:
+        T = make_transform(so3_exp(np.array([0.0, 0.0, cfg.initial_pose_yaw])),
+                           [cfg.initial_pose_x, cfg.initial_pose_y, cfg.initial_pose_z])
+        r = max(cfg.prior_search_radius, cfg.min_position_std)
+        return T, np.diag([r * r] * 3 + [0.5 ** 2] * 3)
+
+    # ================================================================== services
+    def _srv_relocalize(self, request: Trigger.Request, response: Trigger.Response):
+        with self._lock:
+            self._force_global, self._requested, self._pending_prior = True, True, None
+        response.success, response.message = True, 'next frame: global search without prior'
+        return response
+
+    def _srv_reset(self, request: Trigger.Request, response: Trigger.Response):
+        with self._lock:
+            self._gate.reset()
+            self._fix, self._pending_prior = None, None
+        self.stats.reset_fix()
+        response.success, response.message = True, 'fix and consistency history forgotten'
+        return response
+
+    def _srv_enable(self, request: SetBool.Request, response: SetBool.Response):
+        with self._lock:
+            self._enabled = bool(request.data)
+        response.success = True
+        response.message = 'processing enabled' if request.data else 'processing paused'
+        return response
+
+    # ================================================================== worker
+    def _worker_loop(self) -> None:
+        while True:
+            with self._lock:
+                while self._slot is None and not self._stop.is_set():
+                    self._wake.wait(0.5)
+                if self._stop.is_set():
+                    return
+                job, self._slot, self._busy = self._slot, None, True
+                if not self.cfg.continuous:
+                    self._requested = False
+            try:
+                self._process(*job)
+            except Exception as exc:  # noqa: BLE001 - the worker must survive any frame
+                self.get_logger().error(f'frame processing crashed: {type(exc).__name__}: {exc}')
+                self.stats.problem('internal_error', f'{type(exc).__name__}: {exc}')
+            finally:
+                with self._lock:
+                    self._busy = False
+
+    def _reject(self, code: str, detail: str, counter: str) -> None:
+        self.stats.count(counter)
+        with self.stats.lock:
+            self.stats.consecutive_failures += 1
+            self.stats.last_problem, self.stats.last_problem_detail = code, detail
+        self.get_logger().warning(f'no pose ({code}): {detail}', throttle_duration_sec=2.0)
+
+    def _process(self, image: Image, info: CameraInfo) -> None:
+        cfg, reloc = self.cfg, self.reloc
+        stamp_ns = conv.stamp_to_ns(image.header.stamp)
+        self.stats.count('frames_processed')
+        try:
+            camera = conv.camera_info_to_camera(info)
+            rgb = conv.image_to_rgb(image)
+            conv.check_image_matches_camera(rgb.shape[:2], camera)
+            cam_frame = cfg.camera_frame or info.header.frame_id or image.header.frame_id
+            if not cam_frame:
+                raise conv.InputError('no camera frame: camera_info.header.frame_id is empty '
+                                      'and camera_frame is not set')
+        except conv.InputError as exc:
+            return self._reject('bad_input', str(exc), 'bad_inputs')
+        deadline = time.monotonic() + cfg.tf_lookup_timeout
+        need_odom = cfg.tf_owner == 'map_to_odom' or cfg.use_initial_guess
+        try:
+            T_base_cam = self._tf_buffer.wait_for(cfg.base_frame, cam_frame, stamp_ns,
+                                                  cfg.tf_lookup_timeout, self._stop)
+            T_odom_base = None
+            if need_odom:
+                T_odom_base = self._tf_buffer.wait_for(
+                    cfg.odom_frame, cfg.base_frame, stamp_ns,
+                    max(deadline - time.monotonic(), 0.0), self._stop)
+        except TfLookupError as exc:
+            return self._reject('tf_missing', str(exc), 'tf_failures')
+        s, _ = conv.split_similarity(reloc.map_T_model)
+        prior = self._take_prior(T_base_cam, T_odom_base, s)
+        outcome = reloc.localize(rgb, camera, prior=prior)
+        with self.stats.lock:
+            self.stats.last_timings_ms = dict(outcome.timings_ms)
+        if not outcome.ok:
+            return self._reject(outcome.reason, outcome.detail, 'failures')
+        self._handle_result(outcome, image, T_base_cam, T_odom_base, s)
+
+    def _take_prior(self, T_base_cam, T_odom_base, scale):
+        cfg = self.cfg
+        with self._lock:
+            force, pending, fix = self._force_global, self._pending_prior, self._fix
+            self._force_global, self._pending_prior = False, None
+        if force:
+            return None
+        if pending is None and cfg.use_initial_guess and fix is not None:
+            T_map_odom = fix.T_map_odom
+            if T_map_odom is not None and T_odom_base is not None:
+                pending = (T_map_odom @ T_odom_base, fix.cov)
+        if pending is None:
+            return None
+        T_map_base, cov = pending
+        T_cam_model = conv.camera_pose_in_model(T_map_base @ T_base_cam,
+                                                self.reloc.map_T_model)
+        cov_xi = conv.covariance_from_ros(cov, T_map_base, T_base_cam, scale,
+                                          cfg.min_position_std, cfg.min_rotation_std)
+        return _prior_class()(T_cam_model, cov_xi)
+
+    def _handle_result(self, result, image: Image, T_base_cam, T_odom_base, scale) -> None:
+        cfg = self.cfg
+        stamp_ns = conv.stamp_to_ns(image.header.stamp)
+        T_map_cam = conv.camera_pose_in_map(result.T_cam_world, self.reloc.map_T_model)
+        T_map_base = T_map_cam @ invert(T_base_cam)
+        T_map_odom = None if T_odom_base is None else T_map_base @ invert(T_odom_base)
+        reason = quality_reason(result, self._gate.cfg)
+        if reason is not None:
+            return self._reject('rejected', reason, 'fixes_rejected')
+        inflation = 1.0
+        if cfg.covariance_inflation_points and result.num_supported > 0:
+            inflation = max(1.0, cfg.covariance_inflation_points / result.num_supported)
+        shaping = conv.CovarianceShaping(cfg.position_covariance_scale,
+                                         cfg.rotation_covariance_scale, cfg.min_position_std,
+                                         cfg.min_rotation_std, inflation)
+        cov = conv.covariance_to_ros(result.covariance, T_map_base, T_base_cam, scale, shaping)
+        with self._lock:
+            if not self._active:
+                return
+            key = T_map_odom if cfg.tf_owner == 'map_to_odom' else T_map_base
+            accepted, why = self._gate.offer(key)
+            if accepted:
+                self._fix = _Fix(T_map_base, T_map_odom, cov, stamp_ns)
+        with self.stats.lock:
+            self.stats.last_points, self.stats.last_cost = result.num_points, result.mean_cost
+            if accepted:
+                self.stats.localized = self.stats.ever_localized = True
+                self.stats.consecutive_failures = 0
+                self.stats.last_success_monotonic = time.monotonic()
+                self.stats.last_problem = self.stats.last_problem_detail = ''
+            else:
+                self.stats.fixes_rejected += 1
+                self.stats.last_problem, self.stats.last_problem_detail = 'gating', why
+        if accepted:
+            self._publish_tf(stamp_ns + int(cfg.transform_tolerance * 1e9))
+        if accepted or not cfg.publish_pose_only_when_localized:
+            self._publish_pose(T_map_base, cov, image.header.stamp)
+
+    # ================================================================== outputs
+    def _publish_pose(self, T_map_base: np.ndarray, cov: np.ndarray, stamp) -> None:
+        msg = PoseWithCovarianceStamped()
+        msg.header.stamp = stamp
+        msg.header.frame_id = self.cfg.map_frame
+        msg.pose.pose = conv.matrix_to_pose(T_map_base)
+        msg.pose.covariance = [float(v) for v in cov.reshape(-1)]
+        self._pose_pub.publish(msg)
+        now_ns = self.get_clock().now().nanoseconds
+        with self.stats.lock:
+            self.stats.fixes_published += 1
+            self.stats.latencies_ms.append((now_ns - conv.stamp_to_ns(stamp)) * 1e-6)
+
+    def _publish_tf(self, stamp_ns: int) -> None:
+        cfg = self.cfg
+        if cfg is None or self._tf_pub is None or cfg.tf_owner == 'none':
+            return
+        with self._lock:
+            fix = self._fix
+        if fix is not None:
+            if cfg.tf_owner == 'map_to_odom':
+                T, child = fix.T_map_odom, cfg.odom_frame
+            else:
+                T, child = fix.T_map_base, cfg.base_frame
+        elif cfg.publish_identity_until_localized:
+            T = np.eye(4)
+            child = cfg.odom_frame if cfg.tf_owner == 'map_to_odom' else cfg.base_frame
+        else:
+            return
+        with self._tf_lock:
+            stamp_ns = max(int(stamp_ns), self._last_tf_ns + 1, 1)
+            self._last_tf_ns = stamp_ns
+            self._tf_pub.send([make_transform_stamped(T, cfg.map_frame, child, stamp_ns)])
+
+    def _on_tf_timer(self) -> None:
+        cfg = self.cfg
+        if cfg is None or not self._active:
+            return
+        self._publish_tf(self.get_clock().now().nanoseconds
+                         + int(cfg.transform_tolerance * 1e9))
+        if self._fix is None and not cfg.publish_identity_until_localized:
+            self.get_logger().warning('not localized yet: no map->odom TF',
+                                      throttle_duration_sec=10.0)
+
+    def publish_diagnostics(self) -> None:
+        lost_after = self.cfg.lost_after_failures if self.cfg is not None else 5
+        msg = DiagnosticArray()
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.status = [to_status(self.stats, f'nre_ros/{self.get_name()}', lost_after)]
+        self._diag_pub.publish(msg)
+
+
+def main(argv: list[str] | None = None,
+         relocalizer_factory: RelocalizerFactory | None = None) -> int:
+    """Run the node; ``-p autostart:=true`` configures and activates it without a manager."""
+    rclpy.init(args=argv if argv is not None else sys.argv)
+    node = RelocalizationNode(relocalizer_factory=relocalizer_factory)
+    executor = MultiThreadedExecutor(num_threads=4)
+    executor.add_node(node)
+    code = 0
+    try:
+        if node.get_parameter('autostart').value and not node.autostart():
+            node.get_logger().error('autostart failed; waiting for lifecycle transitions')
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        try:
+            node.on_shutdown(None)
+        except Exception as exc:  # noqa: BLE001 - best effort while shutting down
+            print(f'nre_relocalization: shutdown cleanup failed: {exc}', file=sys.stderr)
+        executor.shutdown(timeout_sec=1.0)
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return code
 
 
 if __name__ == '__main__':
