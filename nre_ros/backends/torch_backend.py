@@ -1,0 +1,50 @@
+"""torch runners: CPU (float32, inference_mode, configured thread count) and CUDA (fp16)."""
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+from nre_ros.errors import BackendUnavailable
+
+logger = logging.getLogger(__name__)
+
+
+class TorchRunner:
+    """Runs a model's level networks with torch.
+
+    Args:
+        networks: {'coarse': net, 'fine': net} as returned by ``model.networks()``.
+        device: 'cpu' or 'cuda[:i]'.
+        fp16: run in half precision (CUDA only; outputs are returned as float32).
+        threads: torch intra-op threads (CPU), from the config.
+    """
+
+    def __init__(self, networks: dict[str, nn.Module], device: str | torch.device = 'cpu',
+                 fp16: bool = False, threads: int | None = 2) -> None:
+        self.device = torch.device(device)
+        if self.device.type == 'cuda' and not torch.cuda.is_available():
+            raise BackendUnavailable('torch CUDA backend asked for, but torch.cuda.is_available()'
+                                     ' is False (CPU build of torch or no GPU); use backend=torch')
+        if fp16 and self.device.type != 'cuda':
+            raise BackendUnavailable('fp16 needs CUDA; on CPU use fp16=False')
+        if threads and self.device.type == 'cpu':
+            torch.set_num_threads(int(threads))
+        self.fp16 = fp16
+        self.input_dtype = torch.float16 if fp16 else torch.float32
+        self.networks = {k: net.to(self.device).eval() for k, net in networks.items()}
+        if fp16:
+            # keep normalization statistics in fp32 would need per-layer casts; XFeat's
+            # instance norm is stable in fp16 on [0, 1] inputs (checked against fp32 in tests)
+            self.networks = {k: net.half() for k, net in self.networks.items()}
+        self.name = f'torch-{self.device.type}' + ('-fp16' if fp16 else '')
+
+    def levels(self) -> tuple[str, ...]:
+        return tuple(self.networks)
+
+    @torch.inference_mode()
+    def __call__(self, level: str, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.networks[level](image.to(self.device, self.input_dtype))
+        out = out if isinstance(out, tuple) else (out,)
+        return tuple(o.float() for o in out)
