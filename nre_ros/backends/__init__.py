@@ -1,1 +1,96 @@
-"""backends of nre_ros."""
+"""Inference backends behind one interface: ``load_backend(config).extract(image) -> DenseFeatures``.
+
+| backend | device | precision | notes |
+|---|---|---|---|
+| ``torch`` | cpu / cuda | fp32 / fp16 on CUDA | inference_mode, thread count from the config |
+| ``onnxruntime`` | cpu / cuda | fp32 | exports the model to ONNX (dynamic H/W) into the cache |
+| ``tensorrt`` | cuda | fp16 | engine built from the ONNX file, cached by hash/version/GPU |
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from nre_ros.backends.base import BackendModel, Runner
+from nre_ros.errors import ConfigError
+from nre_ros.models import DEFAULT_MODEL, load_model
+
+__all__ = ['BackendConfig', 'BackendModel', 'Runner', 'load_backend', 'BACKENDS',
+           'default_cache_dir']
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ('torch', 'onnxruntime', 'tensorrt')
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    """How the feature networks run.
+
+    Attributes:
+        model: registry name (nre_ros.models.MODEL_NAMES).
+        backend: one of BACKENDS.
+        device: 'cpu' or 'cuda' ('tensorrt' implies cuda).
+        fp16: half precision for torch on CUDA (TensorRT always builds fp16; ONNX Runtime fp32).
+        threads: CPU threads (torch.set_num_threads / ORT intra-op threads).
+        cache_dir: where ONNX files and TensorRT engines go ('' = default_cache_dir()).
+        image_sizes: (H, W) input sizes the TensorRT profile must cover.
+        with_fine: compute the fine level by default in ``extract``.
+    """
+
+    model: str = DEFAULT_MODEL
+    backend: str = 'torch'
+    device: str = 'cpu'
+    fp16: bool = False
+    threads: int = 2
+    cache_dir: str = ''
+    image_sizes: tuple[tuple[int, int], ...] = ((480, 640),)
+    with_fine: bool = True
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get('XDG_CACHE_HOME') or Path.home() / '.cache'
+    return Path(base) / 'nre_ros'
+
+
+def _padded(size: tuple[int, int], multiple: int) -> tuple[int, int]:
+    return tuple(-(-s // multiple) * multiple for s in size)
+
+
+def load_backend(config: BackendConfig = BackendConfig(), model=None) -> BackendModel:
+    """Build the configured backend around ``config.model`` (or an already loaded ``model``).
+
+    Raises:
+        ConfigError: unknown backend name.
+        BackendUnavailable: the backend cannot run here (no CUDA, no TensorRT, ...), with why.
+    """
+    if config.backend not in BACKENDS:
+        raise ConfigError(f'unknown backend {config.backend!r}; available: {BACKENDS}')
+    if config.threads:
+        torch.set_num_threads(int(config.threads))
+    device = 'cuda' if config.backend == 'tensorrt' else config.device
+    model = model or load_model(config.model, 'cpu' if config.backend != 'torch' else device)
+    if config.backend == 'torch':
+        from nre_ros.backends.torch_backend import TorchRunner
+        runner = TorchRunner(model.networks(), device, fp16=config.fp16, threads=config.threads)
+    else:
+        from nre_ros.backends.onnx_backend import export_onnx
+        cache = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
+        onnx_dir = cache / 'onnx' / f'{model.spec.name}-{model.spec.weights_sha256[:12]}'
+        spec_file = onnx_dir / f'{model.spec.name}.spec.json'
+        if not spec_file.exists():
+            logger.info('exporting %s to ONNX in %s', model.spec.name, onnx_dir)
+            export_onnx(model, onnx_dir)
+        paths = {level: onnx_dir / f'{model.spec.name}-{level}.onnx' for level in model.networks()}
+        if config.backend == 'onnxruntime':
+            from nre_ros.backends.onnx_backend import OnnxRunner
+            runner = OnnxRunner(paths, device, threads=config.threads)
+        else:
+            from nre_ros.backends.tensorrt_backend import TensorRTRunner
+            sizes = [_padded(s, model.pad_multiple) for s in config.image_sizes]
+            runner = TensorRTRunner(paths, cache / 'tensorrt', sizes, fp16=True)   # always fp16
+    return BackendModel(model.spec, runner, model.pad_multiple, config.with_fine)

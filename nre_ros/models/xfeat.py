@@ -125,6 +125,7 @@ class XFeatMultiScale:
     """
 
     name = 'xfeat-ms'
+    pad_multiple = PAD_MULTIPLE
 
     def __init__(self, device: str | torch.device = 'cpu', pretrained: bool = True,
                  inv_temperature: float = INV_TEMPERATURE,
