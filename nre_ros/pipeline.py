@@ -1,0 +1,328 @@
+"""The relocalizer: retrieval -> coarse NRE (MSAC + GNC) -> fine NRE -> verdict.
+
+``Relocalizer(map, model, config).localize(image, camera, prior=None, depth=None)`` is the one
+call the CLI, the evaluation tools and the ROS node make. It returns a ``Result`` only when the
+verdict trusts the pose, otherwise a ``Failure`` with a reason; it never raises on bad input
+(that is a ``Failure('bad_input')``).
+
+Frames: the map's world frame is ``world`` (= the map frame, up to ``map_T_model``); poses are
+``T_cam_world`` of the caller's camera (optical frame of the image as given, before the
+undistortion, resizing and quarter-turn rotations the pipeline applies internally).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nre_ros.camera import Camera
+from nre_ros.config import load_config, read_yaml
+from nre_ros.errors import InputError, NreError
+from nre_ros.lossmaps import LossMaps, coarse_loss_maps, fine_loss_maps
+from nre_ros.maps import Map, RetrievalIndex, global_descriptor, load_map
+from nre_ros.models import DEFAULT_MODEL, FeatureModel, load_model
+from nre_ros.preprocess import PreparedImage, prepare
+from nre_ros.results import Failure, Outcome, Result
+from nre_ros.solver import FineLevel, SolverConfig, msac, solve
+from nre_ros.solver import se3
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RetrievalConfig:
+    top_k: int = 3                 # keyframes whose points form the query's point set
+    max_points: int = 1500         # cap on the point set (points of better keyframes first)
+
+
+@dataclass(frozen=True)
+class RotationConfig:
+    """In-plane rotation search (descriptors such as XFeat's are not rotation invariant)."""
+
+    quarter_turns: tuple[int, ...] = (0, 1, 2, 3)   # rotations whose retrieval score is computed
+    candidates: int = 2            # best-retrieved rotations that also get MSAC
+
+
+@dataclass(frozen=True)
+class FineConfig:
+    enabled: bool = True
+    window: int = 16               # fine cells per window side
+    divisor: float = 1.0           # window mass divisor (1 = mass preserving)
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    keyframes: int = 3             # nearest keyframes (by pose) used around a prior
+    max_translation_m: float = 0.5  # result farther than this from the prior -> global search
+    max_rotation_deg: float = 20.0
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    model: str = DEFAULT_MODEL
+    device: str = 'cpu'
+    num_threads: int = 2
+    max_image_side: int = 640
+    retrieval: RetrievalConfig = RetrievalConfig()
+    rotation: RotationConfig = RotationConfig()
+    fine: FineConfig = FineConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    solver: SolverConfig = SolverConfig()
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> 'PipelineConfig':
+        data = read_yaml(path)
+        return load_config(cls, data.get('pipeline', data), 'pipeline')
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> 'PipelineConfig':
+        return load_config(cls, data, 'pipeline')
+
+
+@dataclass(frozen=True)
+class Prior:
+    """A pose guess (odometry, last fix, /initialpose): ``T_cam_world`` and its covariance."""
+
+    T_cam_world: np.ndarray
+    covariance: np.ndarray | None = None
+
+
+@dataclass
+class _Candidate:
+    """One query orientation with its retrieved point set and MSAC outcome."""
+
+    prep: PreparedImage
+    features: object
+    keyframes: np.ndarray
+    point_idx: np.ndarray
+    coarse_maps: LossMaps | None = None
+    msac: object = None
+    timings: dict = field(default_factory=dict)
+
+
+class Relocalizer:
+    """Localizes images against one map with one feature model."""
+
+    def __init__(self, map_: Map, model: FeatureModel, config: PipelineConfig = PipelineConfig()):
+        mismatch = map_.spec.mismatch(model.spec)
+        if mismatch:
+            raise NreError(f'map was built with model {map_.spec.name!r}, the relocalizer runs '
+                           f'{model.spec.name!r} ({mismatch}); rebuild the map or change model')
+        self.map = map_
+        self.model = model
+        self.config = config
+        self.device = torch.device(config.device)
+        self.index = RetrievalIndex(map_.global_descriptors)
+        self.points_world = torch.as_tensor(np.array(map_.points_world), dtype=torch.float64,
+                                            device=self.device)
+        self._kf_centres = np.linalg.inv(np.asarray(map_.kf_T_cam_world))[:, :3, 3]
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_config(cls, map_path: str | Path, config: PipelineConfig = PipelineConfig()
+                    ) -> 'Relocalizer':
+        """Load the model named in ``config`` and the map (validated against the model)."""
+        torch.set_num_threads(config.num_threads)
+        t0 = time.perf_counter()
+        model = load_model(config.model, config.device)
+        map_ = load_map(map_path, expected_spec=model.spec)
+        logger.info('loaded model %s and map %s (%d keyframes, %d points) in %.0f ms',
+                    model.spec.name, map_path, map_.num_keyframes, map_.num_points,
+                    1e3 * (time.perf_counter() - t0))
+        return cls(map_, model, config)
+
+    @property
+    def map_frame_id(self) -> str:
+        return self.map.metadata.map_frame
+
+    @property
+    def map_T_model(self) -> np.ndarray | None:
+        sim = self.map.metadata.map_T_model
+        if sim is None:
+            return None
+        T = np.eye(4)
+        T[:3, :3] = sim.scale * np.asarray(sim.rotation)
+        T[:3, 3] = sim.translation
+        return T
+
+    def warmup(self) -> None:
+        """One inference on a blank image so the first real query is not slow."""
+        self.model.extract(np.zeros((480, 640, 3), np.uint8))
+
+    # ------------------------------------------------------------------ public API
+    def localize(self, image: np.ndarray, camera: Camera, prior: Prior | None = None,
+                 depth: np.ndarray | None = None) -> Outcome:
+        """Estimate ``T_cam_world`` of ``image``; a Result only when the verdict trusts it."""
+        t0 = time.perf_counter()
+        try:
+            prep0 = prepare(image, camera, self.config.max_image_side, 0)
+        except InputError as exc:
+            return Failure('bad_input', str(exc))
+        if prior is not None:
+            out = self._track(prep0, prior)
+            if out.ok:
+                return self._finish(out, t0, mode='tracking')
+            logger.debug('tracking failed (%s), falling back to global search', out.reason)
+        return self._finish(self._global(image, camera, prep0), t0, mode='global')
+
+    # ------------------------------------------------------------------ stages
+    def _finish(self, out: Outcome, t0: float, mode: str) -> Outcome:
+        timings = dict(out.timings_ms)
+        timings['total'] = 1e3 * (time.perf_counter() - t0)
+        info = {**out.info, 'mode': mode}
+        return replace(out, timings_ms=timings, info=info)
+
+    def _candidate(self, prep: PreparedImage, timings: dict) -> _Candidate:
+        t = time.perf_counter()
+        feats = self.model.extract(prep.image, fine=False)
+        timings['features'] = timings.get('features', 0.0) + 1e3 * (time.perf_counter() - t)
+        return _Candidate(prep, feats, np.zeros(0, np.int64), np.zeros(0, np.int64))
+
+    def _retrieve(self, cands: list[_Candidate], timings: dict) -> list[_Candidate]:
+        """Score each orientation by retrieval; keep the best ``candidates`` of them."""
+        t = time.perf_counter()
+        k = self.config.retrieval.top_k
+        descs = np.stack([global_descriptor(c.features) for c in cands])
+        idx, scores = self.index.query(descs, k)
+        order = np.argsort(-scores[:, 0], kind='stable')[:self.config.rotation.candidates]
+        kept = []
+        for i in order:
+            c = cands[i]
+            c.keyframes = idx[i]
+            c.point_idx = self._points_of(idx[i])
+            kept.append(c)
+        timings['retrieval'] = 1e3 * (time.perf_counter() - t)
+        return kept
+
+    def _points_of(self, keyframes: np.ndarray) -> np.ndarray:
+        """Unique point indices seen by ``keyframes`` (better-ranked keyframes first), capped."""
+        pts = np.concatenate([self.map.observations(int(i)).point_idx for i in keyframes])
+        _, first = np.unique(pts, return_index=True)
+        ordered = pts[np.sort(first)]
+        return ordered[:self.config.retrieval.max_points].astype(np.int64)
+
+    def _descriptors(self, point_idx: np.ndarray, keyframes: np.ndarray, level: str
+                     ) -> torch.Tensor:
+        """(N, C) descriptors of ``point_idx``, taken from the best-ranked keyframe seeing each."""
+        obs_kf = np.concatenate([np.full(len(self.map.observations(int(i)).point_idx), r)
+                                 for r, i in enumerate(keyframes)])
+        obs_pt = np.concatenate([self.map.observations(int(i)).point_idx for i in keyframes])
+        desc = np.concatenate([getattr(self.map.observations(int(i)), level) for i in keyframes])
+        order = np.lexsort((obs_kf, obs_pt))            # by point, then keyframe rank
+        pts_sorted = obs_pt[order]
+        first = order[np.searchsorted(pts_sorted, point_idx)]
+        return torch.as_tensor(np.asarray(desc[first], np.float32), device=self.device)
+
+    def _coarse_maps(self, c: _Candidate, timings: dict) -> None:
+        t = time.perf_counter()
+        desc = self._descriptors(c.point_idx, c.keyframes, 'coarse')
+        c.coarse_maps = coarse_loss_maps(c.features.coarse, desc, self.model.spec.inv_temperature)
+        timings['lossmaps'] = timings.get('lossmaps', 0.0) + 1e3 * (time.perf_counter() - t)
+
+    def _K_grid(self, prep: PreparedImage, stride: int) -> torch.Tensor:
+        return torch.as_tensor(prep.camera.feature_grid(stride).K, dtype=torch.float64,
+                               device=self.device)
+
+    def _fine_builder(self, c: _Candidate, timings: dict):
+        spec = self.model.spec
+        if not self.config.fine.enabled or spec.fine_stride <= 0:
+            return None
+        K_fine = self._K_grid(c.prep, spec.fine_stride)
+        pts = self.points_world[c.point_idx]
+
+        def build(T: torch.Tensor) -> FineLevel | None:
+            t = time.perf_counter()
+            feats = self.model.extract(c.prep.image, fine=True)
+            timings['fine_features'] = 1e3 * (time.perf_counter() - t)
+            fine = feats.fine
+            pc = se3.transform(pts, T[:3, :3], T[:3, 3])
+            uv, valid = se3.project(pc, K_fine)
+            hf, wf = fine.shape[1:]
+            inside = valid & (uv[:, 0] >= 0) & (uv[:, 0] <= wf - 1) & (uv[:, 1] >= 0) & (
+                uv[:, 1] <= hf - 1)
+            index = torch.nonzero(inside).reshape(-1)
+            if index.numel() == 0:
+                return None
+            desc = self._descriptors(c.point_idx[index.cpu().numpy()], c.keyframes, 'fine')
+            maps = fine_loss_maps(fine, desc, uv[index].float(), c.coarse_maps.select(index),
+                                  spec.coarse_stride / spec.fine_stride,
+                                  spec.fine_inv_temperature, self.config.fine.window,
+                                  self.config.fine.divisor)
+            return FineLevel(maps, K_fine, index)
+        return build
+
+    def _global(self, image: np.ndarray, camera: Camera, prep0: PreparedImage) -> Outcome:
+        timings: dict[str, float] = {}
+        cands = []
+        for turns in self.config.rotation.quarter_turns:
+            prep = prep0 if turns % 4 == 0 else prepare(image, camera,
+                                                         self.config.max_image_side, turns)
+            cands.append(self._candidate(prep, timings))
+        cands = self._retrieve(cands, timings)
+        best = None
+        t = time.perf_counter()
+        for c in cands:
+            if len(c.point_idx) < self.config.solver.min_points:
+                continue
+            self._coarse_maps(c, timings)
+            K = self._K_grid(c.prep, self.model.spec.coarse_stride)
+            c.msac = msac(self.points_world[c.point_idx], c.coarse_maps, K, self.config.solver.msac)
+            if c.msac.T_cam_world is not None and (best is None or c.msac.support
+                                                   > best.msac.support):
+                best = c
+        timings['msac'] = 1e3 * (time.perf_counter() - t) - timings.get('lossmaps', 0.0)
+        if best is None:
+            reasons = [c.msac.reason for c in cands if c.msac is not None] or ['no_keyframes']
+            return Failure(reasons[0], 'no orientation gave a pose hypothesis', timings)
+        out = solve(self.points_world[best.point_idx], best.coarse_maps,
+                    self._K_grid(best.prep, self.model.spec.coarse_stride), self.config.solver,
+                    fine=self._fine_builder(best, timings), T_init=best.msac.T_cam_world)
+        return self._to_caller_frame(out, best, timings)
+
+    def _track(self, prep: PreparedImage, prior: Prior) -> Outcome:
+        """Refine from a prior (no MSAC) against the keyframes nearest to it."""
+        timings: dict[str, float] = {}
+        T_prior = np.asarray(prior.T_cam_world, dtype=np.float64)
+        centre = np.linalg.inv(T_prior)[:3, 3]
+        n_kf = min(self.config.tracking.keyframes, self.map.num_keyframes)
+        nearest = np.argsort(np.linalg.norm(self._kf_centres - centre, axis=1))[:n_kf]
+        c = self._candidate(prep, timings)
+        c.keyframes = nearest
+        c.point_idx = self._points_of(nearest)
+        if len(c.point_idx) < self.config.solver.min_points:
+            return Failure('too_few_points', 'no map points near the prior', timings)
+        self._coarse_maps(c, timings)
+        out = solve(self.points_world[c.point_idx], c.coarse_maps,
+                    self._K_grid(c.prep, self.model.spec.coarse_stride), self.config.solver,
+                    fine=self._fine_builder(c, timings), T_init=T_prior)
+        out = self._to_caller_frame(out, c, timings)
+        if out.ok:
+            dt = np.linalg.norm(np.linalg.inv(out.T_cam_world)[:3, 3] - centre)
+            R_d = out.T_cam_world[:3, :3] @ T_prior[:3, :3].T
+            dr = np.degrees(np.arccos(np.clip((np.trace(R_d) - 1) / 2, -1, 1)))
+            cfg = self.config.tracking
+            if dt > cfg.max_translation_m or dr > cfg.max_rotation_deg:
+                return Failure('disagrees_with_prior', f'{dt:.2f} m / {dr:.1f} deg from the prior',
+                               out.timings_ms, out.info)
+        return out
+
+    def _to_caller_frame(self, out: Outcome, c: _Candidate, timings: dict) -> Outcome:
+        """Undo the quarter-turn rotation: T_cam_world = R_img_cam^T T_img_world."""
+        timings = {**timings, **out.timings_ms}
+        info = {**out.info, 'quarter_turns': c.prep.quarter_turns,
+                'keyframes': [self.map.keyframe_names[int(i)] for i in c.keyframes],
+                'points': int(len(c.point_idx))}
+        if not out.ok:
+            return replace(out, timings_ms=timings, info=info)
+        R = np.eye(4)
+        R[:3, :3] = c.prep.R_img_cam.T
+        T = R @ out.T_cam_world
+        # the covariance of a left increment rotates with the frame: Ad(R^T) cov Ad(R^T)^T
+        A = np.zeros((6, 6))
+        A[:3, :3] = A[3:, 3:] = c.prep.R_img_cam.T
+        cov = A @ out.covariance @ A.T
+        return replace(out, T_cam_world=T, covariance=cov, timings_ms=timings, info=info)
