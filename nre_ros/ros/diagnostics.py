@@ -54,7 +54,8 @@ class NodeStats:
 
     def reset_fix(self) -> None:
         with self.lock:
-            self.localized, self.consecutive_failures = False, 0
+            self.localized = self.ever_localized = False
+            self.consecutive_failures = 0
             self.last_problem = self.last_problem_detail = ''
 
 

@@ -61,18 +61,16 @@ def pipeline_relocalizer(map_path: str, cfg: NodeConfig):
 
 @dataclass(frozen=True)
 class _FallbackPrior:
-    """Same fields as nre_ros.pipeline.Prior, used while the pipeline module is absent."""
+    """Same fields as nre_ros.pipeline.Prior, for relocalizers that do not come from it."""
 
     T_cam_world: np.ndarray
     covariance: np.ndarray | None = None
 
 
 def _prior_class():
-    try:
-        from nre_ros.pipeline import Prior
-    except ImportError:
-        return _FallbackPrior
-    return Prior
+    """nre_ros.pipeline.Prior when the pipeline is in use (never import torch just for it)."""
+    pipeline = sys.modules.get('nre_ros.pipeline')
+    return getattr(pipeline, 'Prior', _FallbackPrior)
 
 
 @dataclass
