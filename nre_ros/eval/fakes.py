@@ -10,9 +10,7 @@ import hashlib
 import time
 
 import numpy as np
-from scipy.linalg import expm
-
-from nre_ros.geometry import invert, skew
+from nre_ros.geometry import invert, make_transform, skew, so3_exp
 from nre_ros.results import Failure, Result
 
 
@@ -21,10 +19,16 @@ def image_key(image: np.ndarray) -> str:
 
 
 def se3_exp(xi: np.ndarray) -> np.ndarray:
-    M = np.zeros((4, 4))
-    M[:3, :3] = skew(xi[3:])
-    M[:3, 3] = xi[:3]
-    return expm(M)
+    """Twist (rho, phi) (6,) -> (4, 4) ``expm(hat(xi))`` in closed form (inverse of se3_log)."""
+    rho, phi = np.asarray(xi[:3], float), np.asarray(xi[3:], float)
+    theta = float(np.linalg.norm(phi))
+    W = skew(phi)
+    if theta < 1e-8:
+        V = np.eye(3) + 0.5 * W
+    else:
+        V = (np.eye(3) + (1 - np.cos(theta)) / theta ** 2 * W
+             + (theta - np.sin(theta)) / theta ** 3 * (W @ W))
+    return make_transform(so3_exp(phi), V @ rho)
 
 
 class OracleLocalizer:

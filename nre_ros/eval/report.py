@@ -26,7 +26,7 @@ EST_CMAP = 'viridis'
 def _png(fig) -> str:
     import matplotlib.pyplot as plt
     buf = io.BytesIO()
-    fig.savefig(buf, format='png', dpi=90, bbox_inches='tight')
+    fig.savefig(buf, format='png', dpi=90)
     plt.close(fig)
     return base64.b64encode(buf.getvalue()).decode('ascii')
 
@@ -35,7 +35,7 @@ def _figure(*args, **kwargs):
     import matplotlib
     matplotlib.use('Agg', force=False)
     import matplotlib.pyplot as plt
-    return plt.subplots(*args, **kwargs)
+    return plt.subplots(*args, layout='constrained', **kwargs)
 
 
 def plot_trajectory(records) -> str:
