@@ -1,4 +1,4 @@
-"""End to end: ``nre-ros make-bag`` / ``nre-ros evaluate`` CLI, evo cross-check, report screenshot."""
+"""End to end: make-bag / evaluate commands, evo cross-check, report screenshot."""
 import json
 import os
 import shutil

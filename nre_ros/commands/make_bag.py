@@ -20,7 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--depth', nargs='?', const='32FC1', default=None,
                         choices=bags.DEPTH_ENCODINGS,
                         help='add registered depth (32FC1 metres, default, or 16UC1 mm)')
-    parser.add_argument('--odom-drift', nargs=2, type=float, metavar=('SIGMA_T_M', 'SIGMA_YAW_DEG'),
+    parser.add_argument('--odom-drift', nargs=2, type=float,
+                        metavar=('SIGMA_T_M', 'SIGMA_YAW_DEG'),
                         default=(bags.OdomDrift.sigma_t_m, bags.OdomDrift.sigma_yaw_deg),
                         help='random-walk drift of the simulated odom->base_link per sqrt(s) '
                         '(default: %(default)s)')

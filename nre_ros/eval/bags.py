@@ -12,14 +12,16 @@ the bag's receive time of a message equals its header stamp):
   REP 118), 0 = invalid | optional; registered to the colour image |
 | ``/ground_truth`` | geometry_msgs/PoseStamped | ``header.frame_id = 'map'``: the pose of the
   camera optical frame in the map (= the TUM world frame), i.e. ``T_map_cam`` |
-| ``/tf_static`` | tf2_msgs/TFMessage, transient-local | ``base_link -> camera_color_optical_frame``
-  = ``T_BASE_CAM`` (REP 103 optical rotation, camera 5 cm ahead and 10 cm above base) |
+| ``/tf_static`` | tf2_msgs/TFMessage, transient-local | ``base_link ->
+  camera_color_optical_frame`` = ``T_BASE_CAM`` (REP 103 optical rotation, camera 5 cm
+  ahead of and 10 cm above base) |
 | ``/tf`` | tf2_msgs/TFMessage | ``odom -> base_link`` simulated, see ``OdomDrift`` |
 
 Simulated odometry: the true ``T_map_base(t) = T_map_cam(t) @ inv(T_BASE_CAM)``. Odometry starts
 at the first frame (``T_odom_base(t0) = I``) and drifts: ``T_map_odom(t) = T_map_base(t0) @ W(t)``,
 where ``W`` is a seeded random walk, translation ``N(0, sigma_t^2 dt)`` per axis and a rotation
-about the odom z axis ``N(0, sigma_yaw^2 dt)``; ``T_odom_base(t) = inv(T_map_odom(t)) @ T_map_base(t)``.
+about the odom z axis ``N(0, sigma_yaw^2 dt)``;
+``T_odom_base(t) = inv(T_map_odom(t)) @ T_map_base(t)``.
 So the correct ``map -> odom`` a localizer should publish is ``T_map_odom(t)``.
 """
 from __future__ import annotations
@@ -94,7 +96,8 @@ def _typestore(distro: str = 'humble'):
     from rosbags.typesys import Stores, get_typestore
     stores = {'humble': Stores.ROS2_HUMBLE, 'jazzy': Stores.ROS2_JAZZY}
     if distro not in stores:
-        raise InputError(f'unknown ROS distro {distro!r} for the bag types; use one of {list(stores)}')
+        raise InputError(f'unknown ROS distro {distro!r} for the bag types; '
+                         f'use one of {list(stores)}')
     return get_typestore(stores[distro])
 
 
@@ -125,8 +128,8 @@ def simulate_odometry(stamps_ns: np.ndarray, T_map_base: np.ndarray, drift: Odom
 def _header(ts, stamp_ns: int, frame_id: str):
     Time = ts.types['builtin_interfaces/msg/Time']
     Header = ts.types['std_msgs/msg/Header']
-    return Header(stamp=Time(sec=int(stamp_ns // 1_000_000_000), nanosec=int(stamp_ns % 1_000_000_000)),
-                  frame_id=frame_id)
+    sec, nanosec = divmod(int(stamp_ns), 1_000_000_000)
+    return Header(stamp=Time(sec=sec, nanosec=nanosec), frame_id=frame_id)
 
 
 def _image_msg(ts, stamp_ns: int, array: np.ndarray, encoding: str):
@@ -157,7 +160,8 @@ def _pose_msg(ts, T: np.ndarray):
     g = ts.types
     q = matrix_to_quat(T[:3, :3])
     return g['geometry_msgs/msg/Pose'](
-        position=g['geometry_msgs/msg/Point'](x=float(T[0, 3]), y=float(T[1, 3]), z=float(T[2, 3])),
+        position=g['geometry_msgs/msg/Point'](x=float(T[0, 3]), y=float(T[1, 3]),
+                                              z=float(T[2, 3])),
         orientation=g['geometry_msgs/msg/Quaternion'](x=q[0], y=q[1], z=q[2], w=q[3]))
 
 
@@ -196,7 +200,8 @@ def write_bag(samples: Iterable[BagSample], camera: Camera, out: str | Path, *,
     if storage not in STORAGES:
         raise InputError(f'storage must be one of {STORAGES}, got {storage!r}')
     if depth_encoding not in (None, *DEPTH_ENCODINGS):
-        raise InputError(f'depth encoding must be one of {DEPTH_ENCODINGS}, got {depth_encoding!r}')
+        raise InputError(f'depth encoding must be one of {DEPTH_ENCODINGS}, '
+                         f'got {depth_encoding!r}')
     out = Path(out)
     if out.exists():
         raise InputError(f'bag {out} already exists; remove it or pick another name')
@@ -292,7 +297,8 @@ def camera_info_to_camera(msg) -> Camera:
     d = np.asarray(msg.d, dtype=np.float64)
     if d.size == 5 and not np.any(d):
         d = np.zeros(0)
-    return Camera(int(msg.width), int(msg.height), np.asarray(msg.k, dtype=np.float64).reshape(3, 3), d)
+    K = np.asarray(msg.k, dtype=np.float64).reshape(3, 3)
+    return Camera(int(msg.width), int(msg.height), K, d)
 
 
 def _pose_to_matrix(position, orientation) -> np.ndarray:

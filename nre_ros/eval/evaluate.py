@@ -223,7 +223,8 @@ def write_frames_csv(path: str | Path, records: list[FrameRecord]) -> None:
             est = pose_to_tum(invert(r.T_est)) if r.T_est is not None else [''] * 7
             gt = pose_to_tum(invert(r.T_gt)) if r.T_gt is not None else [''] * 7
             fmt = lambda v: '' if v == '' or not np.isfinite(v) else f'{v:.9g}'  # noqa: E731
-            w.writerow([r.index, f'{r.stamp_ns // 10**9}.{r.stamp_ns % 10**9:09d}', r.status, r.reason, fmt(t), fmt(rot),
+            stamp = f'{r.stamp_ns // 10**9}.{r.stamp_ns % 10**9:09d}'   # exact, from ns
+            w.writerow([r.index, stamp, r.status, r.reason, fmt(t), fmt(rot),
                         fmt(r.latency_ms), fmt(st), fmt(sr), fmt(r.nees())]
                        + [fmt(v) for v in est] + [fmt(v) for v in gt]
                        + [fmt(r.timings_ms.get(s, float('nan'))) for s in stages])
@@ -236,12 +237,13 @@ def write_tum_files(out_dir: str | Path, records: list[FrameRecord]) -> tuple[Pa
     est = [r for r in records if r.status == FIX]
     gt = [r for r in records if r.T_gt is not None]
     paths = out_dir / 'estimate.tum', out_dir / 'ground_truth.tum'
+    header = 'T_map_cam (camera optical frame in map): timestamp tx ty tz qx qy qz qw'
     write_tum_poses(paths[0], np.array([r.stamp_s for r in est]),
                     invert(np.array([r.T_est for r in est]).reshape(-1, 4, 4)),
-                    header='T_map_cam (camera optical frame in map): timestamp tx ty tz qx qy qz qw')
+                    header=header)
     write_tum_poses(paths[1], np.array([r.stamp_s for r in gt]),
                     invert(np.array([r.T_gt for r in gt]).reshape(-1, 4, 4)),
-                    header='T_map_cam (camera optical frame in map): timestamp tx ty tz qx qy qz qw')
+                    header=header)
     return paths
 
 

@@ -145,7 +145,8 @@ _ROWS = [('frames (processed / fixes)', lambda m: f"{m['num_frames']} ({m['num_p
          ('recall 0.25 m, 2°', lambda m: _pct(m['recall_25cm_2deg'])),
          ('recall 0.5 m, 5°', lambda m: _pct(m['recall_50cm_5deg'])),
          ('recall 5 m, 10°', lambda m: _pct(m['recall_5m_10deg'])),
-         ('median error (m / °)', lambda m: f"{_f(m['median_t_m'], 3)} / {_f(m['median_r_deg'], 2)}"),
+         ('median error (m / °)', lambda m: f"{_f(m['median_t_m'], 3)} / "
+          f"{_f(m['median_r_deg'], 2)}"),
          ('ATE RMSE, unaligned (m)', lambda m: _f(m['ate_rmse_m'], 4)),
          ('time to first fix (s)', lambda m: _f(m['time_to_first_fix_s'], 3)),
          ('availability (frames with a fix)', lambda m: _pct(m['availability'])),

@@ -24,7 +24,8 @@ def ate_rmse(centres_est: np.ndarray, centres_gt: np.ndarray) -> float:
     Only pass published fixes (and their ground truth); NaN when N = 0. Equals
     ``evo_ape tum gt est`` (translation part, no ``-a``/``-s``) on the same poses.
     """
-    d = np.asarray(centres_est, float).reshape(-1, 3) - np.asarray(centres_gt, float).reshape(-1, 3)
+    d = (np.asarray(centres_est, float).reshape(-1, 3)
+         - np.asarray(centres_gt, float).reshape(-1, 3))
     if not len(d):
         return float('nan')
     return float(np.sqrt(np.mean(np.sum(d * d, axis=1))))
@@ -62,18 +63,20 @@ def run_duration_s(stamps_s: np.ndarray) -> float:
 def fixes_per_second(stamps_s: np.ndarray, fixed: np.ndarray) -> float:
     """Published fixes per second of bag time (see ``run_duration_s``)."""
     duration = run_duration_s(stamps_s)
-    return float(np.sum(fixed) / duration) if np.isfinite(duration) and duration > 0 else float('nan')
+    if not (np.isfinite(duration) and duration > 0):
+        return float('nan')
+    return float(np.sum(fixed) / duration)
 
 
 def latency_percentiles(ms: np.ndarray, percentiles=LATENCY_PERCENTILES) -> dict[str, float]:
-    """{'p50': .., 'p90': .., 'p99': ..} in ms (linear interpolation, numpy default); NaN if empty."""
+    """{'p50': .., 'p90': .., 'p99': ..} in ms (numpy's linear interpolation); NaN if empty."""
     ms = np.asarray(ms, float)
     ms = ms[np.isfinite(ms)]
     return {f'p{p}': float(np.percentile(ms, p)) if ms.size else float('nan') for p in percentiles}
 
 
 def nees_stats(values: np.ndarray) -> dict[str, float]:
-    """Mean and median NEES (6 DoF: 6 when consistent) and the fraction under the 95 % chi2 bound."""
+    """Mean and median NEES (6 DoF: 6 if consistent), fraction under the 95 % chi2 bound."""
     v = np.asarray(values, float)
     v = v[np.isfinite(v)]
     if not v.size:
