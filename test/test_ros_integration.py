@@ -1,4 +1,4 @@
-"""The node with the real pipeline on real TUM fr1 images (maps/demo): slow, opt in with -m slow."""
+"""The node with the real pipeline on real TUM fr1 images (maps/demo); slow: opt in, -m slow."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -222,7 +222,8 @@ class TfListener:
             self.buffer.set_transform(t, is_static=static)
         except Exception as exc:  # noqa: BLE001 - a bad message must not kill the listener
             self.node.get_logger().warning(f'ignoring bad TF {t.header.frame_id!r} -> '
-                                           f'{t.child_frame_id!r}: {exc}', throttle_duration_sec=5.0)
+                                           f'{t.child_frame_id!r}: {exc}',
+                                           throttle_duration_sec=5.0)
 
     def destroy(self) -> None:
         for s in self._subs:
