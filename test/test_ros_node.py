@@ -280,6 +280,11 @@ def test_services_prior_and_drops(running, ctx):
     assert h.wait_until(lambda: len(fake.calls) == 4 and not node._busy, 3.0)
     T_map_cam = invert(fake.calls[3][3].T_cam_world)
     np.testing.assert_allclose((T_map_cam @ invert(h.T_BASE_CAM))[:3, 3], [5, 6, 0], atol=1e-9)
+    wrong = PoseWithCovarianceStamped()
+    wrong.header.frame_id = 'odom'
+    wrong.pose.pose.orientation.w = 1.0
+    node._on_initialpose(wrong)          # AMCL: only priors in map_frame are accepted
+    assert node._pending_prior is None
     assert call(reset, Trigger.Request()).success
     rig.diags.clear()
     assert h.wait_until(lambda: rig.last_diag().startswith('Not localized yet'), 3.0)
