@@ -291,6 +291,8 @@ def evaluate_bag(bag: str | Path, localizer: Localizer, out_dir: str | Path,
 
     from nre_ros.eval.bags import count_images, read_bag
     total = count_images(bag)
+    if callable(getattr(localizer, 'warmup', None)):
+        localizer.warmup()      # as the node does at configure: not part of any frame's time
     with tqdm(total=total, unit='frame', desc='evaluate', disable=not show_progress) as bar:
         records = replay(read_bag(bag, with_depth=mode.use_depth), localizer, mode,
                          progress=bar.update)

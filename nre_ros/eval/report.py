@@ -92,7 +92,7 @@ def plot_error_cdfs(records) -> str:
 def plot_latency(records) -> str:
     proc = [r for r in records if r.processed]
     fig, ax = _figure(figsize=(10, 3.8))
-    series = {'total': [r.latency_ms for r in proc]}
+    series = {'measured': [r.latency_ms for r in proc]}
     for s in sorted({k for r in proc for k in r.timings_ms}):
         series[s] = [r.timings_ms[s] for r in proc if s in r.timings_ms]
     values = np.concatenate([np.asarray(v, float) for v in series.values()]) if proc else []
@@ -101,10 +101,10 @@ def plot_latency(records) -> str:
         bins = np.linspace(0, max(values.max(), 1e-3) * 1.05, 40)
         for i, (name, v) in enumerate(series.items()):
             ax.hist(v, bins=bins, alpha=0.55, label=name,
-                    color=GT_COLOR if name == 'total' else f'C{i + 1}')
+                    color=GT_COLOR if name == 'measured' else f'C{i + 1}')
     ax.set_xlabel('ms')
     ax.set_ylabel('frames')
-    ax.set_title('Latency per stage (total = processing time = publish - image stamp)')
+    ax.set_title('Latency per stage (measured = processing time = publish - image stamp)')
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return _png(fig)
