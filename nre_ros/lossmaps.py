@@ -70,7 +70,8 @@ class LossMaps:
 
     def peakedness(self) -> Tensor:
         """(N,) ``ln|Omega| - min_p L_n(p)`` = ln(|Omega| max_p C_n(p)): 0 for a flat map."""
-        return self.ln_omega - self.min_loss()[0]
+        n = self.maps.shape[0]
+        return self.ln_omega - self.maps.reshape(n, -1).amin(dim=1)
 
     def argmin_uv(self, subcell: bool = True) -> Tensor:
         """(N, 2) float grid coordinates of each map's minimum.
@@ -117,27 +118,25 @@ class LossMaps:
             raise ShapeError(f'uv must have shape (..., {n}, 2), got {tuple(uv.shape)}')
         uv = self.to_local(uv)
         lead = uv.shape[:-2]
-        uv = uv.reshape(-1, n, 2)
+        uv = uv.reshape(-1, n, 2).to(self.maps.dtype)
         finite = torch.isfinite(uv).all(dim=-1)
-        uv = torch.where(finite[..., None], uv, torch.full_like(uv, -10.0))
-        x0f = torch.floor(uv[..., 0])
-        y0f = torch.floor(uv[..., 1])
-        fx = (uv[..., 0] - x0f).to(self.maps.dtype)
-        fy = (uv[..., 1] - y0f).to(self.maps.dtype)
-        x0 = x0f.clamp(-2, w + 1).long()
-        y0 = y0f.clamp(-2, h + 1).long()
-        flat = self.maps.reshape(n, h * w)
-        row = torch.arange(n, device=flat.device) * (h * w)
-        out = torch.zeros(uv.shape[:-1], dtype=self.maps.dtype, device=self.maps.device)
-        for dx, dy, wgt in ((0, 0, (1 - fx) * (1 - fy)), (1, 0, fx * (1 - fy)),
-                            (0, 1, (1 - fx) * fy), (1, 1, fx * fy)):
-            xi, yi = x0 + dx, y0 + dy
-            inside = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
-            idx = row + yi.clamp(0, h - 1) * w + xi.clamp(0, w - 1)
-            val = flat.reshape(-1)[idx]
-            out = out + wgt * torch.where(inside, val, torch.full_like(val, self.ln_omega))
+        # One ln|Omega| border around every map: any corner outside the map reads "out".
+        padded = torch.nn.functional.pad(self.maps, (1, 1, 1, 1), value=self.ln_omega)
+        wp = w + 2
+        x = uv[..., 0].nan_to_num(-1.0).clamp(-1.0, float(w)) + 1.0
+        y = uv[..., 1].nan_to_num(-1.0).clamp(-1.0, float(h)) + 1.0
+        x0 = x.floor().clamp(max=w)  # keeps x0 + 1 inside the padded map
+        y0 = y.floor().clamp(max=h)
+        fx, fy = x - x0, y - y0
+        idx = (torch.arange(n, device=uv.device) * ((h + 2) * wp)
+               + y0.long() * wp + x0.long())
+        flat = padded.reshape(-1)
+        v00, v10 = flat[idx], flat[idx + 1]
+        v01, v11 = flat[idx + wp], flat[idx + wp + 1]
+        top = v00 + fx * (v10 - v00)
+        out = top + fy * (v01 + fx * (v11 - v01) - top)
         ok = finite if valid is None else finite & valid.reshape(-1, n)
-        out = torch.where(ok, out, torch.full_like(out, self.ln_omega))
+        out = out.masked_fill(~ok, self.ln_omega)
         return out.reshape(lead + (n,))
 
 
@@ -145,8 +144,7 @@ def loss_maps_from_logits(logits: Tensor, ln_omega: float | None = None) -> Loss
     """Truncated loss maps from full-grid matching logits.
 
     Args:
-        logits: (N, h, w) scores; C_n = softmax over the h*w cells. Consumed: computed in place
-            when it is a float32 tensor that does not require grad.
+        logits: (N, h, w) scores; C_n = softmax over the h*w cells.
         ln_omega: cap; default ln(h*w + 1).
 
     Returns:
@@ -157,17 +155,13 @@ def loss_maps_from_logits(logits: Tensor, ln_omega: float | None = None) -> Loss
     n, h, w = logits.shape
     if ln_omega is None:
         ln_omega = math.log(h * w + 1)
-    flat = logits.reshape(n, h * w)
-    if flat.dtype != torch.float32 or flat.requires_grad:
-        flat = flat.float().clone()
-    lse = torch.logsumexp(flat, dim=1, keepdim=True)
-    # L = lse - logit, truncated; in place to hold a single (N, h*w) buffer.
-    maps = flat.neg_().add_(lse).clamp_(max=ln_omega)
+    maps = torch.log_softmax(logits.reshape(n, h * w).float(), dim=1)
+    maps.neg_().clamp_(max=ln_omega)  # L = -ln C, truncated (in place)
     return LossMaps(maps.reshape(n, h, w), float(ln_omega), (w, h))
 
 
 def coarse_loss_maps(query_desc: Tensor, point_desc: Tensor, inv_temperature: float,
-                     normalize: bool = False) -> LossMaps:
+                     normalize: bool = False, chunk_elements: int = 1 << 23) -> LossMaps:
     """Loss maps of N map points on a dense query descriptor grid (one matmul + logsumexp).
 
     Args:
@@ -176,6 +170,7 @@ def coarse_loss_maps(query_desc: Tensor, point_desc: Tensor, inv_temperature: fl
         inv_temperature: tau multiplying the dot products (about 20 for XFeat's L2-normalised
             64-d descriptors; 1.0 for NRE's raw descriptors).
         normalize: L2-normalise both descriptor sets first.
+        chunk_elements: largest transient logits buffer (points x cells) computed at once.
 
     Returns:
         LossMaps with (N, h, w) float32 maps, ln_omega = ln(h*w + 1), grid_size (w, h).
@@ -189,8 +184,18 @@ def coarse_loss_maps(query_desc: Tensor, point_desc: Tensor, inv_temperature: fl
     if normalize:
         q = torch.nn.functional.normalize(q, dim=0)
         p = torch.nn.functional.normalize(p, dim=1)
-    logits = (p * float(inv_temperature)) @ q
-    return loss_maps_from_logits(logits.reshape(-1, h, w))
+    p = p * float(inv_temperature)
+    ln_omega = math.log(h * w + 1)
+    n = p.shape[0]
+    step = max(1, chunk_elements // (h * w))
+    if n <= step:
+        return loss_maps_from_logits((p @ q).reshape(n, h, w), ln_omega)
+    # Chunks bound the transient logits buffer; the output is the only full-size tensor.
+    maps = torch.empty(n, h * w, dtype=torch.float32, device=q.device)
+    for s in range(0, n, step):
+        torch.log_softmax(p[s:s + step] @ q, dim=1, out=maps[s:s + step])
+    maps.neg_().clamp_(max=ln_omega)
+    return LossMaps(maps.reshape(n, h, w), ln_omega, (w, h))
 
 
 def window_origins(centres: Tensor, window: int) -> Tensor:

@@ -94,8 +94,11 @@ def msac(points_world: Tensor, maps: LossMaps, K: Tensor,
 
     gen = torch.Generator(device=dev).manual_seed(config.seed)
     weights = (peak[cand] - config.min_peakedness + 0.1).float()
-    tri = torch.multinomial(weights.expand(config.num_triplets, n_cand), 3, replacement=False,
-                            generator=gen)
+    # Draw with replacement (cheap), then drop triplets with a repeated index.
+    m = int(config.num_triplets * 1.15) + 8
+    tri = torch.multinomial(weights, 3 * m, replacement=True, generator=gen).reshape(m, 3)
+    distinct = ((tri[:, 0] != tri[:, 1]) & (tri[:, 0] != tri[:, 2]) & (tri[:, 1] != tri[:, 2]))
+    tri = tri[distinct][:config.num_triplets]
     X = cpts[tri]  # (M, 3, 3)
     q = uv[tri]
     X01, X02 = X[:, 0] - X[:, 1], X[:, 0] - X[:, 2]
