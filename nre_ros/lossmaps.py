@@ -76,26 +76,28 @@ class LossMaps:
     def argmin_uv(self, subcell: bool = True) -> Tensor:
         """(N, 2) float grid coordinates of each map's minimum.
 
-        With ``subcell`` the minimum is refined by the centroid of ``exp(-L)`` over its 3x3
-        neighbourhood (cells outside the map get no mass).
+        With ``subcell`` the minimum is refined per axis by the vertex of the parabola through
+        the loss at the cell and its two neighbours (exact for Gaussian bumps, whose loss is
+        quadratic), clamped to half a cell; no shift where a neighbour is missing or the loss
+        is not convex there.
         """
         n, h, w = self.maps.shape
         flat = self.maps.reshape(n, h * w).argmin(dim=1)
         x, y = flat % w, flat // w
         uv = torch.stack([x, y], dim=1).to(torch.float32)
         if subcell:
-            d = torch.tensor([-1, 0, 1], device=flat.device)
-            xs = (x[:, None, None] + d[None, None, :]).expand(n, 3, 3)
-            ys = (y[:, None, None] + d[None, :, None]).expand(n, 3, 3)
-            inside = (xs >= 0) & (xs < w) & (ys >= 0) & (ys < h)
-            idx = (ys.clamp(0, h - 1) * w + xs.clamp(0, w - 1)).reshape(n, 9)
-            loss = self.maps.reshape(n, h * w).gather(1, idx).reshape(n, 3, 3)
-            mass = torch.exp(loss.min(dim=1, keepdim=True)[0].min(dim=2, keepdim=True)[0] - loss)
-            mass = mass * inside
-            total = mass.sum(dim=(1, 2))
-            dx = (mass * d[None, None, :]).sum(dim=(1, 2)) / total
-            dy = (mass * d[None, :, None]).sum(dim=(1, 2)) / total
-            uv = uv + torch.stack([dx, dy], dim=1)
+            m = self.maps.reshape(n, h * w)
+            c = m.gather(1, flat[:, None])[:, 0]
+            shifts = []
+            for coord, size, step in ((x, w, 1), (y, h, w)):
+                ok = (coord > 0) & (coord < size - 1)
+                lo = m.gather(1, (flat - step * ok)[:, None])[:, 0]
+                hi = m.gather(1, (flat + step * ok)[:, None])[:, 0]
+                curv = lo - 2 * c + hi
+                ok = ok & (curv > 1e-6)
+                d = 0.5 * (lo - hi) / torch.where(ok, curv, torch.ones_like(curv))
+                shifts.append(torch.where(ok, d.clamp(-0.5, 0.5), torch.zeros_like(d)))
+            uv = uv + torch.stack(shifts, dim=1)
         if self.origin is not None:
             uv = uv + self.origin.to(uv.dtype)
         return uv
@@ -293,7 +295,7 @@ def _coarse_log_mass(coarse: LossMaps, origin: Tensor, s: int, r: float,
                      grid_size: tuple[int, int]) -> Tensor:
     """(N,) log of the coarse mass exp(-L) over the area a fine window covers (exact overlap).
 
-    The window covers fine interval [x0 - 0.5, x0 + S - 0.5] (clipped to the fine grid), i.e.
+    Cells at the cap (truncated) count as 0. The window covers fine interval [x0 - 0.5, x0 + S - 0.5] (clipped to the fine grid), i.e.
     coarse interval [(x0)/r - 0.5, (x0 + S)/r - 0.5]; coarse cell j covers [j - 0.5, j + 0.5].
     """
     n, h, w = coarse.maps.shape
@@ -314,6 +316,8 @@ def _coarse_log_mass(coarse: LossMaps, origin: Tensor, s: int, r: float,
     ovy = (torch.minimum(hi_y[:, None], jy + 0.5) - torch.maximum(lo_y[:, None], jy - 0.5)
            ).clamp(min=0) * ((jy >= 0) & (jy < h))
     idx = jy.clamp(0, h - 1)[:, :, None] * w + jx.clamp(0, w - 1)[:, None, :]
-    prob = torch.exp(-coarse.maps.reshape(n, h * w).gather(1, idx.reshape(n, -1)).double())
+    loss = coarse.maps.reshape(n, h * w).gather(1, idx.reshape(n, -1)).double()
+    # Truncated cells hold an unknown probability below 1/|Omega|: count them as 0.
+    prob = torch.exp(-loss) * (loss < coarse.ln_omega - 1e-5)
     mass = (prob.reshape(n, k, k) * ovy[:, :, None] * ovx[:, None, :]).sum(dim=(1, 2))
     return torch.log(mass.clamp(min=1e-30)).to(torch.float32)

@@ -29,6 +29,7 @@ class VerdictConfig:
 
     support_margin: float = 3.0     # supported: NRE < ln|Omega| - margin (map prob > e^3 x uniform)
     min_supported: int = 12         # fewer supported points -> 'too_few_supported'
+    chance_factor: float = 4.0      # ... or fewer than min_supported + factor x chance support
     max_mean_cost: float | None = None  # optional cap on mean NRE per point (nats)
     max_condition: float = 1e12     # information condition number above -> degenerate
     covariance_scale: float = 1.0   # k^2 in Sigma = k^2 H^-1 (from NEES calibration)
@@ -41,7 +42,7 @@ class SolverConfig:
 
     msac: MsacConfig = MsacConfig()
     coarse: GncConfig = GncConfig()
-    fine: GncConfig = GncConfig(sigmas=(2.0, 1.0, 0.8, 0.6))
+    fine: GncConfig = GncConfig(sigmas=(2.0, 1.0, 0.8))
     verdict: VerdictConfig = VerdictConfig()
     min_points: int = 6
 
@@ -177,10 +178,17 @@ def _verdict(level: tuple, T: Tensor, cfg: VerdictConfig, iterations: int,
     cost = float(nre.sum())
     n = int(nre.numel())
     supported = int((nre < maps.ln_omega - cfg.support_margin).sum())
-    info.update(level=name, ln_omega=maps.ln_omega, supported=supported, cost=cost)
-    if supported < cfg.min_supported:
+    # Expected support of a pose that explains nothing: sum over maps of the fraction of
+    # cells that would count as support. Optimising 6 DoF finds a few times more by chance.
+    low = maps.ln_omega - cfg.support_margin
+    chance = float((maps.maps < low).float().mean(dim=(1, 2)).sum())
+    need = cfg.min_supported + cfg.chance_factor * chance
+    info.update(level=name, ln_omega=maps.ln_omega, supported=supported, cost=cost,
+                chance_support=chance)
+    if supported < need:
         return Failure('too_few_supported', f'{supported} of {n} points supported at the '
-                       f'{name} level, need {cfg.min_supported}', timings, info)
+                       f'{name} level, need {need:.1f} (chance level {chance:.1f})',
+                       timings, info)
     mean_cost = cost / max(n, 1)
     if cfg.max_mean_cost is not None and mean_cost > cfg.max_mean_cost:
         return Failure('cost_too_high', f'mean NRE {mean_cost:.2f} > {cfg.max_mean_cost}',

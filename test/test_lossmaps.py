@@ -1,0 +1,148 @@
+"""Tests of nre_ros.lossmaps: exact values, truncation, lookups, window placement, mass."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from nre_ros.lossmaps import (LossMaps, coarse_loss_maps, fine_loss_maps,
+                              fine_loss_maps_from_logits, loss_maps_from_logits, window_origins)
+from nre_ros.solver.synthetic import gaussian_logits
+
+
+def _random_desc(c=16, h=6, w=9, n=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(c, h, w, generator=g), torch.randn(n, c, generator=g)
+
+
+class TestCoarseLossMaps:
+    def test_matches_float64_reference(self):
+        q, p = _random_desc()
+        maps = coarse_loss_maps(q, p, inv_temperature=2.5)
+        logits = 2.5 * p.double() @ q.double().reshape(16, -1)
+        ref = (-torch.log_softmax(logits, dim=1)).clamp(max=math.log(6 * 9 + 1)).reshape(5, 6, 9)
+        assert maps.maps.dtype == torch.float32 and maps.maps.shape == (5, 6, 9)
+        assert maps.ln_omega == pytest.approx(math.log(55))
+        assert maps.grid_size == (9, 6)
+        torch.testing.assert_close(maps.maps.double(), ref, atol=1e-4, rtol=1e-5)
+
+    def test_truncation_is_active(self):
+        q, p = _random_desc()
+        maps = coarse_loss_maps(q, p, inv_temperature=10.0)
+        assert float(maps.maps.max()) == pytest.approx(maps.ln_omega)
+        assert float(maps.maps.min()) >= 0.0
+
+    def test_chunked_equals_single_pass(self):
+        q, p = _random_desc(n=37)
+        full = coarse_loss_maps(q, p, 3.0)
+        chunked = coarse_loss_maps(q, p, 3.0, chunk_elements=54 * 4)  # 4 points per chunk
+        torch.testing.assert_close(full.maps, chunked.maps)
+
+    def test_normalize(self):
+        q, p = _random_desc()
+        a = coarse_loss_maps(q, p, 5.0, normalize=True)
+        b = coarse_loss_maps(q / q.norm(dim=0, keepdim=True), p / p.norm(dim=1, keepdim=True), 5.0)
+        torch.testing.assert_close(a.maps, b.maps)
+
+    def test_flat_map_sits_just_below_cap(self):
+        maps = loss_maps_from_logits(torch.zeros(1, 60, 80))
+        assert float(maps.maps.max()) == pytest.approx(math.log(4800), abs=1e-4)
+        assert float(maps.peakedness()[0]) == pytest.approx(math.log(4801 / 4800), abs=1e-4)
+
+
+class TestLookup:
+    def test_integer_cells_and_bilinear(self):
+        maps = loss_maps_from_logits(torch.randn(2, 5, 7, generator=torch.Generator()
+                                                 .manual_seed(1)))
+        m = maps.maps
+        uv = torch.tensor([[3.0, 2.0], [1.25, 3.5]])
+        got = maps.lookup(uv)
+        assert float(got[0]) == pytest.approx(float(m[0, 2, 3]), abs=1e-6)
+        a = 0.75 * m[1, 3, 1] + 0.25 * m[1, 3, 2]
+        b = 0.75 * m[1, 4, 1] + 0.25 * m[1, 4, 2]
+        assert float(got[1]) == pytest.approx(float(0.5 * a + 0.5 * b), abs=1e-5)
+
+    def test_outside_and_invalid_cost_ln_omega(self):
+        maps = loss_maps_from_logits(torch.zeros(3, 5, 7))
+        uv = torch.tensor([[-3.0, 1.0], [2.0, 2.0], [float('nan'), 1.0]])
+        got = maps.lookup(uv, valid=torch.tensor([True, False, True]))
+        assert torch.allclose(got, torch.full((3,), maps.ln_omega))
+        # half of the bilinear stencil outside: half the cap
+        edge = maps.lookup(torch.tensor([[-0.5, 2.0], [6.5, 2.0], [3.0, 4.5]]))
+        inside = float(maps.maps[0, 0, 0])
+        assert torch.allclose(edge, torch.full((3,), 0.5 * (maps.ln_omega + inside)))
+
+    def test_batched_hypotheses(self):
+        maps = loss_maps_from_logits(torch.randn(4, 6, 8))
+        uv = torch.rand(10, 4, 2) * 5
+        got = maps.lookup(uv)
+        assert got.shape == (10, 4)
+        torch.testing.assert_close(got[3], maps.lookup(uv[3]))
+
+
+def test_subcell_argmin_of_gaussian_bump():
+    peaks = torch.tensor([[10.3, 7.8], [0.0, 0.0], [40.6, 20.2]])
+    maps = loss_maps_from_logits(gaussian_logits(peaks, (64, 48), spread=1.0))
+    assert torch.equal(maps.argmin_uv(subcell=False), torch.tensor([[10., 8.], [0., 0.], [41., 20.]]))
+    err = (maps.argmin_uv() - peaks).abs()
+    assert float(err.max()) < 1e-3  # the loss of a Gaussian bump is quadratic: exact vertex
+
+
+class TestFineMaps:
+    def test_window_is_centred(self):
+        c = torch.tensor([[10.0, 20.0], [10.4, 19.6], [3.5, 3.5]])
+        o = window_origins(c, 16)
+        assert ((o.float() + 7.5) - c).abs().max() <= 0.5
+        o = window_origins(c, 17)
+        assert torch.equal(o[0], torch.tensor([2, 12]))
+
+    def test_peak_reads_back_at_known_cell(self):
+        # Fine descriptors: one-hot per cell index, the point matches cell (37, 21) exactly.
+        hf, wf, r = 48, 64, 4
+        c = hf * wf
+        q = torch.eye(c).reshape(c, hf, wf)
+        target = (37, 21)
+        p = torch.zeros(1, c)
+        p[0, target[1] * wf + target[0]] = 1.0
+        coarse = loss_maps_from_logits(torch.zeros(1, hf // r, wf // r))
+        centre = torch.tensor([[33.2, 25.7]])  # target inside the window, off-centre
+        fine = fine_loss_maps(q, p, centre, coarse, r, inv_temperature=20.0, window=16)
+        assert fine.maps.shape == (1, 16, 16)
+        _, xy = fine.min_loss()
+        assert xy[0].tolist() == list(target)
+        assert float(fine.lookup(torch.tensor([[37.0, 21.0]]))[0]) == pytest.approx(
+            float(fine.maps.min()))
+        assert torch.allclose(fine.argmin_uv(subcell=False), torch.tensor([[37.0, 21.0]]))
+
+    def test_mass_follows_coarse_map(self):
+        # Coarse map certain of cell (5, 4); a window covering it keeps all of its mass, a
+        # window elsewhere gets almost none.
+        r, window = 4, 8
+        coarse_logits = torch.full((2, 12, 16), -50.0)
+        coarse_logits[:, 4, 5] = 0.0
+        coarse = loss_maps_from_logits(coarse_logits)
+        origin = torch.tensor([[18, 14], [40, 30]])  # fine (18..25, 14..21) covers coarse (5,4)
+        logits = torch.zeros(2, window, window)
+        fine = fine_loss_maps_from_logits(logits, origin, coarse, r, (64, 48))
+        mass = torch.exp(-fine.maps.double()).sum(dim=(1, 2))
+        assert float(mass[0]) == pytest.approx(1.0, abs=1e-3)
+        assert float(fine.maps[1].min()) == pytest.approx(fine.ln_omega)
+        half = fine_loss_maps_from_logits(logits, origin, coarse, r, (64, 48), divisor=2.0)
+        assert float(half.maps[0, 0, 0] - fine.maps[0, 0, 0]) == pytest.approx(math.log(2), abs=1e-4)
+
+    def test_cells_outside_fine_grid_cost_ln_omega(self):
+        coarse = loss_maps_from_logits(torch.zeros(1, 12, 16))
+        fine = fine_loss_maps_from_logits(torch.zeros(1, 8, 8), torch.tensor([[-4, -4]]), coarse,
+                                          4, (64, 48))
+        assert torch.all(fine.maps[0, :4, :] == fine.ln_omega)
+        assert torch.all(fine.maps[0, 4:, 4:] < fine.ln_omega)
+        assert fine.lookup(torch.tensor([[-2.0, -2.0]]))[0] == pytest.approx(fine.ln_omega)
+
+    def test_select_keeps_origin(self):
+        coarse = loss_maps_from_logits(torch.zeros(3, 12, 16))
+        fine = fine_loss_maps_from_logits(torch.randn(3, 8, 8), torch.tensor([[0, 0], [8, 8],
+                                                                               [16, 4]]),
+                                          coarse, 4, (64, 48))
+        sub = fine.select(torch.tensor([2]))
+        assert isinstance(sub, LossMaps) and sub.origin.tolist() == [[16, 4]]
