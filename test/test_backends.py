@@ -47,7 +47,8 @@ def test_torch_cpu_backend_equals_model(torch_model, real_images):
     image = real_images['tum'][:240, :320]
     a, b = torch_model.extract(image), backend.extract(image)
     assert backend.spec == torch_model.spec
-    assert _max_diff(a.coarse, b.coarse) == 0 and _max_diff(a.fine, b.fine) == 0
+    # channels_last changes the summation order only
+    assert _max_diff(a.coarse, b.coarse) < 1e-5 and _max_diff(a.fine, b.fine) < 1e-5
 
 
 def test_onnx_export_files_and_spec(onnx_model):
