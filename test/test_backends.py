@@ -148,3 +148,20 @@ def test_tensorrt_close_to_torch_and_cached(torch_model, real_images, tmp_path, 
     with caplog.at_level('WARNING'):
         load_backend(cfg, model=torch_model)
     assert 'building TensorRT engine' not in caplog.text          # deserialized from the cache
+
+
+def test_onnxruntime_parity_fine_full_size(torch_model, onnx_model, real_images):
+    image = real_images['tum']                                      # 640x480
+    a, b = torch_model.extract(image), onnx_model[0].extract(image)
+    diff = _max_diff(a.fine, b.fine)
+    print(f'fine 640x480 max|ort - torch| = {diff:.2e}')
+    assert diff < PARITY_ATOL
+
+
+def test_export_command(tmp_path, capsys):
+    from nre_ros.cli import main
+    assert main(['export', '--model', 'xfeat', '-o', str(tmp_path), '--check']) == 0
+    out = capsys.readouterr().out
+    assert (tmp_path / 'xfeat-coarse.onnx').exists() and (tmp_path / 'xfeat.spec.json').exists()
+    diff = float(out.split('coarse: max |onnxruntime - torch| = ')[1].split()[0])
+    assert diff < PARITY_ATOL
