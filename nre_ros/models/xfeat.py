@@ -110,7 +110,8 @@ class XFeatFineNet(nn.Module):
         self.upsample = upsample
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        x = F.interpolate(image, scale_factor=float(self.upsample), mode='bilinear',
+        gray = image.mean(dim=1, keepdim=True)     # XFeat's first op, moved before the (linear)
+        x = F.interpolate(gray, scale_factor=float(self.upsample), mode='bilinear',  # upsample
                           align_corners=False)
         return F.normalize(xfeat_forward(self.xfeat, x, keypoints=False)[0], dim=1)
 
