@@ -123,7 +123,7 @@ def quality(n_tum_pairs: int) -> list[dict]:
             ew = Q.evaluate_level(model, pairs, 'fine', window_half=8, window_jitter_px=sc)
             rows.append({'model': label, 'set': set_name, 'points': int(ec.size),
                          'coarse_median_px': float(np.median(ec)),
-                         f'coarse_within_cell_pct': float(100 * np.mean(ec <= sc)),
+                         'coarse_within_cell_pct': float(100 * np.mean(ec <= sc)),
                          'fine_median_px': float(np.median(ef)),
                          'fine_within_2px_pct': float(100 * np.mean(ef <= 2)),
                          'fine_window_median_px': float(np.median(ew)),
@@ -136,7 +136,8 @@ def print_tables(head: dict, speed_rows: list[dict], quality_rows: list[dict]) -
     print(f"# networks benchmark  commit {head['commit']}  cpu {head['cpu']}  gpu {head['gpu']}  "
           f"threads {head['threads']}")
     print('# ' + '  '.join(f'{k} {val}' for k, val in v.items()))
-    print('\n| model | backend | coarse ms (IQR) | fine ms (IQR) | 640x480 |\n|---|---|---|---|---|')
+    print('\n| model | backend | coarse ms (IQR) | fine ms (IQR) | 640x480 |')
+    print('|---|---|---|---|---|')
     for r in speed_rows:
         if 'skipped' in r:
             print(f"| {r['model']} | {r['backend']} | skipped: {r['skipped'][:60]} | | |")

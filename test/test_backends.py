@@ -1,4 +1,4 @@
-"""Inference backends: torch CPU, ONNX export + ONNX Runtime parity on real images, CUDA, TensorRT."""
+"""Inference backends: torch CPU, ONNX export + ORT parity on real images, CUDA, TensorRT."""
 from __future__ import annotations
 
 import json
@@ -119,7 +119,8 @@ def test_tensorrt_unavailable_is_reported():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU (torch CPU build here)')
+@pytest.mark.skipif(not torch.cuda.is_available(),
+                    reason='needs a CUDA GPU (torch CPU build here)')
 def test_torch_cuda_fp16_close_to_cpu(torch_model, real_images):
     image = real_images['tum']
     cuda = load_backend(BackendConfig(backend='torch', device='cuda', fp16=True))

@@ -1,4 +1,4 @@
-"""Feature models: interface, XFeat re-implementation, paper networks, descriptor quality on real pairs."""
+"""Feature models: interface, XFeat re-implementation, paper nets, quality on real pairs."""
 from __future__ import annotations
 
 import numpy as np
@@ -134,7 +134,8 @@ def test_paper_networks_shapes_and_training():
     y = fine(torch.rand(2, 3, 32, 48))
     assert y.shape == (2, 288, 16, 24)
     y.square().mean().backward()
-    assert fine.Conv2d_1a_3x3[0].weight.grad is not None and fine.head[0].weight.grad.abs().sum() > 0
+    assert fine.Conv2d_1a_3x3[0].weight.grad is not None
+    assert fine.head[0].weight.grad.abs().sum() > 0
 
 
 def test_paper_model_extract_and_weights(tmp_path):

@@ -1,4 +1,4 @@
-"""Inference backends behind one interface: ``load_backend(config).extract(image) -> DenseFeatures``.
+"""Inference backends behind one interface: ``load_backend(config).extract(image)``.
 
 | backend | device | precision | notes |
 |---|---|---|---|

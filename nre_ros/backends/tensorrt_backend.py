@@ -33,7 +33,8 @@ def import_tensorrt():
     except (ImportError, OSError) as exc:   # OSError: bindings present, libnvinfer missing
         raise BackendUnavailable(
             f'TensorRT is not importable ({exc}); install TensorRT >= {MIN_TRT_MAJOR} with its '
-            'libraries (pip tensorrt-cu12 from NVIDIA\'s index) or use backend torch-cuda') from exc
+            "libraries (pip tensorrt-cu12 from NVIDIA's index) or use backend torch-cuda"
+        ) from exc
     major = int(trt.__version__.split('.')[0])
     if major < MIN_TRT_MAJOR:
         raise BackendUnavailable(f'TensorRT {trt.__version__} found, {MIN_TRT_MAJOR}+ needed')
@@ -87,7 +88,8 @@ class TensorRTRunner:
                  image_sizes: list[tuple[int, int]] = ((480, 640),), fp16: bool = True) -> None:
         trt = import_tensorrt()
         if not torch.cuda.is_available():
-            raise BackendUnavailable('TensorRT needs a CUDA GPU; torch.cuda.is_available() is False')
+            raise BackendUnavailable('TensorRT needs a CUDA GPU; '
+                                     'torch.cuda.is_available() is False')
         self.trt = trt
         self.device = torch.device('cuda')
         self.input_dtype = torch.float32

