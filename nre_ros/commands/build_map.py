@@ -19,7 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         'folder for colmap/sfm')
     parser.add_argument('output', help='map directory to write, e.g. maps/lab.nremap')
     parser.add_argument('--builder', choices=BUILDERS, default='rgbd')
-    parser.add_argument('--model', default='xfeat', help='feature model (default xfeat)')
+    parser.add_argument('--model', default=None,
+                        help='feature model (default: nre_ros.models.DEFAULT_MODEL)')
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--split', default=None, help='use split_<SPLIT>.txt, e.g. map')
     parser.add_argument('--step', type=int, default=1, help='keep every n-th frame')
@@ -46,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
                         keypoint_mode=args.keypoints, image_max_size=args.max_size,
                         descriptor_dtype='float32' if args.float32 else 'float16')
     t0 = time.perf_counter()
-    model = load_model(args.model, args.device)
+    from nre_ros.models import DEFAULT_MODEL
+    model = load_model(args.model or DEFAULT_MODEL, args.device)
     if args.builder == 'rgbd':
         m = maps.build_rgbd_map(args.source, model, opts, progress=True)
     elif args.builder == 'posed':

@@ -128,3 +128,39 @@ def assemble_map(model: FeatureModel, names: list[str], cams: list[Camera],
         obs_coarse=obs_coarse, obs_fine=obs_fine,
         metadata=MapMetadata(units=units, global_descriptor=dict(GLOBAL_METHOD),
                              provenance=prov))
+
+
+def describe_observations(images: list, cams: list[Camera], T_cam_world: np.ndarray,
+                          points_world: np.ndarray, obs_kf: np.ndarray, obs_point: np.ndarray,
+                          model: FeatureModel, dtype: str, progress: bool = False, desc: str = ''
+                          ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """Second pass of the builders without depth: features of every keyframe, descriptors at
+    the projections of its points.
+
+    Args:
+        images: K callables returning the (H, W, 3) uint8 image the camera refers to.
+        cams, T_cam_world: K cameras and (K, 4, 4) poses.
+        points_world: (P, 3); obs_kf, obs_point: (O,) observations.
+
+    Returns:
+        coarse (O, C), fine (O, Cf) | None, global descriptors (K, G).
+    """
+    from tqdm import tqdm
+
+    from nre_ros.maps.features import global_descriptor
+    coarse = np.zeros((len(obs_kf), model.spec.coarse_dim), dtype)
+    fine = None
+    globals_ = []
+    for i in tqdm(range(len(cams)), desc=desc or 'descriptors', unit='kf', disable=not progress):
+        feats = model.extract(images[i]())
+        globals_.append(global_descriptor(feats))
+        sel = np.flatnonzero(obs_kf == i)
+        T = T_cam_world[i]
+        uv, _ = cams[i].project(points_world[obs_point[sel]] @ T[:3, :3].T + T[:3, 3])
+        c, f = observation_descriptors(feats, model, uv, dtype)
+        coarse[sel] = c
+        if f is not None:
+            if fine is None:
+                fine = np.zeros((len(obs_kf), f.shape[1]), dtype)
+            fine[sel] = f
+    return coarse, fine, np.stack(globals_)
