@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 
 from nre_ros.maps.build_common import BuildOptions
@@ -59,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         m = maps.build_sfm_map(args.source, model, opts, exclude=args.exclude,
                                work_dir=args.work_dir, progress=True)
-    m = maps.with_command(m, ' '.join(['nre-ros'] + sys.argv[1:]))
+    m = maps.with_command(m, _command(args))
     path = m.save(args.output)
     s = map_summary(m, path)
     print(format_summary({k: s[k] for k in ('keyframes', 'points', 'observations',
@@ -68,3 +67,16 @@ def run(args: argparse.Namespace) -> int:
     print(f'wrote {path} ({s["keyframes"]} keyframes, {s["points"]} points, '
           f'{s["size_mb"]:.2f} MB) in {time.perf_counter() - t0:.1f} s')
     return 0
+
+
+def _command(args: argparse.Namespace) -> str:
+    """The equivalent command line, for the map's provenance."""
+    flags = {'builder': args.builder, 'model': args.model, 'split': args.split,
+             'step': args.step, 'max-keyframes': args.max_keyframes,
+             'max-points': args.max_points, 'keypoints': args.keypoints,
+             'max-size': args.max_size, 'colmap-model': args.colmap_model}
+    parts = ['nre-ros', NAME, str(args.source), str(args.output)]
+    parts += [f'--{k} {v}' for k, v in flags.items() if v is not None]
+    parts += ['--float32'] * bool(args.float32)
+    parts += [f'--exclude {" ".join(args.exclude)}'] * bool(args.exclude)
+    return ' '.join(parts)
