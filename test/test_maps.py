@@ -88,7 +88,6 @@ def test_summary_and_reprojection(tiny_map, saved):
 def test_descriptors_sampled_at_projection(fr1_rpy, tiny_map, model):
     """Descriptors equal a fresh bilinear sample at the point's (distorted) projection."""
     from nre_ros.maps.features import sample_descriptors
-    from nre_ros.maps.stats import reprojection_errors  # noqa: F401
     i = 1
     frame = fr1_rpy.frame(tiny_map.keyframe_names[i])
     feats = model.extract(fr1_rpy.load_rgb(frame))

@@ -1,4 +1,4 @@
-"""``nre-ros build-map``: build a relocalization map from posed RGB-D, posed RGB, COLMAP or images."""
+"""``nre-ros build-map``: build a map from posed RGB-D, posed RGB, a COLMAP model or images."""
 from __future__ import annotations
 
 import argparse

@@ -1,4 +1,4 @@
-"""Builders (c) COLMAP/pycolmap sparse model + images -> map, and (d) images -> pycolmap SfM -> (c).
+"""Builders (c) COLMAP/pycolmap model + images -> map, (d) images -> pycolmap SfM -> (c).
 
 COLMAP's pixel convention (top-left pixel centre at (0.5, 0.5)) is converted here, once:
 ``uv_opencv = uv_colmap - 0.5`` and ``c_opencv = c_colmap - 0.5``. The map keeps the model's

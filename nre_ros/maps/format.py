@@ -163,7 +163,7 @@ class Map:
         return np.repeat(np.arange(self.num_keyframes), np.diff(self.kf_offsets))
 
     def point_tracks(self) -> tuple[np.ndarray, np.ndarray]:
-        """Track of every point as CSR: keyframes of point p are ``kfs[offsets[p]:offsets[p+1]]``."""
+        """Tracks as CSR: the keyframes of point p are ``kfs[offsets[p]:offsets[p + 1]]``."""
         order = np.argsort(self.obs_point, kind='stable')
         counts = np.bincount(self.obs_point, minlength=self.num_points)
         offsets = np.concatenate([[0], np.cumsum(counts)])
@@ -250,7 +250,8 @@ def load_map(path: str | Path, expected_spec: ModelSpec | None = None,
         if digest != meta.get('tensors_sha256'):
             raise MapFormatError(
                 f'map {path}: content hash of {TENSORS_FILE} is {digest[:12]}…, metadata says '
-                f'{str(meta.get("tensors_sha256"))[:12]}…: the file is truncated or was modified; '
+                f'{str(meta.get("tensors_sha256"))[:12]}…: the file is truncated or was '
+                'modified; '
                 'rebuild or re-copy the map')
     arrays = read_safetensors(tfile)
     for name in REQUIRED_TENSORS:
