@@ -21,8 +21,6 @@ from nre_ros.maps.rgbd import build_rgbd_map
 from nre_ros.maps.triangulate import build_posed_map
 
 __all__ = ['BuildOptions', 'FORMAT_VERSION', 'Keyframe', 'KeyframeObservations', 'Map',
-           'MapMetadata', 'RetrievalIndex', 'Sim3', 'build_colmap_map', 'build_posed_map', 'build_rgbd_map',
-           'build_sfm_map', 'global_descriptor',
-           'load_map', 'map_size_bytes', 'sample_descriptors', 'select_keypoints',
-           'validate_map',
-           'with_command']
+           'MapMetadata', 'RetrievalIndex', 'Sim3', 'build_colmap_map', 'build_posed_map',
+           'build_rgbd_map', 'build_sfm_map', 'global_descriptor', 'load_map', 'map_size_bytes',
+           'sample_descriptors', 'select_keypoints', 'validate_map', 'with_command']
