@@ -21,10 +21,10 @@ import torch
 
 from nre_ros.camera import Camera
 from nre_ros.config import load_config, read_yaml
-from nre_ros.errors import InputError, NreError
+from nre_ros.errors import InputError, MapFormatError
 from nre_ros.lossmaps import LossMaps, coarse_loss_maps, fine_loss_maps
 from nre_ros.maps import Map, RetrievalIndex, global_descriptor, load_map
-from nre_ros.models import DEFAULT_MODEL, FeatureModel, load_model
+from nre_ros.models import FeatureModel, load_model
 from nre_ros.preprocess import PreparedImage, prepare
 from nre_ros.results import Failure, Outcome, Result
 from nre_ros.solver import FineLevel, SolverConfig, msac, solve
@@ -63,7 +63,7 @@ class TrackingConfig:
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    model: str = DEFAULT_MODEL
+    model: str = 'auto'            # 'auto' = the model the map was built with
     device: str = 'cpu'
     num_threads: int = 2
     max_image_side: int = 640
@@ -110,8 +110,8 @@ class Relocalizer:
     def __init__(self, map_: Map, model: FeatureModel, config: PipelineConfig = PipelineConfig()):
         mismatch = map_.spec.mismatch(model.spec)
         if mismatch:
-            raise NreError(f'map was built with model {map_.spec.name!r}, the relocalizer runs '
-                           f'{model.spec.name!r} ({mismatch}); rebuild the map or change model')
+            raise MapFormatError(f'map was built with model {map_.spec.name!r}, the relocalizer runs '
+                                 f'{model.spec.name!r} ({mismatch}); rebuild the map or change model')
         self.map = map_
         self.model = model
         self.config = config
@@ -125,11 +125,12 @@ class Relocalizer:
     @classmethod
     def from_config(cls, map_path: str | Path, config: PipelineConfig = PipelineConfig()
                     ) -> 'Relocalizer':
-        """Load the model named in ``config`` and the map (validated against the model)."""
+        """Load the map and the model (``config.model``, or the map's own with 'auto')."""
         torch.set_num_threads(config.num_threads)
         t0 = time.perf_counter()
-        model = load_model(config.model, config.device)
-        map_ = load_map(map_path, expected_spec=model.spec)
+        map_ = load_map(map_path)
+        model = load_model(map_.spec.name if config.model == 'auto' else config.model,
+                           config.device)
         logger.info('loaded model %s and map %s (%d keyframes, %d points) in %.0f ms',
                     model.spec.name, map_path, map_.num_keyframes, map_.num_points,
                     1e3 * (time.perf_counter() - t0))
