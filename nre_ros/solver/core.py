@@ -139,7 +139,7 @@ def solve(points_world: Tensor | np.ndarray, coarse: LossMaps, K_coarse: Tensor 
             raise ShapeError('T_init must be a finite (4, 4) transform')
 
     t0 = time.perf_counter()
-    level = ('coarse', pts, coarse, K, config.coarse)
+    coarse_level = level = ('coarse', pts, coarse, K, config.coarse)
     res = refine(pts, coarse, K, T, config.coarse)
     timings['coarse'] = _ms(t0, dev)
     iterations = res.iterations
@@ -166,14 +166,16 @@ def solve(points_world: Tensor | np.ndarray, coarse: LossMaps, K_coarse: Tensor 
             T = res_f.T_cam_world
             level = ('fine', fpts, fl.maps, fK, config.fine)
     t0 = time.perf_counter()
-    out = _verdict(level, T, config.verdict, iterations, timings, info)
+    out = _verdict(coarse_level, level, T, config.verdict, iterations, timings, info)
     timings['verdict'] = _ms(t0, dev)
     return out
 
 
-def _verdict(level: tuple, T: Tensor, cfg: VerdictConfig, iterations: int,
-             timings: dict, info: dict) -> Result | Failure:
-    name, pts, maps, K, gcfg = level
+def _verdict(support_level: tuple, level: tuple, T: Tensor, cfg: VerdictConfig,
+             iterations: int, timings: dict, info: dict) -> Result | Failure:
+    """Support is tested on the full-grid (coarse) maps, where a pose explaining nothing has a
+    known chance level; the covariance comes from the final (finest) level."""
+    name, pts, maps, K, gcfg = support_level
     nre = point_nre(pts, maps, K, T, gcfg.min_depth)
     cost = float(nre.sum())
     n = int(nre.numel())
@@ -190,6 +192,7 @@ def _verdict(level: tuple, T: Tensor, cfg: VerdictConfig, iterations: int,
                        f'{name} level, need {need:.1f} (chance level {chance:.1f})',
                        timings, info)
     mean_cost = cost / max(n, 1)
+    info['coarse_mean_cost'] = mean_cost
     if cfg.max_mean_cost is not None and mean_cost > cfg.max_mean_cost:
         return Failure('cost_too_high', f'mean NRE {mean_cost:.2f} > {cfg.max_mean_cost}',
                        timings, info)
@@ -200,6 +203,13 @@ def _verdict(level: tuple, T: Tensor, cfg: VerdictConfig, iterations: int,
     if not math.isfinite(cond) or cond > cfg.max_condition:
         return Failure('degenerate_geometry', f'information condition number {cond:.3g} > '
                        f'{cfg.max_condition:.3g}', timings, info)
+    if level is not support_level:
+        name, pts, maps, K, gcfg = level
+        nre = point_nre(pts, maps, K, T, gcfg.min_depth)
+        cost, n = float(nre.sum()), int(nre.numel())
+        mean_cost = cost / max(n, 1)
+        info.update(level=name, cost=cost)
+        H = information(pts, maps, K, T, gcfg.sigmas[-1], gcfg, cfg.information)
     cov = cfg.covariance_scale * torch.linalg.inv(H)
     cov = 0.5 * (cov + cov.T)
     logger.debug('solve: %s level, cost %.1f, %d/%d supported, %d iterations', name, cost,
