@@ -18,10 +18,16 @@ from nre_ros.errors import ConfigError
 C = TypeVar('C')
 
 
-def load_config(cls: type[C], data: dict[str, Any] | None, where: str = '') -> C:
-    """Build dataclass ``cls`` from ``data``; unknown keys and wrong types raise ConfigError."""
+def load_config(cls: type[C], data: dict[str, Any] | None, where: str = '',
+                base: C | None = None) -> C:
+    """Build dataclass ``cls`` from ``data``; unknown keys and wrong types raise ConfigError.
+
+    Keys absent from ``data`` keep the values of ``base`` (default: ``cls()``), recursively, so
+    a partial YAML overrides only what it names.
+    """
+    base = cls() if base is None else base
     if data is None:
-        return cls()
+        return base
     if not isinstance(data, dict):
         raise ConfigError(f'{where or cls.__name__}: expected a mapping, got {type(data).__name__}')
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -35,10 +41,10 @@ def load_config(cls: type[C], data: dict[str, Any] | None, where: str = '') -> C
         hint = hints[key]
         path = f'{where}.{key}' if where else key
         if dataclasses.is_dataclass(hint):
-            kwargs[key] = load_config(hint, value, path)
+            kwargs[key] = load_config(hint, value, path, getattr(base, key))
         else:
             kwargs[key] = _coerce(hint, value, path)
-    return cls(**kwargs)
+    return dataclasses.replace(base, **kwargs)
 
 
 def _coerce(hint: Any, value: Any, path: str) -> Any:

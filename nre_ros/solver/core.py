@@ -30,6 +30,7 @@ class VerdictConfig:
     support_margin: float = 3.0     # supported: NRE < ln|Omega| - margin (map prob > e^3 x uniform)
     min_supported: int = 12         # fewer supported points -> 'too_few_supported'
     chance_factor: float = 4.0      # ... or fewer than min_supported + factor x chance support
+    min_supported_fraction: float = 0.0  # fewer supported / all points -> 'too_few_supported'
     max_mean_cost: float | None = None  # optional cap on mean NRE per point (nats)
     max_condition: float = 1e12     # information condition number above -> degenerate
     covariance_scale: float = 1.0   # k^2 in Sigma = k^2 H^-1 (from NEES calibration)
@@ -184,7 +185,7 @@ def _verdict(support_level: tuple, level: tuple, T: Tensor, cfg: VerdictConfig,
     # cells that would count as support. Optimising 6 DoF finds a few times more by chance.
     low = maps.ln_omega - cfg.support_margin
     chance = float((maps.maps < low).float().mean(dim=(1, 2)).sum())
-    need = cfg.min_supported + cfg.chance_factor * chance
+    need = max(cfg.min_supported + cfg.chance_factor * chance, cfg.min_supported_fraction * n)
     info.update(level=name, ln_omega=maps.ln_omega, supported=supported, cost=cost,
                 chance_support=chance)
     if supported < need:

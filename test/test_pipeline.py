@@ -1,0 +1,82 @@
+"""The relocalizer end to end on the shipped demo map and held-out real query images."""
+import numpy as np
+import pytest
+
+from nre_ros.camera import Camera
+from nre_ros.config import ConfigError
+from nre_ros.datasets import TumSequence
+from nre_ros.geometry import invert, pose_error
+from nre_ros.paths import shared_file
+from nre_ros.pipeline import PipelineConfig, Prior, Relocalizer
+
+
+@pytest.fixture(scope='module')
+def reloc():
+    return Relocalizer.from_config(shared_file('maps/demo/fr1_rpy.nremap'), PipelineConfig())
+
+
+@pytest.fixture(scope='module')
+def queries():
+    return TumSequence(shared_file('maps/demo/queries'))
+
+
+def test_held_out_queries_localize_accurately(reloc, queries):
+    frames = queries.frames[:3]
+    for frame in frames:
+        out = reloc.localize(queries.load_rgb(frame), queries.camera)
+        assert out.ok, out
+        dt, dr = pose_error(out.T_cam_world, invert(frame.T_world_cam))
+        assert dt < 0.10 and dr < 4.0
+        cov = out.covariance
+        assert np.allclose(cov, cov.T) and np.all(np.linalg.eigvalsh(cov) > 0)
+        assert out.info['level'] == 'fine' and out.num_supported > 100
+
+
+def test_rolled_query_localizes_via_rotation_search(reloc, queries):
+    """A query turned upside down (180 deg roll) is still localized, with the right pose."""
+    frame = queries.frames[4]
+    img = np.ascontiguousarray(np.rot90(queries.load_rgb(frame), 2))
+    cam = queries.camera
+    # rotating the image by 180 deg = camera rolled by 180 deg about z with a mirrored K
+    K = cam.K.copy()
+    K[0, 2], K[1, 2] = cam.width - 1 - cam.cx, cam.height - 1 - cam.cy
+    rolled = Camera(cam.width, cam.height, K)          # distortion dropped: tolerable here
+    out = reloc.localize(img, rolled)
+    assert out.ok, out
+    R_flip = np.diag([-1.0, -1.0, 1.0, 1.0])
+    dt, dr = pose_error(out.T_cam_world, R_flip @ invert(frame.T_world_cam))
+    assert out.info['quarter_turns'] == 2
+    assert dt < 0.15 and dr < 6.0
+
+
+def test_tracking_from_a_prior(reloc, queries):
+    frame = queries.frames[1]
+    T_gt = invert(frame.T_world_cam)
+    T_prior = np.eye(4)
+    T_prior[:3, 3] = [0.03, -0.02, 0.02]                 # 4 cm off
+    out = reloc.localize(queries.load_rgb(frame), queries.camera,
+                         prior=Prior(T_prior @ T_gt))
+    assert out.ok and out.info['mode'] == 'tracking'
+    assert 'msac' not in out.timings_ms
+    assert pose_error(out.T_cam_world, T_gt)[0] < 0.10
+
+
+def test_out_of_map_image_is_a_failure(reloc, cabinet):
+    """Images of another room never produce a pose."""
+    fails = 0
+    for frame in cabinet.split('out_of_map_20')[:4]:
+        out = reloc.localize(cabinet.load_rgb(frame), cabinet.camera)
+        fails += not out.ok
+    assert fails == 4
+
+
+def test_bad_input_is_a_failure_not_an_exception(reloc, queries):
+    out = reloc.localize(np.zeros((10, 10, 3), np.uint8), queries.camera)
+    assert not out.ok and out.reason == 'bad_input'
+
+
+def test_pipeline_yaml_is_the_default_and_strict(tmp_path):
+    assert PipelineConfig.from_yaml(shared_file('config/pipeline.yaml')) == PipelineConfig()
+    (tmp_path / 'bad.yaml').write_text('pipeline:\n  retrieval:\n    top_kk: 3\n')
+    with pytest.raises(ConfigError, match='top_kk'):
+        PipelineConfig.from_yaml(tmp_path / 'bad.yaml')
