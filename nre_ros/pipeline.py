@@ -220,10 +220,10 @@ class Relocalizer:
     def _descriptors(self, point_idx: np.ndarray, keyframes: np.ndarray, level: str
                      ) -> torch.Tensor:
         """(N, C) descriptors of ``point_idx``, taken from the best-ranked keyframe seeing each."""
-        obs_kf = np.concatenate([np.full(len(self.map.observations(int(i)).point_idx), r)
-                                 for r, i in enumerate(keyframes)])
-        obs_pt = np.concatenate([self.map.observations(int(i)).point_idx for i in keyframes])
-        desc = np.concatenate([getattr(self.map.observations(int(i)), level) for i in keyframes])
+        obs = [self.map.observations(int(i)) for i in keyframes]
+        obs_kf = np.concatenate([np.full(len(o.point_idx), r) for r, o in enumerate(obs)])
+        obs_pt = np.concatenate([o.point_idx for o in obs])
+        desc = np.concatenate([getattr(o, level) for o in obs])
         order = np.lexsort((obs_kf, obs_pt))            # by point, then keyframe rank
         pts_sorted = obs_pt[order]
         first = order[np.searchsorted(pts_sorted, point_idx)]
