@@ -29,6 +29,7 @@ from nre_ros.preprocess import PreparedImage, prepare
 from nre_ros.results import Failure, Outcome, Result
 from nre_ros.solver import FineLevel, SolverConfig, VerdictConfig, msac, solve
 from nre_ros.solver import se3
+from nre_ros.solver.depth_init import DepthInitConfig, depth_msac
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +46,10 @@ class RotationConfig:
 
     quarter_turns: tuple[int, ...] = (0, 1, 2, 3)   # rotations whose retrieval score is computed
     candidates: int = 2            # best-retrieved rotations that also get MSAC
+    # The first listed rotation is tried alone first; the others are only computed when its
+    # MSAC support (supported / candidate maps) is below this fraction (1.0 = always search;
+    # fr1_rpy hard queries: upright 0.85-0.99 when right, 0.07-0.41 for 90/180-deg rolls).
+    early_exit_support: float = 0.6
 
 
 @dataclass(frozen=True)
@@ -71,6 +76,7 @@ class PipelineConfig:
     rotation: RotationConfig = RotationConfig()
     fine: FineConfig = FineConfig()
     tracking: TrackingConfig = TrackingConfig()
+    depth: DepthInitConfig = DepthInitConfig()   # RGB-D queries: Kabsch initialization
     # Verdict thresholds measured on real maps (XFeat, tau 20): in-map queries of fr1_rpy had
     # >= 59% of points supported and mean coarse NRE <= 5.3; out-of-map images (fr3 cabinet
     # against the fr1 map) 5-15% and 7.5-8.0. The solver's own defaults stay generic.
@@ -171,7 +177,7 @@ class Relocalizer:
         """Estimate ``T_cam_world`` of ``image``; a Result only when the verdict trusts it."""
         t0 = time.perf_counter()
         try:
-            prep0 = prepare(image, camera, self.config.max_image_side, 0)
+            prep0 = prepare(image, camera, self.config.max_image_side, 0, depth)
         except InputError as exc:
             return Failure('bad_input', str(exc))
         if prior is not None:
@@ -179,7 +185,7 @@ class Relocalizer:
             if out.ok:
                 return self._finish(out, t0, mode='tracking')
             logger.debug('tracking failed (%s), falling back to global search', out.reason)
-        return self._finish(self._global(image, camera, prep0), t0, mode='global')
+        return self._finish(self._global(image, camera, depth, prep0), t0, mode='global')
 
     # ------------------------------------------------------------------ stages
     def _finish(self, out: Outcome, t0: float, mode: str) -> Outcome:
@@ -207,7 +213,7 @@ class Relocalizer:
             c.keyframes = idx[i]
             c.point_idx = self._points_of(idx[i])
             kept.append(c)
-        timings['retrieval'] = 1e3 * (time.perf_counter() - t)
+        timings['retrieval'] = timings.get('retrieval', 0.0) + 1e3 * (time.perf_counter() - t)
         return kept
 
     def _points_of(self, keyframes: np.ndarray) -> np.ndarray:
@@ -267,33 +273,76 @@ class Relocalizer:
             return FineLevel(maps, K_fine, index)
         return build
 
-    def _global(self, image: np.ndarray, camera: Camera, prep0: PreparedImage) -> Outcome:
-        timings: dict[str, float] = {}
-        cands = []
-        for turns in self.config.rotation.quarter_turns:
-            prep = prep0 if turns % 4 == 0 else prepare(image, camera,
-                                                         self.config.max_image_side, turns)
-            cands.append(self._candidate(prep, timings))
-        cands = self._retrieve(cands, timings)
-        best = None
+    def _metres_per_unit(self) -> float | None:
+        """Size of one map unit in metres (None when the map is not metric)."""
+        sim = self.map.metadata.map_T_model
+        if sim is not None:
+            return float(sim.scale) if self.map.metadata.units == 'm' else None
+        return 1.0 if self.map.metadata.units == 'm' else None
+
+    def _initialize(self, c: _Candidate, timings: dict) -> None:
+        """Coarse maps and the initial pose of one orientation: Kabsch on depth when the query
+        has depth and the map is metric, P3P MSAC otherwise or when that finds nothing."""
+        self._coarse_maps(c, timings)
         t = time.perf_counter()
-        for c in cands:
-            if len(c.point_idx) < self.config.solver.min_points:
-                continue
-            self._coarse_maps(c, timings)
-            K = self._K_grid(c.prep, self.model.spec.coarse_stride)
-            c.msac = msac(self.points_world[c.point_idx], c.coarse_maps, K, self.config.solver.msac)
-            if c.msac.T_cam_world is not None and (best is None or c.msac.support
-                                                   > best.msac.support):
-                best = c
-        timings['msac'] = 1e3 * (time.perf_counter() - t) - timings.get('lossmaps', 0.0)
-        if best is None:
-            reasons = [c.msac.reason for c in cands if c.msac is not None] or ['no_keyframes']
+        K = self._K_grid(c.prep, self.model.spec.coarse_stride)
+        pts = self.points_world[c.point_idx]
+        cfg = self.config
+        metres = self._metres_per_unit()
+        c.msac = None
+        if c.prep.depth is not None and cfg.depth.enabled and metres is not None:
+            K_img = torch.as_tensor(c.prep.camera.K, dtype=torch.float64, device=self.device)
+            c.msac = depth_msac(pts, c.coarse_maps, K, torch.from_numpy(c.prep.depth), K_img,
+                                metres, cfg.depth, cfg.solver.msac)
+            c.timings['init'] = 'depth' if c.msac.T_cam_world is not None else 'p3p'
+        if c.msac is None or c.msac.T_cam_world is None:
+            c.msac = msac(pts, c.coarse_maps, K, cfg.solver.msac)
+        timings['msac'] = timings.get('msac', 0.0) + 1e3 * (time.perf_counter() - t)
+
+    def _support_fraction(self, c: _Candidate) -> float:
+        if c.msac is None or c.msac.T_cam_world is None or c.msac.num_candidates == 0:
+            return 0.0
+        return c.msac.support / c.msac.num_candidates
+
+    def _global(self, image: np.ndarray, camera: Camera, depth: np.ndarray | None,
+                prep0: PreparedImage) -> Outcome:
+        timings: dict[str, float] = {}
+        rot = self.config.rotation
+        turns = list(rot.quarter_turns) or [0]
+
+        def candidate(k: int) -> _Candidate:
+            prep = prep0 if k % 4 == 0 else prepare(image, camera, self.config.max_image_side,
+                                                   k, depth)
+            return self._candidate(prep, timings)
+
+        # 1) the first rotation alone: most robot cameras are upright
+        first = self._retrieve([candidate(turns[0])], timings)
+        tried, searched = [], 1
+        for c in first:
+            if len(c.point_idx) >= self.config.solver.min_points:
+                self._initialize(c, timings)
+                tried.append(c)
+        # 2) the other rotations only when that was not convincing
+        if len(turns) > 1 and (not tried or self._support_fraction(tried[0])
+                               < rot.early_exit_support):
+            searched = len(turns)
+            cands = first + [candidate(k) for k in turns[1:]]
+            for c in self._retrieve(cands, timings):
+                if c.msac is None and len(c.point_idx) >= self.config.solver.min_points:
+                    self._initialize(c, timings)
+                    tried.append(c)
+        timings['msac'] = timings.get('msac', 0.0)
+        ok = [c for c in tried if c.msac.T_cam_world is not None]
+        if not ok:
+            reasons = [c.msac.reason for c in tried] or ['no_keyframes']
             return Failure(reasons[0], 'no orientation gave a pose hypothesis', timings)
+        best = max(ok, key=lambda c: c.msac.support)
         out = solve(self.points_world[best.point_idx], best.coarse_maps,
                     self._K_grid(best.prep, self.model.spec.coarse_stride), self.config.solver,
                     fine=self._fine_builder(best, timings), T_init=best.msac.T_cam_world)
-        return self._to_caller_frame(out, best, timings)
+        out = self._to_caller_frame(out, best, timings)
+        return replace(out, info={**out.info, 'init': best.timings.get('init', 'p3p'),
+                                  'orientations_searched': searched})
 
     def _track(self, prep: PreparedImage, prior: Prior) -> Outcome:
         """Refine from a prior (no MSAC) against the keyframes nearest to it."""

@@ -31,12 +31,14 @@ class PreparedImage:
         R_img_cam: (3, 3) rotation from the caller's camera frame to this image's camera frame
             (identity unless the image was rotated).
         quarter_turns: number of counter-clockwise quarter turns applied.
+        depth: (H, W) float32 metric depth aligned with ``image`` (0 = none), or None.
     """
 
     image: np.ndarray
     camera: Camera
     R_img_cam: np.ndarray
     quarter_turns: int = 0
+    depth: np.ndarray | None = None
 
 
 def check_image_matches_camera(image: np.ndarray, camera: Camera) -> None:
@@ -57,23 +59,49 @@ def _undistort_maps(key: bytes, width: int, height: int) -> tuple[np.ndarray, np
     return cv2.initUndistortRectifyMap(K, dist, None, K, (width, height), cv2.CV_32FC1)
 
 
-def undistort(image: np.ndarray, camera: Camera) -> tuple[np.ndarray, Camera]:
-    """Remove lens distortion; the result is a pinhole image with the same K and size."""
+def undistort(image: np.ndarray, camera: Camera, nearest: bool = False
+              ) -> tuple[np.ndarray, Camera]:
+    """Remove lens distortion; the result is a pinhole image with the same K and size.
+    ``nearest`` samples without interpolation (depth images: no mixed depths at edges)."""
     if not camera.has_distortion:
         return image, camera
     key = np.concatenate([camera.K.ravel(), camera.dist]).tobytes()
     map_x, map_y = _undistort_maps(key, camera.width, camera.height)
-    out = cv2.remap(image, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    if nearest:
+        out = cv2.remap(image, map_x, map_y, cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT,
+                        borderValue=0)
+    else:
+        out = cv2.remap(image, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     return out, Camera(camera.width, camera.height, camera.K)
 
 
-def resize_max_side(image: np.ndarray, camera: Camera, max_side: int) -> tuple[np.ndarray, Camera]:
+def resize_max_side(image: np.ndarray, camera: Camera, max_side: int, nearest: bool = False
+                    ) -> tuple[np.ndarray, Camera]:
     """Shrink so the longer side is at most ``max_side`` (never enlarges)."""
     if max(camera.width, camera.height) <= max_side:
         return image, camera
     new_cam = camera.resized_max_side(max_side)
-    out = cv2.resize(image, (new_cam.width, new_cam.height), interpolation=cv2.INTER_AREA)
+    out = cv2.resize(image, (new_cam.width, new_cam.height),
+                     interpolation=cv2.INTER_NEAREST if nearest else cv2.INTER_AREA)
     return out, new_cam
+
+
+def check_depth(depth: np.ndarray, camera: Camera) -> np.ndarray:
+    """(H, W) metric depth as float32 with invalid pixels (non-finite, <= 0) set to 0.
+
+    Raises InputError unless ``depth`` is a 2-D float array of the camera's size (integer depth
+    images must be converted to metres by the caller, who knows the scale)."""
+    if not isinstance(depth, np.ndarray) or depth.ndim != 2:
+        raise InputError(f'depth must be an HxW array, got {getattr(depth, "shape", depth)}')
+    if not np.issubdtype(depth.dtype, np.floating):
+        raise InputError(f'depth must be float metres, got {depth.dtype} (convert raw sensor '
+                         'units first, e.g. uint16 mm / 1000)')
+    if depth.shape != (camera.height, camera.width):
+        raise InputError(f'depth is {depth.shape[1]}x{depth.shape[0]} but the camera is '
+                         f'{camera.width}x{camera.height}')
+    d = depth.astype(np.float32, copy=True)
+    d[~np.isfinite(d) | (d <= 0)] = 0.0
+    return d
 
 
 def rotate_quarter_turns(image: np.ndarray, camera: Camera, k: int
@@ -95,11 +123,17 @@ def rotate_quarter_turns(image: np.ndarray, camera: Camera, k: int
     return np.ascontiguousarray(np.rot90(image, k)), cam, R
 
 
-def prepare(image: np.ndarray, camera: Camera, max_side: int, quarter_turns: int = 0
-            ) -> PreparedImage:
-    """Validate, undistort, resize and rotate a query image."""
+def prepare(image: np.ndarray, camera: Camera, max_side: int, quarter_turns: int = 0,
+            depth: np.ndarray | None = None) -> PreparedImage:
+    """Validate, undistort, resize and rotate a query image (and its registered depth, in
+    metres, with nearest-neighbour sampling so no depth is interpolated across edges)."""
     check_image_matches_camera(image, camera)
     img, cam = undistort(image, camera)
     img, cam = resize_max_side(img, cam, max_side)
     img, cam, R = rotate_quarter_turns(img, cam, quarter_turns)
-    return PreparedImage(img, cam, R, quarter_turns % 4)
+    d = None
+    if depth is not None:
+        d, dcam = undistort(check_depth(depth, camera), camera, nearest=True)
+        d, dcam = resize_max_side(d, dcam, max_side, nearest=True)
+        d = np.ascontiguousarray(rotate_quarter_turns(d[..., None], dcam, quarter_turns)[0][..., 0])
+    return PreparedImage(img, cam, R, quarter_turns % 4, d)

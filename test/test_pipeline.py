@@ -30,6 +30,7 @@ def test_held_out_queries_localize_accurately(reloc, queries):
         cov = out.covariance
         assert np.allclose(cov, cov.T) and np.all(np.linalg.eigvalsh(cov) > 0)
         assert out.info['level'] == 'fine' and out.num_supported > 100
+        assert out.info['orientations_searched'] == 1   # upright: no rotation search needed
 
 
 def test_rolled_query_localizes_via_rotation_search(reloc, queries):
@@ -45,7 +46,7 @@ def test_rolled_query_localizes_via_rotation_search(reloc, queries):
     assert out.ok, out
     R_flip = np.diag([-1.0, -1.0, 1.0, 1.0])
     dt, dr = pose_error(out.T_cam_world, R_flip @ invert(frame.T_world_cam))
-    assert out.info['quarter_turns'] == 2
+    assert out.info['quarter_turns'] == 2 and out.info['orientations_searched'] == 4
     assert dt < 0.15 and dr < 6.0
 
 
