@@ -1,7 +1,9 @@
-"""``nre-ros evaluate``: replay a bag offline through the relocalizer and write a report.
+"""``nre-ros evaluate``: replay a bag through the relocalizer and write a report.
 
-Offline only (rosbags, no ROS): replaying through the running node (``--live``) is not
-implemented; use ``ros2 bag play --clock`` + ``evo_ape bag2`` for that (ros-interface.md §10).
+Offline (default; rosbags, no ROS): the ``Relocalizer`` runs in this process on every frame.
+``--live``: the bag is published over ROS 2 to the running ``nre_relocalization`` node (started
+here, or ``--attach`` to one already running) and what it publishes is recorded
+(``nre_ros.eval.live``): real latency, drops, map->odom. Both write the same outputs.
 """
 from __future__ import annotations
 
@@ -33,6 +35,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='harness self-check: evaluate ground truth + this noise instead of '
                         'the relocalizer (no map needed); not a relocalization result')
     parser.add_argument('--no-progress', action='store_true', help='no tqdm progress bar')
+    live = parser.add_argument_group('live replay over ROS 2 (--live)')
+    live.add_argument('--live', action='store_true',
+                      help='replay through the nre_relocalization node over ROS 2 and record '
+                      'its ~/pose, /tf and /diagnostics (needs rclpy + tf2_msgs)')
+    live.add_argument('--attach', action='store_true',
+                      help='with --live: use the node already running (it is configured and '
+                      'activated if needed) instead of starting one')
+    live.add_argument('--rate', type=float, default=1.0,
+                      help='with --live: playback speed, x bag time (default 1)')
+    live.add_argument('--params-file', help='with --live: node parameter YAML (default '
+                      'config/nre_ros.yaml)')
+    live.add_argument('--param', action='append', default=[], metavar='NAME:=VALUE',
+                      help='with --live: node parameter override (repeatable)')
+    live.add_argument('--node-name', default='/nre_relocalization',
+                      help='with --live: full node name (default /nre_relocalization)')
+    live.add_argument('--pose-topic', help='with --live: pose topic (default <node>/pose)')
+    live.add_argument('--no-clock', action='store_true',
+                      help='with --live: do not publish /clock (node on wall time)')
+    live.add_argument('--settle', type=float, default=10.0, metavar='S',
+                      help='with --live: wait up to S s for poses after the last image')
+    live.add_argument('--domain-id', type=int,
+                      help='with --live: ROS_DOMAIN_ID (default: the environment\'s)')
 
 
 def _relocalizer(args: argparse.Namespace):
@@ -47,10 +71,60 @@ def _relocalizer(args: argparse.Namespace):
     return Relocalizer.from_config(args.map_path, config)
 
 
+def _parse_params(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        name, sep, value = item.partition(':=')
+        if not sep or not name:
+            raise InputError(f'--param expects NAME:=VALUE, got {item!r}')
+        out[name] = value
+    return out
+
+
+def run_live(args: argparse.Namespace) -> int:
+    from nre_ros.eval.evaluate import load_baseline
+    try:
+        from nre_ros.eval.live import LiveOptions, evaluate_live, format_table
+    except ImportError as exc:
+        raise NreError(f'--live needs rclpy and tf2_msgs ({exc}); see scripts/install_ros.sh')
+    if args.realtime or args.max_rate:
+        raise InputError('--realtime / --max-rate simulate the node offline; --live runs it')
+    program, map_path = None, args.map_path or ''
+    meta = {'localizer': 'nre_relocalization node (nre_ros.pipeline.Relocalizer)',
+            'map': map_path, 'config': args.config or 'defaults'}
+    params = _parse_params(args.param)
+    if args.config:
+        params.setdefault('pipeline_config', args.config)
+    if args.oracle:
+        import sys
+        program = [sys.executable, '-m', 'nre_ros.eval.oracle_node', str(args.bag),
+                   str(args.oracle[0]), str(args.oracle[1])]
+        map_path = map_path or 'oracle'
+        meta = {'localizer': f'ORACLE in the node (ground truth + noise {args.oracle[0]} m, '
+                             f'{args.oracle[1]} deg): harness self-check'}
+    elif not map_path and not args.attach:
+        raise InputError('--map is required (or --oracle for a harness self-check)')
+    opts = LiveOptions(rate=args.rate, use_depth=args.use_depth, clock=not args.no_clock,
+                       attach=args.attach, node_name=args.node_name,
+                       pose_topic=args.pose_topic, params_file=args.params_file,
+                       params=params, program=program, settle_s=args.settle,
+                       domain_id=args.domain_id, node_log=str(Path(args.out) / 'node.log'))
+    baselines = {str(b): load_baseline(b) for b in args.baseline}
+    metrics, paths = evaluate_live(args.bag, map_path, args.out, opts, meta, baselines,
+                                   show_progress=not args.no_progress)
+    print(format_table(metrics))
+    print(f"report: {paths['report']}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from nre_ros.eval.evaluate import ReplayMode, evaluate_bag, load_baseline
     if not Path(args.bag).exists():
         raise InputError(f'bag {args.bag} does not exist')
+    if args.live:
+        return run_live(args)
+    if args.attach:
+        raise InputError('--attach only goes with --live')
     if args.max_rate < 0:
         raise InputError(f'--max-rate must be > 0, got {args.max_rate}')
     mode = ReplayMode(realtime=args.realtime, max_rate_hz=args.max_rate,

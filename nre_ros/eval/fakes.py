@@ -48,6 +48,11 @@ class OracleLocalizer:
         self.covariance = np.diag([sigma_t_m ** 2] * 3 + [sr ** 2] * 3)
         self.fail_rate, self.delay_s = fail_rate, delay_s
         self.rng = np.random.default_rng(seed)
+        self.map_T_model = None          # node interface: the map frame is the model frame
+        self.map_frame_id = 'map'
+
+    def warmup(self) -> None:
+        """Nothing to warm up (the node calls this at configure)."""
 
     @classmethod
     def from_frames(cls, frames, **kwargs) -> 'OracleLocalizer':

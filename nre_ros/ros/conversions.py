@@ -122,6 +122,32 @@ def image_to_rgb(msg: Image) -> np.ndarray:
     return np.ascontiguousarray(arr[:, :, :3])
 
 
+COMPRESSED_FORMATS = ('jpeg', 'jpg', 'png')
+
+
+def compressed_to_rgb(msg) -> np.ndarray:
+    """sensor_msgs/CompressedImage (jpeg / png, as image_transport's ``compressed`` plugin
+    sends it) -> (H, W, 3) uint8 RGB, decoded with ``cv2.imdecode``.
+
+    ``format`` is e.g. ``"jpeg"`` or ``"rgb8; jpeg compressed bgr8"``; an empty format is
+    decoded by content. Raises InputError for other formats (``compressedDepth``, …) and for
+    data that does not decode.
+    """
+    import cv2
+    fmt = (msg.format or '').lower()
+    if fmt and ('compresseddepth' in fmt or not any(f in fmt for f in COMPRESSED_FORMATS)):
+        raise InputError(f'compressed image format {msg.format!r} is not supported '
+                         f'(expected one of {list(COMPRESSED_FORMATS)})')
+    data = np.frombuffer(bytes(msg.data), dtype=np.uint8)
+    if data.size == 0:
+        raise InputError('compressed image has no data')
+    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    if bgr is None or bgr.ndim != 3 or bgr.size == 0:
+        raise InputError(f'compressed image ({data.size} bytes, format {msg.format!r}) '
+                         'could not be decoded')
+    return np.ascontiguousarray(bgr[:, :, ::-1])
+
+
 def depth_to_metres(msg: Image) -> np.ndarray:
     """Depth image (16UC1 millimetres or 32FC1 metres) -> (H, W) float32 metres, 0 = invalid."""
     if msg.encoding not in DEPTH_ENCODINGS:

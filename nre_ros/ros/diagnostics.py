@@ -27,6 +27,7 @@ class NodeStats:
     frames_dropped_busy: int = 0
     frames_skipped_rate: int = 0
     frames_unpaired: int = 0
+    frames_without_depth: int = 0
     bad_inputs: int = 0
     tf_failures: int = 0
     failures: int = 0
@@ -93,6 +94,7 @@ def to_status(s: NodeStats, hardware_id: str, lost_after: int) -> DiagnosticStat
             'frames dropped (busy)': str(s.frames_dropped_busy),
             'frames skipped (max_rate)': str(s.frames_skipped_rate),
             'frames unpaired': str(s.frames_unpaired), 'bad inputs': str(s.bad_inputs),
+            'frames without depth': str(s.frames_without_depth),
             'TF lookup failures': str(s.tf_failures), 'localization failures': str(s.failures),
             'fixes rejected by gating': str(s.fixes_rejected),
             'fixes published': str(s.fixes_published),

@@ -25,7 +25,7 @@ from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
                        qos_profile_sensor_data)
-from sensor_msgs.msg import CameraInfo, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_srvs.srv import SetBool, Trigger
 
 from nre_ros.geometry import invert, make_transform, so3_exp
@@ -153,6 +153,10 @@ class RelocalizationNode(LifecycleNode):
         self._tf_buffer, listener = make_buffer_and_listener(self, 10.0, self._tf_group)
         image_topic = self.resolve_topic_name('image')
         info_topic = self._camera_info_topic(image_topic)
+        if cfg.image_transport == 'compressed':
+            in_type, in_topic = CompressedImage, image_topic + '/compressed'
+        else:
+            in_type, in_topic = Image, image_topic
         qos = qos_profile_sensor_data if cfg.image_qos == 'SENSOR_DATA' else \
             QoSProfile(depth=cfg.queue_size, reliability=ReliabilityPolicy.RELIABLE)
         qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=cfg.queue_size,
@@ -161,7 +165,7 @@ class RelocalizationNode(LifecycleNode):
         srv = self.create_service
         self._active_entities = [
             ('listener', listener),
-            ('sub', sub(Image, image_topic, self._on_image, qos,
+            ('sub', sub(in_type, in_topic, self._on_image, qos,
                         callback_group=self._sensor_group)),
             ('sub', sub(CameraInfo, info_topic, self._on_camera_info, qos,
                         callback_group=self._sensor_group)),
@@ -173,6 +177,14 @@ class RelocalizationNode(LifecycleNode):
             ('srv', srv(SetBool, '~/enable', self._srv_enable,
                         callback_group=self._service_group)),
         ]
+        depth_topic = ''
+        if cfg.use_depth:
+            depth_topic = self.resolve_topic_name('depth')
+            self._active_entities.append(('sub', sub(
+                Image, depth_topic, self._on_depth,
+                QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=max(cfg.queue_size, 5),
+                           reliability=qos.reliability, durability=qos.durability),
+                callback_group=self._sensor_group)))
         if cfg.tf_owner != 'none' and cfg.transform_publish_period > 0:
             self._active_entities.append(('timer', self.create_timer(
                 cfg.transform_publish_period, self._on_tf_timer,
@@ -184,7 +196,8 @@ class RelocalizationNode(LifecycleNode):
                 self._pending_prior = self._initial_pose_prior(cfg)
         with self.stats.lock:
             self.stats.state = 'active'
-        self.get_logger().info(f'Activated: image {image_topic}, camera_info {info_topic}')
+        self.get_logger().info(f'Activated: image {in_topic} ({in_type.__name__}), camera_info '
+                               f'{info_topic}' + (f', depth {depth_topic}' if depth_topic else ''))
         return super().on_activate(state)
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -256,6 +269,7 @@ class RelocalizationNode(LifecycleNode):
         self._slot = None
         self._pending_image: Image | None = None
         self._infos: collections.OrderedDict[int, CameraInfo] = collections.OrderedDict()
+        self._depths: collections.OrderedDict[int, Image] = collections.OrderedDict()
         self._pending_prior = None
         self._fix: _Fix | None = None
         self._last_tf_ns = 0
@@ -269,7 +283,26 @@ class RelocalizationNode(LifecycleNode):
         return image_topic.rsplit('/', 1)[0] + '/camera_info'  # sibling of the image
 
     # ================================================================== inputs (executor)
-    def _on_image(self, msg: Image) -> None:
+    def _on_depth(self, msg: Image) -> None:
+        """Keep the last few depth images by stamp; the worker takes the one of its image."""
+        with self._lock:
+            self._depths[conv.stamp_to_ns(msg.header.stamp)] = msg
+            while len(self._depths) > 10:
+                self._depths.popitem(last=False)
+            self._wake.notify_all()
+
+    def _take_depth(self, stamp_ns: int, timeout_s: float) -> Image | None:
+        """The depth image with exactly this stamp, waiting up to ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        with self._lock:
+            while True:
+                msg = self._depths.pop(stamp_ns, None)
+                remaining = deadline - time.monotonic()
+                if msg is not None or remaining <= 0 or self._stop.is_set():
+                    return msg
+                self._wake.wait(min(remaining, 0.01))
+
+    def _on_image(self, msg: Image | CompressedImage) -> None:
         self.stats.count('frames_received')
         stamp = conv.stamp_to_ns(msg.header.stamp)
         with self._lock:
@@ -385,13 +418,14 @@ class RelocalizationNode(LifecycleNode):
             self.stats.last_problem, self.stats.last_problem_detail = code, detail
         self.get_logger().warning(f'no pose ({code}): {detail}', throttle_duration_sec=2.0)
 
-    def _process(self, image: Image, info: CameraInfo) -> None:
+    def _process(self, image: Image | CompressedImage, info: CameraInfo) -> None:
         cfg, reloc = self.cfg, self.reloc
         stamp_ns = conv.stamp_to_ns(image.header.stamp)
         self.stats.count('frames_processed')
         try:
             camera = conv.camera_info_to_camera(info)
-            rgb = conv.image_to_rgb(image)
+            rgb = conv.compressed_to_rgb(image) if isinstance(image, CompressedImage) \
+                else conv.image_to_rgb(image)
             conv.check_image_matches_camera(rgb.shape[:2], camera)
             cam_frame = cfg.camera_frame or info.header.frame_id or image.header.frame_id
             if not cam_frame:
@@ -411,9 +445,26 @@ class RelocalizationNode(LifecycleNode):
                     max(deadline - time.monotonic(), 0.0), self._stop)
         except TfLookupError as exc:
             return self._reject('tf_missing', str(exc), 'tf_failures')
+        depth = None
+        if cfg.use_depth:
+            depth_msg = self._take_depth(stamp_ns, cfg.depth_timeout)
+            if depth_msg is None:
+                self.stats.count('frames_without_depth')
+                self.get_logger().warning('no depth image with the stamp of the image within '
+                                          f'depth_timeout={cfg.depth_timeout} s: localizing '
+                                          'without depth', throttle_duration_sec=5.0)
+            else:
+                try:
+                    depth = conv.depth_to_metres(depth_msg)
+                    if depth.shape != rgb.shape[:2]:
+                        raise conv.InputError(
+                            f'depth image {depth.shape[1]}x{depth.shape[0]} does not match the '
+                            f'image {rgb.shape[1]}x{rgb.shape[0]} (must be registered to it)')
+                except conv.InputError as exc:
+                    return self._reject('bad_input', f'depth: {exc}', 'bad_inputs')
         s, _ = conv.split_similarity(reloc.map_T_model)
         prior = self._take_prior(T_base_cam, T_odom_base, s)
-        outcome = reloc.localize(rgb, camera, prior=prior)
+        outcome = reloc.localize(rgb, camera, prior=prior, depth=depth)
         with self.stats.lock:
             self.stats.last_timings_ms = dict(outcome.timings_ms)
         if not outcome.ok:

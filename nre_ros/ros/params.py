@@ -16,6 +16,7 @@ from nre_ros.errors import ConfigError
 
 TF_MODES = ('map_to_odom', 'map_to_base', 'none')
 IMAGE_QOS = ('SENSOR_DATA', 'RELIABLE')
+IMAGE_TRANSPORTS = ('raw', 'compressed')
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,13 @@ PARAMETERS: tuple[Param, ...] = (
     Param('image_qos', 'SENSOR_DATA', 'image / camera_info QoS: SENSOR_DATA | RELIABLE',
           choices=IMAGE_QOS),
     Param('queue_size', 1, 'image / camera_info subscription depth', (1, 100)),
+    Param('image_transport', 'raw', 'raw: sensor_msgs/Image on `image`; compressed: '
+          'CompressedImage (jpeg/png) on `image`/compressed, decoded in the node',
+          choices=IMAGE_TRANSPORTS),
+    Param('use_depth', False, 'subscribe to `depth` (16UC1 mm / 32FC1 m, registered to the '
+          'image) and pass it to the relocalizer, paired by stamp'),
+    Param('depth_timeout', 0.1, 'wait this long for the depth of an image (s); then localize '
+          'without depth', (0.0, 10.0)),
     Param('min_points', 0, 'reject fixes with fewer points (0 = off)', (0, 1000000)),
     Param('min_inlier_ratio', 0.0, 'reject fixes with supported/points below this',
           (0.0, 1.0)),
@@ -118,6 +126,9 @@ class NodeConfig:
     max_rate: float = 5.0
     image_qos: str = 'SENSOR_DATA'
     queue_size: int = 1
+    image_transport: str = 'raw'
+    use_depth: bool = False
+    depth_timeout: float = 0.1
     min_points: int = 0
     min_inlier_ratio: float = 0.0
     max_cost: float = 0.0
