@@ -35,6 +35,7 @@ class FakeRelocalizer:
         self.cov, self.map_T_model, self.fail, self.delay_s = cov, map_T_model, fail, delay_s
         self.map_frame_id = 'map'
         self.calls: list[tuple] = []
+        self.depths: list = []           # the depth argument of each call
         self.warmups = 0
 
     def warmup(self) -> None:
@@ -42,6 +43,7 @@ class FakeRelocalizer:
 
     def localize(self, image, camera, prior=None, depth=None):
         self.calls.append((image.shape, image.dtype, camera, prior))
+        self.depths.append(depth)
         if self.delay_s:
             time.sleep(self.delay_s)
         if self.fail:

@@ -116,13 +116,13 @@ def running(ctx):
     """(node, rig, factory) with the node active and the rig connected."""
     made = []
 
-    def start(**params):
+    def start(wait_image: bool = True, **params):
         factory = h.fake_factory(**params.pop('fake', {}))
         node, rig = make_node(ctx, factory, **params), Rig(ctx)
         spin = h.Spinner(ctx, node, rig)
         made.append((node, rig, spin))
         assert node.autostart()
-        assert h.wait_until(lambda: rig.img_pub.get_subscription_count() > 0
+        assert h.wait_until(lambda: (rig.img_pub.get_subscription_count() > 0 or not wait_image)
                             and rig.info_pub.get_subscription_count() > 0
                             and rig.count_subscribers('/tf_static') > 0)
         return node, rig, factory

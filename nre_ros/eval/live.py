@@ -440,9 +440,20 @@ def play_bag(recorder: Recorder, bag: str | Path, *, rate: float = 1.0, use_dept
 
 
 # ============================================================================= records
-def _nearest_tf(tfs: list[TfSample], recv_s: float, child: str) -> TfSample | None:
-    cands = [t for t in tfs if t.child == child and abs(t.recv_s - recv_s) < 1.0]
-    return min(cands, key=lambda t: abs(t.recv_s - recv_s)) if cands else None
+def _tf_for_pose(tfs: list[TfSample], recv_s: float, next_recv_s: float,
+                 child: str) -> TfSample | None:
+    """The map -> ``child`` TF that carries the fix of a pose received at ``recv_s``.
+
+    After publishing a fix the node republishes its TF (timer) until the next fix: take the
+    first sample received 0.1 s after the pose and 0.05 s before the next pose; without
+    republishing (``transform_publish_period`` 0) the one sent with the fix, nearest in time.
+    """
+    own = [t for t in tfs if t.child == child]
+    after = [t for t in own if recv_s + 0.1 <= t.recv_s < next_recv_s - 0.05]
+    if after:
+        return min(after, key=lambda t: t.recv_s)
+    near = [t for t in own if abs(t.recv_s - recv_s) < 1.0]
+    return min(near, key=lambda t: abs(t.recv_s - recv_s)) if near else None
 
 
 def build_records(rec: Recording, truth: BagTruth, *, odom_frame: str = FRAME_ODOM,
@@ -457,6 +468,7 @@ def build_records(rec: Recording, truth: BagTruth, *, odom_frame: str = FRAME_OD
     T_bc = truth.T_base_cam
     records: list[FrameRecord] = []
     tf_err_t, tf_err_r, tf_missing = [], [], 0
+    recvs = sorted(r for r, _ in rec.poses.values())
     for i, stamp in enumerate(rec.order):
         gt = truth.T_map_cam.get(stamp)
         r = FrameRecord(i, stamp, FAILURE, reason=NO_POSE,
@@ -471,7 +483,10 @@ def build_records(rec: Recording, truth: BagTruth, *, odom_frame: str = FRAME_OD
         r.T_est = invert(T_map_base @ T_bc)
         r.covariance = conv.covariance_from_ros(cov_ros, T_map_base, T_bc, 1.0, 0.0, 0.0)
         r.latency_ms = 1e3 * (recv_s - rec.sent[stamp])
-        tf = _nearest_tf(rec.tf, recv_s, odom_frame) or _nearest_tf(rec.tf, recv_s, base_frame)
+        later = [r for r in recvs if r > recv_s]
+        next_recv = later[0] if later else float('inf')
+        tf = _tf_for_pose(rec.tf, recv_s, next_recv, odom_frame) or \
+            _tf_for_pose(rec.tf, recv_s, next_recv, base_frame)
         T_ob = truth.T_odom_base.get(stamp)
         if tf is None or (tf.child == odom_frame and T_ob is None):
             tf_missing += 1
