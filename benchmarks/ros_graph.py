@@ -143,7 +143,11 @@ def main(argv: list[str] | None = None) -> int:
         period = 1.0 / args.hz
         start = time.monotonic()
         late = 0
+        rss_samples = []                        # (s since stream start, MB) every 10 s
         for k in range(n):
+            if k % int(round(10 * args.hz)) == 0:
+                rss_samples.append((round(time.monotonic() - start, 1),
+                                    round(proc.status_kb('VmRSS') / 1024, 1)))
             target = start + k * period
             delay = target - time.monotonic()
             if delay > 0:
@@ -161,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
             rec.mark_sent(stamp_ns)
             img_pub.publish(image)
         send_s = time.monotonic() - start
+        out['rss_timeline_mb'] = rss_samples
         t_end = time.monotonic() + args.settle
         last = rec.num_poses()
         while time.monotonic() < t_end:        # the last frame in flight may still come back
@@ -194,8 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = [
         ('stream', f"{w}x{h} rgb8, {args.hz:g} Hz target, {send_s:.1f} s, achieved "
                    f"{out['send_rate_hz']:.1f} Hz ({late} sends > 1 period late)"),
-        ('frames sent / received by node', f'{sent} / {recv} (lost in transport: '
-                                           f'{sent - recv})'),
+        ('frames sent / received by node', f'{sent} / {recv} ({sent - recv} never reached the '
+                                           'callback: best effort, depth 1)'),
         ('frames processed', f"{proc_n} ({node.get('fixes_published', '-')} poses published, "
                              f"{node.get('localization_failures', '-')} failures, "
                              f"{node.get('fixes_rejected', '-')} gated)"),
@@ -217,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         ('node RSS start / end / peak (MB)', f"{out['rss_start_mb']:.0f} / "
                                              f"{out['rss_end_mb']:.0f} / "
                                              f"{out['rss_peak_mb']:.0f}"),
+        ('node RSS every 10 s (MB)', ' '.join(f'{mb:.0f}' for _, mb in out['rss_timeline_mb'])),
         ('node CPU during stream (s / wall s)', f"{out['node_cpu_s']:.0f} / {send_s:.0f}"),
         ('load average before / after configure / end',
          f"{out['load_before']} | {out['load_after_configure']} | {out['load_after']}"),

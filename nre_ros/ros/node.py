@@ -9,6 +9,7 @@ map->odom. Entry point: ``ros2 run nre_ros nre_relocalization`` (``main``).
 from __future__ import annotations
 
 import collections
+import dataclasses
 import gc
 import sys
 import threading
@@ -35,6 +36,11 @@ from nre_ros.ros.gating import FixGate, GateConfig, quality_reason
 from nre_ros.ros.params import NodeConfig, declare_parameters, read_config
 from nre_ros.ros.tf import TfBroadcaster, TfLookupError, make_buffer_and_listener, \
     make_transform_stamped
+
+try:  # custom service: separate ament_cmake package (nre_ros_interfaces/build_wheel.sh)
+    from nre_ros_interfaces.srv import LoadMap  # type: ignore[import-not-found]
+except ImportError:
+    LoadMap = None
 
 NODE_NAME = 'nre_relocalization'
 POSE_QOS = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST,
@@ -99,6 +105,9 @@ class RelocalizationNode(LifecycleNode):
         self._tf_group = ReentrantCallbackGroup()
         self._timer_group = MutuallyExclusiveCallbackGroup()
         self._service_group = MutuallyExclusiveCallbackGroup()
+        self._load_group = MutuallyExclusiveCallbackGroup()    # long: not with the others
+        self._load_lock = threading.Lock()
+        self._map_gen = 0          # bumped by ~/load_map: results of the old map are dropped
         self._reset_runtime_state()
         self._active_entities: list = []
         self._pose_pub = self._tf_pub = None
@@ -177,6 +186,13 @@ class RelocalizationNode(LifecycleNode):
             ('srv', srv(SetBool, '~/enable', self._srv_enable,
                         callback_group=self._service_group)),
         ]
+        if LoadMap is not None:
+            self._active_entities.append(('srv', srv(LoadMap, '~/load_map', self._srv_load_map,
+                                                     callback_group=self._load_group)))
+        else:
+            self.get_logger().info('~/load_map unavailable: nre_ros_interfaces is not installed '
+                                   '(build it with nre_ros_interfaces/build_wheel.sh); change '
+                                   'map_path and cleanup + configure instead')
         depth_topic = ''
         if cfg.use_depth:
             depth_topic = self.resolve_topic_name('depth')
@@ -275,6 +291,7 @@ class RelocalizationNode(LifecycleNode):
         self._last_tf_ns = 0
         self._last_start_stamp_ns: int | None = None
         self._gate = FixGate(GateConfig())
+        self._inflight_gen = -1
 
     def _camera_info_topic(self, image_topic: str) -> str:
         remapped = self.resolve_topic_name('camera_info')
@@ -391,6 +408,58 @@ class RelocalizationNode(LifecycleNode):
         response.message = 'processing enabled' if request.data else 'processing paused'
         return response
 
+    def _srv_load_map(self, request, response):
+        """Load another map (+ model) while active; the old one stays if loading fails."""
+        if not self._load_lock.acquire(blocking=False):
+            response.success, response.message = False, 'rejected: a load_map call is running'
+            return response
+        try:
+            path = request.map_path.strip()
+            old = self.cfg
+            if old is None or not path:
+                response.success = False
+                response.message = 'map_path is empty' if old is not None else 'not configured'
+                return response
+            hint = None
+            if request.use_hint:
+                try:
+                    hint = conv.pose_to_matrix(request.hint)
+                except conv.InputError as exc:
+                    response.success, response.message = False, f'bad hint: {exc}'
+                    return response
+            t0 = time.perf_counter()
+            cfg = dataclasses.replace(old, map_path=path)
+            try:
+                reloc = self._factory(path, cfg)
+                reloc.warmup()
+            except Exception as exc:  # noqa: BLE001 - any load error is an answer, not a crash
+                response.success = False
+                response.message = (f'could not load {path}: {type(exc).__name__}: {exc}; '
+                                    f'still using {old.map_path}')
+                self.get_logger().error(f'~/load_map: {response.message}')
+                return response
+            with self._lock:
+                self.reloc, self.cfg = reloc, cfg
+                self._map_gen += 1
+                self._gate.reset()
+                self._fix, self._pending_prior, self._force_global = None, None, True
+                if hint is not None:
+                    r = max(cfg.prior_search_radius, cfg.min_position_std)
+                    self._pending_prior = (hint, np.diag([r * r] * 3 + [0.5 ** 2] * 3))
+                    self._force_global, self._requested = False, True
+            self.stats.reset_fix()
+            with self.stats.lock:
+                self.stats.map_id = path
+            gc.collect()
+            response.success = True
+            response.message = (f'loaded {path} in {time.perf_counter() - t0:.2f} s'
+                                + (' (hint as prior for the next frame)' if hint is not None
+                                   else ''))
+            self.get_logger().info(f'~/load_map: {response.message}')
+            return response
+        finally:
+            self._load_lock.release()
+
     # ================================================================== worker
     def _worker_loop(self) -> None:
         while True:
@@ -419,7 +488,8 @@ class RelocalizationNode(LifecycleNode):
         self.get_logger().warning(f'no pose ({code}): {detail}', throttle_duration_sec=2.0)
 
     def _process(self, image: Image | CompressedImage, info: CameraInfo) -> None:
-        cfg, reloc = self.cfg, self.reloc
+        with self._lock:
+            cfg, reloc, self._inflight_gen = self.cfg, self.reloc, self._map_gen
         stamp_ns = conv.stamp_to_ns(image.header.stamp)
         self.stats.count('frames_processed')
         try:
@@ -469,7 +539,7 @@ class RelocalizationNode(LifecycleNode):
             self.stats.last_timings_ms = dict(outcome.timings_ms)
         if not outcome.ok:
             return self._reject(outcome.reason, outcome.detail, 'failures')
-        self._handle_result(outcome, image, T_base_cam, T_odom_base, s)
+        self._handle_result(outcome, image, T_base_cam, T_odom_base, s, reloc)
 
     def _take_prior(self, T_base_cam, T_odom_base, scale):
         cfg = self.cfg
@@ -491,10 +561,11 @@ class RelocalizationNode(LifecycleNode):
                                           cfg.min_position_std, cfg.min_rotation_std)
         return _prior_class()(T_cam_model, cov_xi)
 
-    def _handle_result(self, result, image: Image, T_base_cam, T_odom_base, scale) -> None:
+    def _handle_result(self, result, image: Image, T_base_cam, T_odom_base, scale,
+                       reloc) -> None:
         cfg = self.cfg
         stamp_ns = conv.stamp_to_ns(image.header.stamp)
-        T_map_cam = conv.camera_pose_in_map(result.T_cam_world, self.reloc.map_T_model)
+        T_map_cam = conv.camera_pose_in_map(result.T_cam_world, reloc.map_T_model)
         T_map_base = T_map_cam @ invert(T_base_cam)
         T_map_odom = None if T_odom_base is None else T_map_base @ invert(T_odom_base)
         reason = quality_reason(result, self._gate.cfg)
@@ -508,8 +579,8 @@ class RelocalizationNode(LifecycleNode):
                                          cfg.min_rotation_std, inflation)
         cov = conv.covariance_to_ros(result.covariance, T_map_base, T_base_cam, scale, shaping)
         with self._lock:
-            if not self._active:
-                return
+            if not self._active or self._inflight_gen != self._map_gen:
+                return      # deactivated, or ~/load_map replaced the map meanwhile
             key = T_map_odom if cfg.tf_owner == 'map_to_odom' else T_map_base
             accepted, why = self._gate.offer(key)
             if accepted:
