@@ -69,7 +69,8 @@ class TrackingConfig:
 @dataclass(frozen=True)
 class PipelineConfig:
     model: str = 'auto'            # 'auto' = the model the map was built with
-    device: str = 'cpu'
+    backend: str = 'torch'         # torch | onnxruntime | tensorrt (nre_ros.backends)
+    device: str = 'cpu'            # cpu | cuda (tensorrt implies cuda)
     num_threads: int = 2
     max_image_side: int = 640
     retrieval: RetrievalConfig = RetrievalConfig()
@@ -146,11 +147,19 @@ class Relocalizer:
         torch.set_num_threads(config.num_threads)
         t0 = time.perf_counter()
         map_ = load_map(map_path)
-        model = load_model(map_.spec.name if config.model == 'auto' else config.model,
-                           config.device)
-        logger.info('loaded model %s and map %s (%d keyframes, %d points) in %.0f ms',
-                    model.spec.name, map_path, map_.num_keyframes, map_.num_points,
-                    1e3 * (time.perf_counter() - t0))
+        name = map_.spec.name if config.model == 'auto' else config.model
+        if config.backend == 'torch':
+            model = load_model(name, config.device)
+        else:
+            from nre_ros.backends import BackendConfig, load_backend
+            if config.backend == 'tensorrt':
+                logger.info('building/loading the TensorRT engine (minutes on first use)')
+            model = load_backend(BackendConfig(model=name, backend=config.backend,
+                                               device=config.device,
+                                               threads=config.num_threads))
+        logger.info('loaded model %s (%s) and map %s (%d keyframes, %d points) in %.0f ms',
+                    model.spec.name, config.backend, map_path, map_.num_keyframes,
+                    map_.num_points, 1e3 * (time.perf_counter() - t0))
         return cls(map_, model, config)
 
     @property

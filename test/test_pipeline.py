@@ -81,3 +81,18 @@ def test_pipeline_yaml_is_the_default_and_strict(tmp_path):
     (tmp_path / 'bad.yaml').write_text('pipeline:\n  retrieval:\n    top_kk: 3\n')
     with pytest.raises(ConfigError, match='top_kk'):
         PipelineConfig.from_yaml(tmp_path / 'bad.yaml')
+
+
+def test_onnxruntime_backend_localizes_like_torch(reloc, queries, tmp_path, monkeypatch):
+    """The pipeline runs its networks on the configured backend (ONNX exported into the cache)."""
+    monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path))
+    ort = Relocalizer.from_config(shared_file('maps/demo/fr1_rpy.nremap'),
+                                  PipelineConfig(backend='onnxruntime'))
+    assert ort.model.backend.startswith('onnxruntime')
+    assert list((tmp_path / 'nre_ros' / 'onnx').rglob('*-fine.onnx'))
+    frame = queries.frames[0]
+    a = reloc.localize(queries.load_rgb(frame), queries.camera)
+    b = ort.localize(queries.load_rgb(frame), queries.camera)
+    assert a.ok and b.ok
+    dt, dr = pose_error(a.T_cam_world, b.T_cam_world)
+    assert dt < 1e-3 and dr < 0.05
