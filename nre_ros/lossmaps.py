@@ -18,7 +18,7 @@ from torch import Tensor
 
 from nre_ros.errors import ShapeError
 
-__all__ = ['LossMaps', 'coarse_loss_maps', 'loss_maps_from_logits', 'fine_loss_maps',
+__all__ = ['LossMaps', 'bilinear_cost', 'coarse_loss_maps', 'loss_maps_from_logits', 'fine_loss_maps',
            'fine_loss_maps_from_logits', 'window_origins']
 
 
@@ -118,28 +118,58 @@ class LossMaps:
         n, h, w = self.maps.shape
         if uv.shape[-2] != n or uv.shape[-1] != 2:
             raise ShapeError(f'uv must have shape (..., {n}, 2), got {tuple(uv.shape)}')
-        uv = self.to_local(uv)
         lead = uv.shape[:-2]
-        uv = uv.reshape(-1, n, 2).to(self.maps.dtype)
-        finite = torch.isfinite(uv).all(dim=-1)
-        # One ln|Omega| border around every map: any corner outside the map reads "out".
-        padded = torch.nn.functional.pad(self.maps, (1, 1, 1, 1), value=self.ln_omega)
-        wp = w + 2
-        x = uv[..., 0].nan_to_num(-1.0).clamp(-1.0, float(w)) + 1.0
-        y = uv[..., 1].nan_to_num(-1.0).clamp(-1.0, float(h)) + 1.0
-        x0 = x.floor().clamp(max=w)  # keeps x0 + 1 inside the padded map
-        y0 = y.floor().clamp(max=h)
-        fx, fy = x - x0, y - y0
-        idx = (torch.arange(n, device=uv.device) * ((h + 2) * wp)
-               + y0.long() * wp + x0.long())
-        flat = padded.reshape(-1)
-        v00, v10 = flat[idx], flat[idx + 1]
-        v01, v11 = flat[idx + wp], flat[idx + wp + 1]
-        top = v00 + fx * (v10 - v00)
-        out = top + fy * (v01 + fx * (v11 - v01) - top)
-        ok = finite if valid is None else finite & valid.reshape(-1, n)
-        out = out.masked_fill(~ok, self.ln_omega)
+        uv = self.to_local(uv).reshape(-1, n, 2).to(self.maps.dtype)
+        if valid is not None:
+            valid = valid.reshape(-1, n)
+        offset = torch.arange(n, device=uv.device) * (h * w)
+        out = bilinear_cost(self.maps.reshape(-1), offset, (w, h), self.ln_omega, uv, valid)
         return out.reshape(lead + (n,))
+
+
+def bilinear_cost(flat: Tensor, offset: Tensor, size: tuple[int, int], ln_omega: float,
+                  uv: Tensor, valid: Tensor | None = None) -> Tensor:
+    """Bilinear lookup of truncated loss maps stored flat, without padding copies.
+
+    Each of the 4 stencil corners that lies outside its (w x h) map reads ``ln_omega``, as
+    does every non-finite or ``valid`` False coordinate: ``ln_omega - sum_c w_c (ln_omega -
+    L(c))`` over the corners inside the map.
+
+    Args:
+        flat: all maps, flattened (float32).
+        offset: (n,) int64 start of each point's map in ``flat``.
+        size: (w, h) of every map.
+        uv: (M, n, 2) map-frame coordinates; valid: optional (M, n) bool.
+
+    Returns:
+        (M, n) loss values in [0, ln_omega].
+    """
+    w, h = size
+    finite = torch.isfinite(uv).all(dim=-1)
+    ok = finite if valid is None else finite & valid
+    lo = uv.new_tensor([-1.0, -1.0])
+    hi = uv.new_tensor([float(w), float(h)])
+    xy = torch.where(ok[..., None], uv, lo).clamp(lo, hi)  # in [-1, size]
+    base = xy.floor()
+    f = xy - base
+    b = base.long()
+    # Per-axis corner weights, zero for a corner outside the map.
+    lim = torch.tensor([w - 1, h - 1], device=uv.device)
+    w0 = (1 - f) * ((b >= 0) & (b <= lim))
+    w1 = f * (b + 1 <= lim)
+    c0 = torch.minimum(b.clamp(min=0), lim)
+    c1 = torch.minimum(b + 1, lim)
+    row0 = offset + c0[..., 1] * w
+    row1 = offset + c1[..., 1] * w
+    g00 = flat[row0 + c0[..., 0]]
+    g10 = flat[row0 + c1[..., 0]]
+    g01 = flat[row1 + c0[..., 0]]
+    g11 = flat[row1 + c1[..., 0]]
+    wx0, wy0 = w0.unbind(-1)
+    wx1, wy1 = w1.unbind(-1)
+    gain = (wy0 * (wx0 * (ln_omega - g00) + wx1 * (ln_omega - g10))
+            + wy1 * (wx0 * (ln_omega - g01) + wx1 * (ln_omega - g11)))
+    return (ln_omega - gain * ok).clamp(0.0, ln_omega)
 
 
 def loss_maps_from_logits(logits: Tensor, ln_omega: float | None = None) -> LossMaps:

@@ -7,14 +7,26 @@ IRLS step: ``a_nq = k (ln|Omega| - L_n(q)) / sigma^2``, ``H = sum A_n J_n^T J_n`
 ``g = sum J_n^T b_n`` with ``A_n = sum_q a_nq``, ``b_n = sum_q a_nq (q - w_n)``; 6x6 solves in
 float64; left SE(3) updates on T_cam_world.
 
+The kernel is separable, so every per-point sum is a moment ``sum_q k_y dy^i G k_x dx^j`` of
+the gathered window G = ln|Omega| - L: two small batched matmuls give all of them (cost, A, b and
+the second moments) at once.
+
 The IRLS (mean-shift) matrix is a majorizer: on a map whose bump is wider than sigma it
 under-steps by ~(spread/sigma)^2 and needs hundreds of iterations. By default the steps use each
 point's exact 2x2 curvature of the smoothed cost instead, ``A_n I - S_n`` projected onto PSD
 (Gauss-Newton through the projection, Newton in the image), with the same damping and
 accept/reject; ``step='irls'`` gives the paper's update.
 
-Unlike the official code: every stage has its own iteration cap and tolerance, there is a global
-cap, and the cost is recomputed whenever sigma changes.
+Termination (unlike the official code, explicit): every stage has its own iteration cap, there
+is a global cap, and the cost is recomputed whenever sigma changes. A stage also ends when the
+next Newton step is negligible: ``g . delta < newton_tol^2`` (the step is below ``newton_tol``
+standard deviations of the smoothed cost's Laplace approximation; ``stage_newton_tol`` for
+every stage but the last), when an accepted step decreased the cost by less than ``rel_tol``
+(relative), or when the damping exceeds ``lambda_max``.
+
+Points near a map edge are skipped (``border_sigmas``); the skipped set is fixed at the start
+of each stage, so the cost stays continuous within a stage (points entering or leaving the
+border band made it jump by a whole point's cost and rejected good steps).
 """
 from __future__ import annotations
 
@@ -22,6 +34,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -42,6 +55,8 @@ class GncConfig:
     max_iterations: int = 60
     rel_tol: float = 1e-4          # a stage ends when the relative cost decrease is below this
     step_tol: float = 1e-7         # ... or the update norm (m, rad) is below this
+    newton_tol: float = 0.01       # ... or sqrt(g . delta) is below this (last stage)
+    stage_newton_tol: float = 0.1  # ... (earlier stages)
     step: Literal['newton', 'irls'] = 'newton'  # per-point curvature (see module doc) or IRLS
     damping: Literal['levenberg', 'marquardt'] = 'levenberg'
     lambda_init: float = 1e-6      # relative to mean(diag H) (levenberg) or to diag H
@@ -63,6 +78,9 @@ class RefineResult:
         stage_costs: smoothed cost at the end of each stage.
         hit_cap: True if the global iteration cap ended the refinement.
         finite: False if the pose became non-finite (diverged).
+        information: (6, 6) float64 undamped step matrix at T_cam_world and the last sigma
+            (the 'laplace' information for step='newton', 'irls' for step='irls'), or None.
+        evaluations: cost evaluations (window gathers), all stages.
     """
 
     T_cam_world: Tensor
@@ -71,6 +89,48 @@ class RefineResult:
     stage_costs: list = field(default_factory=list)
     hit_cap: bool = False
     finite: bool = True
+    information: Tensor | None = None
+    evaluations: int = 0
+
+
+def _radius(sigma: float, radius_sigmas: float) -> int:
+    # +0.5: the window is centred on the nearest cell, not on uv; keep >= radius on both sides.
+    return max(1, int(math.ceil(radius_sigmas * sigma + 0.5)))
+
+
+def _border_mask(local: Tensor, size: tuple[int, int], sigma: float,
+                 border_sigmas: float) -> Tensor:
+    """(N,) True where the projection is at least border_sigmas * sigma from the map edge."""
+    w, h = size
+    m = border_sigmas * sigma - 0.5
+    if m <= -0.5:
+        return torch.isfinite(local).all(-1)
+    lo = local.new_tensor([m, m])
+    hi = local.new_tensor([w - 1 - m, h - 1 - m])
+    return ((local >= lo) & (local <= hi)).all(-1)
+
+
+def _moments(maps: LossMaps, local: Tensor, ok: Tensor, sigma: float, r: int) -> Tensor:
+    """(N, 3, 3) float32 moments ``M[i, j] = sum_q k(q - w) G(q) dy^i dx^j`` of the weight
+    ``G = ln|Omega| - L`` under the normalised Gaussian kernel, over a (2r+1)^2 window around
+    each projection; zero for points with ``ok`` False. ``local``: (N, 2) float32 map-frame
+    coordinates (finite)."""
+    n, h, w = maps.maps.shape
+    dev = local.device
+    d = torch.arange(-r, r + 1, device=dev, dtype=torch.float32)
+    coords = local.round().unsqueeze(-1) + d                      # (N, 2, K): x row, y row
+    delta = coords - local.unsqueeze(-1)
+    lim = torch.tensor([[w - 1.0], [h - 1.0]], device=dev)
+    k = torch.exp(delta * delta * (-0.5 / (sigma * sigma)))
+    k = k * ((coords >= 0) & (coords <= lim))                     # cells beyond the map: 0
+    k[:, 1] *= ok[:, None] * (1.0 / (2 * math.pi * sigma * sigma))
+    ci = torch.minimum(coords.clamp(min=0), lim).long()
+    rows = ci[:, 1] * w + (torch.arange(n, device=dev) * (h * w))[:, None]    # (N, K)
+    idx = rows[:, :, None] + ci[:, 0, None, :]                                 # (N, K, K)
+    G = torch.take(maps.maps, idx).neg_().add_(maps.ln_omega)
+    kd = k * delta
+    basis = torch.stack([k, kd, kd * delta], dim=2)               # (N, 2, 3, K)
+    return basis[:, 1] @ (G @ basis[:, 0].transpose(1, 2))         # (N, 3, 3)
 
 
 def smoothed_terms(maps: LossMaps, uv: Tensor, valid: Tensor, sigma: float,
@@ -93,83 +153,130 @@ def smoothed_terms(maps: LossMaps, uv: Tensor, valid: Tensor, sigma: float,
         cost: (N,) c_n; A: (N,) sum_q a_nq; b: (N, 2) sum_q a_nq (q - w_n);
         S: (N, 3) sum_q a_nq (dx^2, dx dy, dy^2) / sigma^2 when ``second_moments`` else None.
     """
-    n, h, w = maps.maps.shape
-    # +0.5: the window is centred on the nearest cell, not on uv; keep >= radius on both sides.
-    r = max(1, int(math.ceil(radius_sigmas * sigma + 0.5)))
-    local = maps.to_local(uv).to(torch.float32)
-    finite = torch.isfinite(local).all(-1) & valid
+    local, ok = _local(maps, uv, valid)
+    size = (maps.maps.shape[2], maps.maps.shape[1])
     if border_sigmas > 0:
-        m = border_sigmas * sigma - 0.5
-        finite = finite & (local[:, 0] >= m) & (local[:, 0] <= w - 1 - m) \
-            & (local[:, 1] >= m) & (local[:, 1] <= h - 1 - m)
-    local = torch.where(finite[:, None], local, torch.full_like(local, -1e4)).clamp(-1e4, 1e4)
-    base = torch.round(local).long()
-    d = torch.arange(-r, r + 1, device=uv.device)
-    xs = base[:, 0, None] + d  # (N, K)
-    ys = base[:, 1, None] + d
-    in_x = (xs >= 0) & (xs < w)
-    in_y = (ys >= 0) & (ys < h)
-    idx = ys.clamp(0, h - 1)[:, :, None] * w + xs.clamp(0, w - 1)[:, None, :]
-    loss = maps.maps.reshape(n, h * w).gather(1, idx.reshape(n, -1)).reshape(n, 2 * r + 1, -1)
-    inside = (in_y[:, :, None] & in_x[:, None, :]) & finite[:, None, None]
-    wgt = (maps.ln_omega - loss).clamp(min=0) * inside
-    dx = xs.to(torch.float32) - local[:, 0, None]  # (N, K)
-    dy = ys.to(torch.float32) - local[:, 1, None]
-    inv2s2 = 1.0 / (2 * sigma * sigma)
-    kx = torch.exp(-dx * dx * inv2s2)
-    ky = torch.exp(-dy * dy * inv2s2) / (2 * math.pi * sigma * sigma)
-    wk = wgt * ky[:, :, None] * kx[:, None, :]
-    cost = -wk.sum(dim=(1, 2))
-    wk_y = wk.sum(dim=2)  # (N, K) over x
-    wk_x = wk.sum(dim=1)  # (N, K) over y
+        ok = ok & _border_mask(local, size, sigma, border_sigmas)
+    M = _moments(maps, local, ok, sigma, _radius(sigma, radius_sigmas))
+    cost, A, b, S = _terms(M, sigma)
+    return cost, A, b, (S if second_moments else None)
+
+
+def _local(maps: LossMaps, uv: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
+    """Finite float32 map-frame coordinates (0 where unusable) and the usable mask."""
+    local = maps.to_local(uv).to(torch.float32)
+    ok = valid & torch.isfinite(local).all(-1) & (local.abs() < 1e6).all(-1)
+    return torch.where(ok[:, None], local, torch.zeros_like(local)), ok
+
+
+def _terms(M: Tensor, sigma: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     s2 = sigma * sigma
-    A = -cost / s2
-    b = torch.stack([(wk_x * dx).sum(1), (wk_y * dy).sum(1)], dim=1) / s2
-    S = None
-    if second_moments:
-        sxx = (wk_x * dx * dx).sum(1)
-        syy = (wk_y * dy * dy).sum(1)
-        sxy = (wk * dy[:, :, None] * dx[:, None, :]).sum(dim=(1, 2))
-        S = torch.stack([sxx, sxy, syy], dim=1) / (s2 * s2)
+    cost = -M[:, 0, 0]
+    A = M[:, 0, 0] / s2
+    b = torch.stack([M[:, 0, 1], M[:, 1, 0]], dim=1) / s2
+    S = torch.stack([M[:, 0, 2], M[:, 1, 1], M[:, 2, 0]], dim=1) / (s2 * s2)
     return cost, A, b, S
 
 
-def _point_curvature(A: Tensor, S: Tensor | None) -> Tensor:
-    """(N, 2, 2) float64 PSD curvature per point: A I - S (Newton) or A I (S None: IRLS)."""
-    eye = torch.eye(2, dtype=torch.float64, device=A.device)
-    if S is None:
-        return A.double()[:, None, None] * eye
-    Hn = torch.stack([A - S[:, 0], -S[:, 1], -S[:, 1], A - S[:, 2]], 1).reshape(-1, 2, 2)
-    Hn = Hn.double()
-    # Closed-form 2x2 symmetric eigen-decomposition, eigenvalues clamped at 0.
-    a, b, c = Hn[:, 0, 0], Hn[:, 0, 1], Hn[:, 1, 1]
-    mean = 0.5 * (a + c)
-    rad = torch.sqrt((0.5 * (a - c)) ** 2 + b * b)
-    l1, l2 = (mean + rad).clamp(min=0), (mean - rad).clamp(min=0)
-    theta = 0.5 * torch.atan2(2 * b, a - c)
-    cs, sn = torch.cos(theta), torch.sin(theta)
-    v1 = torch.stack([cs, sn], 1)
-    v2 = torch.stack([-sn, cs], 1)
-    return (l1[:, None, None] * v1[:, :, None] * v1[:, None, :]
-            + l2[:, None, None] * v2[:, :, None] * v2[:, None, :])
+def _point_curvature(M: Tensor, sigma: float, newton: bool) -> Tensor:
+    """(N, 2, 2) float64 PSD curvature per point: A I - S projected onto PSD (Newton) or A I
+    (IRLS), from the moments."""
+    M = M.double()
+    s2 = sigma * sigma
+    A = M[:, 0, 0] / s2
+    if not newton:
+        z = torch.zeros_like(A)
+        return torch.stack([A, z, z, A], 1).reshape(-1, 2, 2)
+    a = A - M[:, 0, 2] / (s2 * s2)
+    c = -M[:, 1, 1] / (s2 * s2)
+    e = A - M[:, 2, 0] / (s2 * s2)
+    # Closed-form 2x2 PSD projection: keep M if l2 >= 0, 0 if l1 <= 0, else
+    # l1 v1 v1^T = l1 (M - l2 I) / (l1 - l2).
+    mean = 0.5 * (a + e)
+    rad = torch.sqrt((0.5 * (a - e)) ** 2 + c * c)
+    l1, l2 = mean + rad, mean - rad
+    mixed = (l2 < 0) & (l1 > 0)
+    scale = torch.where(mixed, l1 / (2 * rad).clamp(min=1e-300), (l2 >= 0).to(M.dtype))
+    shift = torch.where(mixed, l2, torch.zeros_like(l2))
+    return (torch.stack([a - shift, c, c, e - shift], 1) * scale[:, None]).reshape(-1, 2, 2)
 
 
-def _evaluate(points_world: Tensor, T: Tensor, maps: LossMaps, K: Tensor, sigma: float,
-              config: GncConfig):
-    points_cam = se3.transform(points_world, T[:3, :3], T[:3, 3])
-    uv, valid = se3.project(points_cam, K, config.min_depth)
-    newton = config.step == 'newton'
-    cost, A, b, S = smoothed_terms(maps, uv, valid, sigma, config.radius_sigmas, newton,
-                                   config.border_sigmas)
-    return float(cost.sum()), points_cam, _point_curvature(A, S), b
+def _jacobian(points_cam: Tensor, K: Tensor, min_depth: float) -> Tensor:
+    """(N, 2, 6) float64 d uv / d xi (left increment, xi = (rho, phi)); see se3.project_jacobian."""
+    x, y, z = points_cam.unbind(-1)
+    iz = 1 / z.clamp(min=min_depth)
+    u, v = x * iz, y * iz
+    uv = u * v
+    zero = torch.zeros_like(u)
+    J = torch.stack([iz, zero, -u * iz, -uv, 1 + u * u, -v,
+                     zero, iz, -v * iz, -1 - v * v, uv, u], dim=1).reshape(-1, 2, 6)
+    return J * torch.stack([K[0, 0], K[1, 1]]).reshape(1, 2, 1)
 
 
-def _normal_equations(points_cam: Tensor, K: Tensor, Hn: Tensor, b: Tensor,
-                      min_depth: float) -> tuple[Tensor, Tensor]:
-    J = se3.project_jacobian(points_cam, K, min_depth)  # (N, 2, 6) float64
-    H = torch.einsum('nki,nkl,nlj->ij', J, Hn, J)
-    g = torch.einsum('nki,nk->i', J, b.to(J.dtype))
-    return H, g
+class _Problem:
+    """Points, maps and intrinsics of one refinement; evaluates the smoothed cost at a pose."""
+
+    def __init__(self, points_world: Tensor, maps: LossMaps, K: Tensor, config: GncConfig):
+        self.pts = points_world.to(torch.float64)
+        self.maps = maps
+        self.K = K.to(torch.float64)
+        self.config = config
+        self.size = (maps.maps.shape[2], maps.maps.shape[1])
+        self.f = torch.stack([self.K[0, 0], self.K[1, 1]])
+        self.c = torch.stack([self.K[0, 2], self.K[1, 2]])
+        self.newton = config.step == 'newton'
+        self.evaluations = 0
+
+    def evaluate(self, T: np.ndarray, sigma: float, active: Tensor | None = None) -> dict:
+        """Cost and normal equations at pose T; ``active`` None -> border mask at T."""
+        cfg = self.config
+        R = torch.from_numpy(T[:3, :3]).to(self.pts.device)
+        t = torch.from_numpy(T[:3, 3]).to(self.pts.device)
+        pc = torch.addmm(t, self.pts, R.T)
+        z = pc[:, 2]
+        valid = z > cfg.min_depth
+        uvn = pc[:, :2] / z.clamp(min=cfg.min_depth)[:, None]
+        uv = torch.addcmul(self.c, uvn, self.f)
+        local, ok = _local(self.maps, uv, valid)
+        if active is None:
+            active = _border_mask(local, self.size, sigma, cfg.border_sigmas) \
+                if cfg.border_sigmas > 0 else torch.ones_like(ok)
+        M = _moments(self.maps, local, ok & active, sigma, _radius(sigma, cfg.radius_sigmas))
+        self.evaluations += 1
+        return {'T': T, 'pc': pc, 'M': M, 'sigma': sigma, 'active': active,
+                'cost': -float(M[:, 0, 0].sum())}
+
+    def normal_equations(self, ev: dict) -> tuple[np.ndarray, np.ndarray]:
+        """Undamped (6, 6) H and (6,) g (float64 numpy) at an evaluation."""
+        if 'H' not in ev:
+            M, sigma = ev['M'], ev['sigma']
+            P = _point_curvature(M, sigma, self.newton)                       # (N, 2, 2)
+            b = torch.stack([M[:, 0, 1], M[:, 1, 0]], dim=1).double() / (sigma * sigma)
+            J = _jacobian(ev['pc'], self.K, self.config.min_depth)          # (N, 2, 6)
+            PJ = P[:, :, 0:1] * J[:, 0:1] + P[:, :, 1:2] * J[:, 1:2]
+            rhs = torch.cat([PJ.reshape(-1, 6), b.reshape(-1, 1)], dim=1)   # (2N, 7)
+            Hg = (J.reshape(-1, 6).T @ rhs).cpu().numpy()
+            ev['H'], ev['g'] = Hg[:, :6], Hg[:, 6]
+        return ev['H'], ev['g']
+
+
+def _exp_update(T: np.ndarray, xi: np.ndarray) -> np.ndarray:
+    """``exp(xi) @ T`` (left SE(3) increment, xi = (rho, phi)) in float64 numpy."""
+    rho, phi = xi[:3], xi[3:]
+    th2 = float(phi @ phi)
+    th = math.sqrt(th2)
+    W = np.array([[0.0, -phi[2], phi[1]], [phi[2], 0.0, -phi[0]], [-phi[1], phi[0], 0.0]])
+    W2 = W @ W
+    if th2 < 1e-12:
+        a, b, c = 1 - th2 / 6, 0.5 - th2 / 24, 1.0 / 6 - th2 / 120
+    else:
+        a, b, c = math.sin(th) / th, (1 - math.cos(th)) / th2, (th - math.sin(th)) / (th2 * th)
+    R = np.eye(3) + a * W + b * W2
+    V = np.eye(3) + b * W + c * W2
+    out = np.eye(4)
+    out[:3, :3] = R @ T[:3, :3]
+    out[:3, 3] = R @ T[:3, 3] + V @ rho
+    return out
 
 
 def refine(points_world: Tensor, maps: LossMaps, K: Tensor, T_init: Tensor,
@@ -185,55 +292,85 @@ def refine(points_world: Tensor, maps: LossMaps, K: Tensor, T_init: Tensor,
     Returns:
         RefineResult; the pose is finite unless ``finite`` is False.
     """
-    T = T_init.clone()
+    dev = T_init.device
+    prob = _Problem(points_world, maps, K, config)
+    T = T_init.detach().to(torch.float64).cpu().numpy().copy()
     total = 0
     stage_costs = []
     hit_cap = False
-    cost = float('nan')
-    eye = torch.eye(6, dtype=T.dtype, device=T.device)
-    for sigma in config.sigmas:
-        cost, points_cam, A, b = _evaluate(points_world, T, maps, K, sigma, config)
+    ev = None
+    last = len(config.sigmas) - 1
+    for si, sigma in enumerate(config.sigmas):
+        if not np.isfinite(T).all():
+            break
+        ev = prob.evaluate(T, sigma)
+        tol2 = (config.newton_tol if si == last else config.stage_newton_tol) ** 2
         lam = config.lambda_init
+        rejected = False
         for _ in range(config.max_stage_iterations):
             if total >= config.max_iterations:
                 hit_cap = True
                 break
-            H, g = _normal_equations(points_cam, K, A, b, config.min_depth)
+            H, g = prob.normal_equations(ev)
+            dH = np.diagonal(H)
             if config.damping == 'marquardt':
-                D = torch.diag(torch.diagonal(H).clamp(min=1e-12))
+                D = np.diag(np.maximum(dH, 1e-12))
             else:
-                D = eye * torch.diagonal(H).mean().clamp(min=1e-12)
+                D = np.eye(6) * max(float(dH.mean()), 1e-12)
             try:
-                delta = torch.linalg.solve(H + lam * D, g)
-            except RuntimeError:  # singular even with damping
+                delta = np.linalg.solve(H + lam * D, g)
+            except np.linalg.LinAlgError:  # singular even with damping
                 lam *= 10
                 total += 1
                 if lam > config.lambda_max:
                     break
                 continue
-            T_new = se3.left_update(T, delta)
             total += 1
-            if not torch.isfinite(T_new).all():
+            if not np.isfinite(delta).all():
                 lam *= 10
                 if lam > config.lambda_max:
                     break
                 continue
-            cost_new, pc_new, A_new, b_new = _evaluate(points_world, T_new, maps, K, sigma,
-                                                       config)
-            if cost_new < cost:
-                rel = (cost - cost_new) / max(abs(cost), 1e-12)
-                T, cost, points_cam, A, b = T_new, cost_new, pc_new, A_new, b_new
+            step = float(np.linalg.norm(delta))
+            if not rejected and float(g @ delta) < tol2:
+                # Converged: the step is a small fraction of a standard deviation. Earlier
+                # stages take it unverified (the next stage re-evaluates); the last stage
+                # stops where cost and information were evaluated.
+                if si != last:
+                    T = _exp_update(T, delta)
+                break
+            T_new = _exp_update(T, delta)
+            if not np.isfinite(T_new).all():
+                lam *= 10
+                rejected = True
+                if lam > config.lambda_max:
+                    break
+                continue
+            ev_new = prob.evaluate(T_new, sigma, ev['active'])
+            if ev_new['cost'] < ev['cost']:
+                rel = (ev['cost'] - ev_new['cost']) / max(abs(ev['cost']), 1e-12)
+                T, ev = T_new, ev_new
                 lam = max(lam / 10, config.lambda_min)
-                if rel < config.rel_tol or float(delta.norm()) < config.step_tol:
+                rejected = False
+                if rel < config.rel_tol or step < config.step_tol:
                     break
             else:
                 lam *= 10
-                if lam > config.lambda_max or float(delta.norm()) < config.step_tol:
+                rejected = True
+                if lam > config.lambda_max or step < config.step_tol:
                     break
-        stage_costs.append(cost)
+        stage_costs.append(ev['cost'])
         if hit_cap:
             break
-    return RefineResult(T, cost, total, stage_costs, hit_cap, bool(torch.isfinite(T).all()))
+    finite = bool(np.isfinite(T).all())
+    info = None
+    cost = float('nan')
+    if ev is not None and finite:
+        cost = ev['cost']
+        if ev['T'] is T:
+            info = torch.from_numpy(prob.normal_equations(ev)[0].copy()).to(dev)
+    return RefineResult(torch.from_numpy(T).to(dev), cost, total, stage_costs, hit_cap, finite,
+                        info, prob.evaluations)
 
 
 def information(points_world: Tensor, maps: LossMaps, K: Tensor, T: Tensor, sigma: float,
@@ -245,10 +382,7 @@ def information(points_world: Tensor, maps: LossMaps, K: Tensor, T: Tensor, sigm
     of the smoothed cost, ``A_n I - S_n`` projected onto PSD: for a map that is locally a
     quadratic of spread s this is ``I / s^2`` whatever sigma, i.e. the Laplace approximation.
     """
-    points_cam = se3.transform(points_world, T[:3, :3], T[:3, 3])
-    uv, valid = se3.project(points_cam, K, config.min_depth)
-    _, A, _, S = smoothed_terms(maps, uv, valid, sigma, config.radius_sigmas, True,
-                                config.border_sigmas)
-    Hn = _point_curvature(A, None if kind == 'irls' else S)
-    J = se3.project_jacobian(points_cam, K, config.min_depth)
-    return torch.einsum('nki,nkl,nlj->ij', J, Hn, J)
+    cfg = GncConfig(**{**config.__dict__, 'step': 'irls' if kind == 'irls' else 'newton'})
+    prob = _Problem(points_world, maps, K, cfg)
+    ev = prob.evaluate(T.detach().to(torch.float64).cpu().numpy(), sigma)
+    return torch.from_numpy(prob.normal_equations(ev)[0].copy()).to(T.device)
