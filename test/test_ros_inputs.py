@@ -131,3 +131,12 @@ def test_compressed_to_rgb_colours():
     np.testing.assert_array_equal(out, rgb)
     with pytest.raises(conv.InputError, match='not supported'):
         conv.compressed_to_rgb(_compressed(1, png, 'tiff'))
+
+
+def test_without_interfaces_no_load_map_service(running, monkeypatch):
+    import nre_ros.ros.node as node_module
+    monkeypatch.setattr(node_module, 'LoadMap', None)
+    node, rig, _ = running()
+    names = [n for n, _ in node.get_service_names_and_types_by_node(node.get_name(), '/')]
+    assert '/nre_relocalization/reset' in names
+    assert '/nre_relocalization/load_map' not in names
