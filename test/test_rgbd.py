@@ -107,3 +107,24 @@ def test_pipeline_uses_depth_on_real_frames(fr1_rpy):
     assert dt < 0.05 and dr < 2.0
     bad = reloc.localize(seq.load_rgb(frame), seq.camera, depth=np.zeros((5, 5), np.float32))
     assert not bad.ok and bad.reason == 'bad_input'
+
+
+def test_localize_command_with_depth(fr1_rpy, tmp_path, capsys):
+    from nre_ros.cli import main
+    from nre_ros.datasets import TumSequence, read_tum_poses
+    from nre_ros.geometry import invert
+    from nre_ros.paths import shared_file
+    name = TumSequence(shared_file('maps/demo/queries')).frames[1].name
+    frame = fr1_rpy.frame(name)
+    out = tmp_path / 'poses.txt'
+    rc = main(['localize', '--map', str(shared_file('maps/demo/fr1_rpy.nremap')),
+               '--camera', str(fr1_rpy.root / 'camera.yaml'), str(frame.rgb_path),
+               '--depth', str(frame.depth_path), '--depth-scale', '5000', '--out', str(out)])
+    assert rc == 0 and 'localized' in capsys.readouterr().out
+    _, T_world_cam = read_tum_poses(out)
+    dt, dr = pose_error(invert(T_world_cam[0]), invert(frame.T_world_cam))
+    assert dt < 0.05 and dr < 2.0
+    rc = main(['localize', '--map', str(shared_file('maps/demo/fr1_rpy.nremap')),
+               '--camera', str(fr1_rpy.root / 'camera.yaml'), str(frame.rgb_path),
+               str(frame.rgb_path), '--depth', str(frame.depth_path)])
+    assert rc != 0 and 'one file per image' in capsys.readouterr().err

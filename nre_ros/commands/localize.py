@@ -23,6 +23,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--camera', required=True,
                         help='camera YAML (width, height, fx, fy, cx, cy, distortion)')
     parser.add_argument('--config', default=None, help='pipeline YAML (config/pipeline.yaml)')
+    parser.add_argument('--depth', nargs='+', default=None, metavar='DEPTH',
+                        help='registered depth images, one per image (16-bit PNG, or .npy float '
+                             'metres): RGB-D initialization')
+    parser.add_argument('--depth-scale', type=float, default=1000.0,
+                        help='raw depth units per metre for 16-bit images (default 1000 = mm; '
+                             'TUM RGB-D uses 5000)')
     parser.add_argument('--out', default=None,
                         help='write camera-to-world poses of localized images (TUM format; the '
                              'timestamp is the file name when numeric, else the index)')
@@ -35,7 +41,26 @@ def _stamp(path: str, i: int) -> float:
         return float(i)
 
 
+def load_depth(path: str, units_per_metre: float) -> np.ndarray:
+    """(H, W) float32 metres from a 16-bit PNG (raw / units_per_metre) or a float .npy."""
+    if path.endswith('.npy'):
+        depth = np.load(path, allow_pickle=False)
+        if not np.issubdtype(depth.dtype, np.floating):
+            raise InputError(f'{path}: .npy depth must be float metres, got {depth.dtype}')
+        return depth.astype(np.float32)
+    import cv2
+    raw = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    if raw is None or raw.ndim != 2 or raw.dtype != np.uint16:
+        raise InputError(f'cannot read {path} as a 16-bit single-channel depth image')
+    return raw.astype(np.float32) / units_per_metre
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.depth is not None and len(args.depth) != len(args.images):
+        raise InputError(f'--depth needs one file per image: {len(args.depth)} depth files for '
+                         f'{len(args.images)} images')
+    if args.depth_scale <= 0:
+        raise InputError(f'--depth-scale must be > 0, got {args.depth_scale}')
     camera = Camera.from_yaml(args.camera)
     config = PipelineConfig.from_yaml(args.config) if args.config else PipelineConfig()
     reloc = Relocalizer.from_config(args.map, config)
@@ -45,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
     stamps, poses = [], []
     for i, path in enumerate(args.images):
         try:
-            out = reloc.localize(load_rgb(path), camera)
+            depth = None if args.depth is None else load_depth(args.depth[i], args.depth_scale)
+            out = reloc.localize(load_rgb(path), camera, depth=depth)
         except InputError as exc:
             print(f'{Path(path).name:<32} failed: {exc}')
             continue
