@@ -64,6 +64,42 @@ def loadavg() -> str:
     return ' '.join(Path('/proc/loadavg').read_text().split()[:3])
 
 
+def time_configure(args) -> int:
+    """Configure service time of ``args.configure_runs`` fresh node processes."""
+    ensure_isolation(domain_id=args.domain_id if args.domain_id is not None
+                     else 100 + os.getpid() % 100)
+    import rclpy
+
+    from nre_ros.commands.evaluate import _parse_params
+    from nre_ros.eval.live import (NodeProcess, Recorder, Spinner, default_params_file,
+                                   node_command)
+    cmd = node_command(args.map, params_file=default_params_file(),
+                       params=_parse_params(args.param), use_sim_time=False)
+    rows = []
+    for i in range(args.configure_runs):
+        load = loadavg()
+        proc = NodeProcess(cmd, args.node_log, env=dict(os.environ))
+        ctx = rclpy.Context()
+        rclpy.init(context=ctx)
+        rec = Recorder(ctx)
+        spin = Spinner(ctx, rec.node)
+        try:
+            t = rec.ensure_active(lambda pred, timeout: Spinner.wait(pred, timeout), 600.0)
+        finally:
+            spin.stop()
+            rec.node.destroy_node()
+            rclpy.try_shutdown(context=ctx)
+            proc.stop()
+        line = [ln.split(']: ', 1)[-1] for ln in proc.log_path.read_text().splitlines()
+                if 'Configured:' in ln]
+        rows.append(t['configure_s'])
+        print(f"run {i + 1}: configure {t['configure_s']:.2f} s, activate {t['activate_s']:.2f} s"
+              f" (load before {load}); {line[0][:100] if line else ''}", flush=True)
+    print(f'configure min / median / max: {min(rows):.2f} / {np.median(rows):.2f} / '
+          f'{max(rows):.2f} s')
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--duration', type=float, default=120.0, help='stream length (s)')
@@ -77,7 +113,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--domain-id', type=int, default=None)
     p.add_argument('--json', help='write the numbers here too')
     p.add_argument('--node-log', default='out/ros_graph_node.log')
+    p.add_argument('--configure-runs', type=int, default=0, metavar='N',
+                   help='only time configure: N fresh node processes, no stream')
     args = p.parse_args(argv)
+    if args.configure_runs:
+        return time_configure(args)
 
     ensure_isolation(domain_id=args.domain_id if args.domain_id is not None
                      else 100 + os.getpid() % 100)
