@@ -1,0 +1,81 @@
+"""benchmarks/accuracy.py bookkeeping on synthetic per-query records (no model, no data, fast):
+fix-threshold choice from out-of-map runs, table rows, strict JSON with the issue's keys."""
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / 'benchmarks'
+
+
+@pytest.fixture(scope='module')
+def acc():
+    sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location('accuracy_bench', BENCH / 'accuracy.py')
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules['accuracy_bench'] = mod            # dataclasses look their module up
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _pose(t):
+    T = np.eye(4)
+    T[:3, 3] = t
+    return T
+
+
+def _raw(acc):
+    gt = [_pose([0, 0, 0]), _pose([1, 0, 0]), _pose([0, 1, 0]), _pose([0, 0, 1])]
+    near = [_pose(np.asarray(g[:3, 3]) + [0.1, 0, 0]) for g in gt]
+    methods = ['nre_ros', 'nre_ros_rgbd', 'xfeat_mnn_poselib']
+    inmap = {'est': {'nre_ros': [(near[0], None, 100.0), (None, None, 90.0),
+                                 (near[2], None, 110.0), (_pose([9, 9, 9]), None, 120.0)],
+                     'nre_ros_rgbd': [None] * 4,                    # no depth: n/a
+                     'xfeat_mnn_poselib': [(near[i], 10 * i + 5, 50.0) for i in range(4)]},
+             'T_gt': gt, 'timings': {'global': [], 'tracking': [], 'rgbd': []},
+             'track': [], 'nees': [], 'n': 4}
+    # out-of-map: 200 queries, inlier counts 0..19 (10 each); any pose is a false fix
+    oom = {'est': {'nre_ros': [(None, None, 80.0)] * 200,
+                   'nre_ros_rgbd': [(None, None, 85.0)] * 200,
+                   'xfeat_mnn_poselib': [(_pose([0, 0, 0]), i // 10, 40.0) for i in range(200)]},
+           'T_gt': [None] * 200, 'timings': {'global': [], 'tracking': [], 'rgbd': []},
+           'track': [], 'nees': [], 'n': 200}
+    return methods, {'fr1_hard': inmap, 'out_of_map_cabinet_in_fr1': oom}
+
+
+def test_threshold_keeps_out_of_map_fixes_at_most_one_percent(acc):
+    methods, raw = _raw(acc)
+    th, info = acc.choose_thresholds(raw, methods, acc.DEFAULT_THRESHOLDS)
+    assert list(th) == ['xfeat_mnn_poselib']
+    # counts >= 19: 10 of 200 (5 %); >= 20: none -> 20 is the smallest with <= 1 %
+    assert th['xfeat_mnn_poselib'] == 20
+    assert info['xfeat_mnn_poselib']['fixes_at_threshold'] == 0
+    # without out-of-map runs the defaults apply
+    th2, _ = acc.choose_thresholds({'fr1_hard': raw['fr1_hard']}, methods,
+                                   {'xfeat_mnn_poselib': 12})
+    assert th2 == {'xfeat_mnn_poselib': 12}
+
+
+def test_rows_and_strict_json(acc):
+    methods, raw = _raw(acc)
+    res = acc.table_rows(raw, methods, {'xfeat_mnn_poselib': 20})
+    r = res['nre_ros']['fr1_hard']
+    assert r['num_published'] == 3 and r['recall_25cm_2deg'] == pytest.approx(0.5)
+    assert r['false_fix_rate'] == pytest.approx(1 / 3)         # the (9, 9, 9) pose
+    assert res['xfeat_mnn_poselib']['fr1_hard']['num_published'] == 2  # inliers 25, 35
+    assert res['xfeat_mnn_poselib']['out_of_map']['false_fix_rate'] == 0.0
+    assert res['nre_ros_rgbd']['fr1_hard']['num_queries'] == 0
+    out = json.loads(acc.to_json(res))      # strict: no NaN tokens
+    assert 'NaN' not in acc.to_json(res)
+    assert set(out) == set(methods)
+    assert 'nre_ros' in out and all(m == 'nre_ros' or m.startswith('nre_ros_') or
+                                    not m.startswith('nre_ros') for m in out)
+    for per_ds in out.values():
+        for row in per_ds.values():
+            assert list(row) == list(acc.KEYS)
+    assert out['nre_ros_rgbd']['fr1_hard']['recall_25cm_2deg'] is None
+    assert out['nre_ros']['out_of_map_cabinet_in_fr1']['median_t_m'] is None
+    assert out['nre_ros']['out_of_map']['false_fix_rate'] == 0.0
