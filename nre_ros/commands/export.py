@@ -19,7 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         choices=[m for m in MODEL_NAMES if m != 'disk'],
                         help=f'registry name (default {DEFAULT_MODEL})')
     parser.add_argument('--weights', default=None,
-                        help='trained weight file (nre-paper only; default: random init)')
+                        help='trained weight file (nre-paper: default random init; xfeat-ms-nre: '
+                             'default the shipped heads)')
     parser.add_argument('--output', '-o', default='export',
                         help='output folder (default ./export)')
     parser.add_argument('--check', action='store_true',

