@@ -26,6 +26,8 @@ def generate_launch_description():
         DeclareLaunchArgument('map_path', description='map file to localize in'),
         DeclareLaunchArgument('image', default_value='/camera/image_raw',
                               description='input image topic'),
+        DeclareLaunchArgument('depth', default_value='/camera/aligned_depth_to_color/image_raw',
+                              description='depth topic (used only with use_depth: true)'),
         DeclareLaunchArgument('pose', default_value='amcl_pose',
                               description='output PoseWithCovarianceStamped topic'),
         DeclareLaunchArgument('autostart', default_value='false',
@@ -48,6 +50,7 @@ def generate_launch_description():
         ],
         remappings=[
             ('image', LaunchConfiguration('image')),
+            ('depth', LaunchConfiguration('depth')),
             ('~/pose', LaunchConfiguration('pose')),
         ],
     )

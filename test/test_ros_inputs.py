@@ -15,7 +15,7 @@ from rclpy.qos import qos_profile_sensor_data  # noqa: E402
 from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 
 from nre_ros.ros import conversions as conv  # noqa: E402
-from test_ros_node import CAM_FRAME, H, S, W, ctx, now_ns, running  # noqa: E402,F401
+from test_ros_node import CAM_FRAME, H, S, W, ctx, now_ns, running  # noqa: E402,F401,F811
 
 
 def _wait_processed(node, n, timeout=3.0):

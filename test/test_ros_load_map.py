@@ -17,7 +17,7 @@ from nre_ros_interfaces.srv import LoadMap  # noqa: E402
 
 from nre_ros.geometry import invert, make_transform  # noqa: E402
 from nre_ros.ros import conversions as conv  # noqa: E402
-from test_ros_node import S, ctx, now_ns, running  # noqa: E402,F401
+from test_ros_node import S, ctx, now_ns, running  # noqa: E402,F401,F811
 
 
 def _call(client, req):

@@ -553,6 +553,8 @@ def run_live(bag: str | Path, map_path: str, out_dir: str | Path,
         raise InputError(f'bag {bag} does not exist')
     out_dir.mkdir(parents=True, exist_ok=True)
     ensure_isolation(domain_id=opts.domain_id)
+    # Fast DDS reads the profile at the process's first participant: call this from a fresh
+    # process (the CLI) or set FASTDDS_DEFAULT_PROFILES_FILE before any rclpy.init.
     profile = ensure_large_image_profile()
     truth = read_truth(bag)
     from nre_ros.eval.bags import count_images
