@@ -64,12 +64,15 @@ class TrackingConfig:
     keyframes: int = 3             # nearest keyframes (by pose) used around a prior
     max_translation_m: float = 0.5  # result farther than this from the prior -> global search
     max_rotation_deg: float = 20.0
+    fine: bool = True              # False: coarse level only when tracking (~3-4x faster on CPU)
 
 
 @dataclass(frozen=True)
 class PipelineConfig:
     model: str = 'auto'            # 'auto' = the model the map was built with
-    backend: str = 'torch'         # torch | onnxruntime | tensorrt (nre_ros.backends)
+    # auto = onnxruntime on CPU (fine level ~330 vs ~510 ms torch, 2 cores; the ONNX export
+    # runs once into ~/.cache/nre_ros), torch on CUDA; or torch | onnxruntime | tensorrt.
+    backend: str = 'auto'
     device: str = 'cpu'            # cpu | cuda (tensorrt implies cuda)
     num_threads: int = 2
     max_image_side: int = 640
@@ -97,6 +100,20 @@ class PipelineConfig:
     @classmethod
     def from_dict(cls, data: dict | None) -> 'PipelineConfig':
         return load_config(cls, data, 'pipeline')
+
+
+def resolve_backend(backend: str, device: str) -> str:
+    """'auto' -> torch on CUDA, onnxruntime on CPU (torch when onnxruntime is missing)."""
+    if backend != 'auto':
+        return backend
+    if device.startswith('cuda'):
+        return 'torch'
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        logger.warning('onnxruntime is not installed: running the networks with torch (slower)')
+        return 'torch'
+    return 'onnxruntime'
 
 
 @dataclass(frozen=True)
@@ -148,17 +165,21 @@ class Relocalizer:
         t0 = time.perf_counter()
         map_ = load_map(map_path)
         name = map_.spec.name if config.model == 'auto' else config.model
-        if config.backend == 'torch':
+        backend = resolve_backend(config.backend, config.device)
+        if backend == 'torch':
             model = load_model(name, config.device)
         else:
             from nre_ros.backends import BackendConfig, load_backend
-            if config.backend == 'tensorrt':
+            if backend == 'tensorrt':
                 logger.info('building/loading the TensorRT engine (minutes on first use)')
-            model = load_backend(BackendConfig(model=name, backend=config.backend,
+            else:
+                logger.info('loading ONNX Runtime networks (exported once into the cache, '
+                            '~10-40 s the first time)')
+            model = load_backend(BackendConfig(model=name, backend=backend,
                                                device=config.device,
                                                threads=config.num_threads))
         logger.info('loaded model %s (%s) and map %s (%d keyframes, %d points) in %.0f ms',
-                    model.spec.name, config.backend, map_path, map_.num_keyframes,
+                    model.spec.name, backend, map_path, map_.num_keyframes,
                     map_.num_points, 1e3 * (time.perf_counter() - t0))
         return cls(map_, model, config)
 
@@ -372,7 +393,8 @@ class Relocalizer:
         self._coarse_maps(c, timings)
         out = solve(self.points_world[c.point_idx], c.coarse_maps,
                     self._K_grid(c.prep, self.model.spec.coarse_stride), self.config.solver,
-                    fine=self._fine_builder(c, timings), T_init=T_prior)
+                    fine=self._fine_builder(c, timings) if self.config.tracking.fine else None,
+                    T_init=T_prior)
         out = self._to_caller_frame(out, c, timings)
         if out.ok:
             dt = np.linalg.norm(np.linalg.inv(out.T_cam_world)[:3, 3] - centre)

@@ -83,15 +83,18 @@ def test_pipeline_yaml_is_the_default_and_strict(tmp_path):
         PipelineConfig.from_yaml(tmp_path / 'bad.yaml')
 
 
-def test_onnxruntime_backend_localizes_like_torch(reloc, queries, tmp_path, monkeypatch):
-    """The pipeline runs its networks on the configured backend (ONNX exported into the cache)."""
+def test_onnxruntime_backend_localizes_like_torch(queries, tmp_path, monkeypatch):
+    """The pipeline runs its networks on the configured backend (ONNX exported into the cache);
+    the CPU default 'auto' is ONNX Runtime."""
     monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path))
-    ort = Relocalizer.from_config(shared_file('maps/demo/fr1_rpy.nremap'),
-                                  PipelineConfig(backend='onnxruntime'))
+    ort = Relocalizer.from_config(shared_file('maps/demo/fr1_rpy.nremap'), PipelineConfig())
     assert ort.model.backend.startswith('onnxruntime')
     assert list((tmp_path / 'nre_ros' / 'onnx').rglob('*-fine.onnx'))
+    torch_reloc = Relocalizer.from_config(shared_file('maps/demo/fr1_rpy.nremap'),
+                                          PipelineConfig(backend='torch'))
+    assert not hasattr(torch_reloc.model, 'backend')
     frame = queries.frames[0]
-    a = reloc.localize(queries.load_rgb(frame), queries.camera)
+    a = torch_reloc.localize(queries.load_rgb(frame), queries.camera)
     b = ort.localize(queries.load_rgb(frame), queries.camera)
     assert a.ok and b.ok
     dt, dr = pose_error(a.T_cam_world, b.T_cam_world)
