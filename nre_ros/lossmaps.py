@@ -123,12 +123,13 @@ class LossMaps:
         if valid is not None:
             valid = valid.reshape(-1, n)
         offset = torch.arange(n, device=uv.device) * (h * w)
-        out = bilinear_cost(self.maps.reshape(-1), offset, (w, h), self.ln_omega, uv, valid)
+        out = bilinear_cost(self.maps.reshape(-1), offset, (w, h), self.ln_omega, uv[..., 0],
+                            uv[..., 1], valid)
         return out.reshape(lead + (n,))
 
 
 def bilinear_cost(flat: Tensor, offset: Tensor, size: tuple[int, int], ln_omega: float,
-                  uv: Tensor, valid: Tensor | None = None) -> Tensor:
+                  x: Tensor, y: Tensor, valid: Tensor | None = None) -> Tensor:
     """Bilinear lookup of truncated loss maps stored flat, without padding copies.
 
     Each of the 4 stencil corners that lies outside its (w x h) map reads ``ln_omega``, as
@@ -139,37 +140,33 @@ def bilinear_cost(flat: Tensor, offset: Tensor, size: tuple[int, int], ln_omega:
         flat: all maps, flattened (float32).
         offset: (n,) int64 start of each point's map in ``flat``.
         size: (w, h) of every map.
-        uv: (M, n, 2) map-frame coordinates; valid: optional (M, n) bool.
+        x, y: (M, n) map-frame coordinates; valid: optional (M, n) bool.
 
     Returns:
         (M, n) loss values in [0, ln_omega].
     """
     w, h = size
-    finite = torch.isfinite(uv).all(dim=-1)
-    ok = finite if valid is None else finite & valid
-    lo = uv.new_tensor([-1.0, -1.0])
-    hi = uv.new_tensor([float(w), float(h)])
-    xy = torch.where(ok[..., None], uv, lo).clamp(lo, hi)  # in [-1, size]
-    base = xy.floor()
-    f = xy - base
-    b = base.long()
-    # Per-axis corner weights, zero for a corner outside the map.
-    lim = torch.tensor([w - 1, h - 1], device=uv.device)
-    w0 = (1 - f) * ((b >= 0) & (b <= lim))
-    w1 = f * (b + 1 <= lim)
-    c0 = torch.minimum(b.clamp(min=0), lim)
-    c1 = torch.minimum(b + 1, lim)
-    row0 = offset + c0[..., 1] * w
-    row1 = offset + c1[..., 1] * w
-    g00 = flat[row0 + c0[..., 0]]
-    g10 = flat[row0 + c1[..., 0]]
-    g01 = flat[row1 + c0[..., 0]]
-    g11 = flat[row1 + c1[..., 0]]
-    wx0, wy0 = w0.unbind(-1)
-    wx1, wy1 = w1.unbind(-1)
-    gain = (wy0 * (wx0 * (ln_omega - g00) + wx1 * (ln_omega - g10))
-            + wy1 * (wx0 * (ln_omega - g01) + wx1 * (ln_omega - g11)))
-    return (ln_omega - gain * ok).clamp(0.0, ln_omega)
+    ok = torch.isfinite(x) & torch.isfinite(y)
+    if valid is not None:
+        ok &= valid
+    idx, wts = [], []
+    for v, size_v in ((x, w), (y, h)):
+        v = torch.where(ok, v, -1.0).clamp_(-1.0, float(size_v))  # in [-1, size]
+        base = v.floor()
+        f = v.sub_(base)
+        b = base.long()
+        # corner weights, zero for a corner outside the map
+        wts.append(((1 - f) * ((b >= 0) & (b < size_v)), f * (b < size_v - 1)))
+        idx.append((b.clamp(0, size_v - 1), (b + 1).clamp_(max=size_v - 1)))
+    (x0, x1), (y0, y1) = idx
+    (wx0, wx1), (wy0, wy1) = wts
+    r0 = y0.mul_(w).add_(offset)
+    r1 = y1.mul_(w).add_(offset)
+    corners = torch.stack([r0 + x0, r0 + x1, r1 + x0, r1 + x1])
+    g = flat.index_select(0, corners.reshape(-1)).reshape(corners.shape)
+    g = g.neg_().add_(ln_omega)                            # ln|Omega| - L at the 4 corners
+    gain = wy0 * (wx0 * g[0] + wx1 * g[1]) + wy1 * (wx0 * g[2] + wx1 * g[3])
+    return (ln_omega - gain * ok).clamp_(0.0, ln_omega)
 
 
 def loss_maps_from_logits(logits: Tensor, ln_omega: float | None = None) -> LossMaps:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Union
 
 import numpy as np
@@ -140,7 +140,6 @@ def solve(points_world: Tensor | np.ndarray, coarse: LossMaps, K_coarse: Tensor 
             raise ShapeError('T_init must be a finite (4, 4) transform')
 
     t0 = time.perf_counter()
-    coarse_level = level = ('coarse', pts, coarse, K, config.coarse)
     res = refine(pts, coarse, K, T, config.coarse)
     timings['coarse'] = _ms(t0, dev)
     iterations = res.iterations
@@ -148,6 +147,7 @@ def solve(points_world: Tensor | np.ndarray, coarse: LossMaps, K_coarse: Tensor 
     if not res.finite:
         return Failure('diverged', 'coarse refinement produced a non-finite pose', timings, info)
     T = res.T_cam_world
+    coarse_level = level = ('coarse', pts, coarse, K, config.coarse, res.information)
 
     if fine is not None:
         t0 = time.perf_counter()
@@ -165,7 +165,7 @@ def solve(points_world: Tensor | np.ndarray, coarse: LossMaps, K_coarse: Tensor 
                 return Failure('diverged', 'fine refinement produced a non-finite pose',
                                timings, info)
             T = res_f.T_cam_world
-            level = ('fine', fpts, fl.maps, fK, config.fine)
+            level = ('fine', fpts, fl.maps, fK, config.fine, res_f.information)
     t0 = time.perf_counter()
     out = _verdict(coarse_level, level, T, config.verdict, iterations, timings, info)
     timings['verdict'] = _ms(t0, dev)
@@ -176,18 +176,31 @@ def _verdict(support_level: tuple, level: tuple, T: Tensor, cfg: VerdictConfig,
              iterations: int, timings: dict, info: dict) -> Result | Failure:
     """Support is tested on the full-grid (coarse) maps, where a pose explaining nothing has a
     known chance level; the covariance comes from the final (finest) level."""
-    name, pts, maps, K, gcfg = support_level
+    name, pts, maps, K, gcfg, _ = support_level
     nre = point_nre(pts, maps, K, T, gcfg.min_depth)
     cost = float(nre.sum())
     n = int(nre.numel())
     supported = int((nre < maps.ln_omega - cfg.support_margin).sum())
     # Expected support of a pose that explains nothing: sum over maps of the fraction of
     # cells that would count as support. Optimising 6 DoF finds a few times more by chance.
+    # Counting it reads every cell of every map; when an upper bound already decides the
+    # test, the bound is used instead: a map holds fewer than e^low / (h w) of its cells
+    # below low (its probabilities sum to at most 1), and none if its minimum is not below.
     low = maps.ln_omega - cfg.support_margin
-    chance = float((maps.maps < low).float().mean(dim=(1, 2)).sum())
-    need = max(cfg.min_supported + cfg.chance_factor * chance, cfg.min_supported_fraction * n)
-    info.update(level=name, ln_omega=maps.ln_omega, supported=supported, cost=cost,
-                chance_support=chance)
+    cells = float(maps.maps[0].numel())
+    floor = max(cfg.min_supported, cfg.min_supported_fraction * n)
+    chance = None
+    if supported >= floor:
+        peaked = int((maps.maps.reshape(n, -1).amin(dim=1) < low).sum())
+        bound = peaked * min(1.0, math.exp(low) / cells)
+        info['chance_support_bound'] = bound
+        if supported >= max(cfg.min_supported + cfg.chance_factor * bound, floor):
+            chance = bound
+    if chance is None:
+        chance = float(torch.count_nonzero(maps.maps < low)) / cells
+        info['chance_support'] = chance
+    need = max(cfg.min_supported + cfg.chance_factor * chance, floor)
+    info.update(level=name, ln_omega=maps.ln_omega, supported=supported, cost=cost)
     if supported < need:
         return Failure('too_few_supported', f'{supported} of {n} points supported at the '
                        f'{name} level, need {need:.1f} (chance level {chance:.1f})',
@@ -197,23 +210,36 @@ def _verdict(support_level: tuple, level: tuple, T: Tensor, cfg: VerdictConfig,
     if cfg.max_mean_cost is not None and mean_cost > cfg.max_mean_cost:
         return Failure('cost_too_high', f'mean NRE {mean_cost:.2f} > {cfg.max_mean_cost}',
                        timings, info)
-    H = information(pts, maps, K, T, gcfg.sigmas[-1], gcfg, cfg.information)
-    evals = torch.linalg.eigvalsh(H)
+    # The degeneracy test uses the coarse refinement's own final information (at the coarse
+    # solution, within a fraction of a cell of T) rather than a new evaluation at T.
+    H = _information(support_level, T, cfg.information)
+    evals = np.linalg.eigvalsh(H)
     cond = float(evals[-1] / evals[0]) if float(evals[0]) > 0 else math.inf
     info['information_condition'] = cond
     if not math.isfinite(cond) or cond > cfg.max_condition:
         return Failure('degenerate_geometry', f'information condition number {cond:.3g} > '
                        f'{cfg.max_condition:.3g}', timings, info)
     if level is not support_level:
-        name, pts, maps, K, gcfg = level
+        name, pts, maps, K, gcfg, _ = level
         nre = point_nre(pts, maps, K, T, gcfg.min_depth)
         cost, n = float(nre.sum()), int(nre.numel())
         mean_cost = cost / max(n, 1)
         info.update(level=name, cost=cost)
-        H = information(pts, maps, K, T, gcfg.sigmas[-1], gcfg, cfg.information)
-    cov = cfg.covariance_scale * torch.linalg.inv(H)
+        H = _information(level, T, cfg.information)
+    cov = cfg.covariance_scale * np.linalg.inv(H)
     cov = 0.5 * (cov + cov.T)
     logger.debug('solve: %s level, cost %.1f, %d/%d supported, %d iterations', name, cost,
                  supported, n, iterations)
-    return Result(T.cpu().numpy(), cov.cpu().numpy(), cost, mean_cost, n, supported, iterations,
+    return Result(T.cpu().numpy(), cov, cost, mean_cost, n, supported, iterations,
                   timings, info)
+
+
+def _information(level: tuple, T: Tensor, kind: str) -> np.ndarray:
+    """(6, 6) float64 information of a level, last sigma: the level's refinement's own final
+    undamped step matrix (at its final pose) when its step matches ``kind``, else evaluated
+    at T."""
+    _, pts, maps, K, gcfg, H = level
+    same = (kind == 'irls') == (gcfg.step == 'irls')
+    if not (same and H is not None):
+        H = information(pts, maps, K, T, gcfg.sigmas[-1], gcfg, kind)
+    return H.cpu().numpy()

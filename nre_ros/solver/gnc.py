@@ -39,7 +39,6 @@ import torch
 from torch import Tensor
 
 from nre_ros.lossmaps import LossMaps
-from nre_ros.solver import se3
 
 __all__ = ['GncConfig', 'RefineResult', 'refine', 'smoothed_terms', 'information']
 
@@ -110,27 +109,67 @@ def _border_mask(local: Tensor, size: tuple[int, int], sigma: float,
     return ((local >= lo) & (local <= hi)).all(-1)
 
 
-def _moments(maps: LossMaps, local: Tensor, ok: Tensor, sigma: float, r: int) -> Tensor:
-    """(N, 3, 3) float32 moments ``M[i, j] = sum_q k(q - w) G(q) dy^i dx^j`` of the weight
-    ``G = ln|Omega| - L`` under the normalised Gaussian kernel, over a (2r+1)^2 window around
-    each projection; zero for points with ``ok`` False. ``local``: (N, 2) float32 map-frame
-    coordinates (finite)."""
-    n, h, w = maps.maps.shape
-    dev = local.device
-    d = torch.arange(-r, r + 1, device=dev, dtype=torch.float32)
-    coords = local.round().unsqueeze(-1) + d                      # (N, 2, K): x row, y row
-    delta = coords - local.unsqueeze(-1)
-    lim = torch.tensor([[w - 1.0], [h - 1.0]], device=dev)
-    k = torch.exp(delta * delta * (-0.5 / (sigma * sigma)))
-    k = k * ((coords >= 0) & (coords <= lim))                     # cells beyond the map: 0
-    k[:, 1] *= ok[:, None] * (1.0 / (2 * math.pi * sigma * sigma))
-    ci = torch.minimum(coords.clamp(min=0), lim).long()
-    rows = ci[:, 1] * w + (torch.arange(n, device=dev) * (h * w))[:, None]    # (N, K)
-    idx = rows[:, :, None] + ci[:, 0, None, :]                                 # (N, K, K)
-    G = torch.take(maps.maps, idx).neg_().add_(maps.ln_omega)
-    kd = k * delta
-    basis = torch.stack([k, kd, kd * delta], dim=2)               # (N, 2, 3, K)
-    return basis[:, 1] @ (G @ basis[:, 0].transpose(1, 2))         # (N, 3, 3)
+class _Windows:
+    """Gathers (2r+1)^2 windows of N loss maps and their kernel moments (constants cached)."""
+
+    def __init__(self, maps: LossMaps):
+        self.maps = maps
+        n, h, w = maps.maps.shape
+        dev = maps.maps.device
+        self.n, self.h, self.w = n, h, w
+        self.flat = maps.maps.reshape(-1)
+        itype = torch.int32 if self.flat.numel() < 2 ** 31 - 1 else torch.int64
+        self.itype = itype
+        self.offset = (torch.arange(n, device=dev, dtype=itype) * (h * w))[:, None]
+        self.lo = torch.zeros(2, 1, device=dev)
+        self.hi = torch.tensor([[w - 1.0], [h - 1.0]], device=dev)
+        self._basis: dict[int, tuple[Tensor, Tensor]] = {}
+
+    def _offsets(self, r: int) -> tuple[Tensor, Tensor]:
+        """Offsets c = -r..r and the (6, K^2) power basis c_y^i c_x^j of the window cells for
+        (i, j) = (0,0), (0,1), (1,0), (0,2), (1,1), (2,0)."""
+        if r not in self._basis:
+            c = torch.arange(-r, r + 1, device=self.flat.device, dtype=torch.float32)
+            cy, cx = c[:, None].expand(-1, c.numel()), c[None, :].expand(c.numel(), -1)
+            one = torch.ones_like(cx)
+            B = torch.stack([one, cx, cy, cx * cx, cx * cy, cy * cy]).reshape(6, -1)
+            self._basis[r] = (c, B.contiguous())
+        return self._basis[r]
+
+    def moments(self, local: Tensor, ok: Tensor, sigma: float, r: int) -> Tensor:
+        """(6, N) float64 moments ``sum_q k(q - w) G(q) m(d)`` with m(d) = 1, dx, dy, dx^2,
+        dx dy, dy^2 (d = q - w) of the weight ``G = ln|Omega| - L`` under the normalised
+        Gaussian kernel, over the (2r+1)^2 window around each projection; zero for points with
+        ``ok`` False. ``local``: (N, 2) float32 finite map-frame coordinates.
+
+        The window sits on the nearest cell, so with c the shared integer offsets (-r..r) and
+        f = w - round(w), d = c - f: the power moments in c are one matmul with a (6, K^2)
+        basis shared by all points, and a binomial shift gives those in d."""
+        n = self.n
+        c, B = self._offsets(r)
+        K = c.numel()
+        centre = local.round()
+        f = local - centre                                        # (N, 2) in [-0.5, 0.5]
+        coords = centre.unsqueeze(-1) + c                         # (N, 2, K): x row, y row
+        inside = coords.clamp(self.lo, self.hi)
+        delta = c - f.unsqueeze(-1)
+        k = torch.exp(delta.square_().mul_(-0.5 / (sigma * sigma)))
+        k = k.mul_(inside == coords)                              # cells beyond the map: 0
+        k[:, 1] *= ok[:, None] * (1.0 / (2 * math.pi * sigma * sigma))
+        ci = inside.to(self.itype)
+        idx = (ci[:, 1] * self.w + self.offset)[:, :, None] + ci[:, 0, None, :]  # (N, K, K)
+        W = self.flat.index_select(0, idx.reshape(-1)).reshape(n, K, K)
+        # W = (ln|Omega| - L) k_y k_x
+        W = W.neg_().add_(self.maps.ln_omega).mul_(k[:, 1, :, None]).mul_(k[:, 0, None, :])
+        m = (B @ W.reshape(n, K * K).T).double()                  # (6, N) power moments in c
+        m00, mx, my, mxx, mxy, myy = m.unbind(0)
+        fd = f.double().T
+        fx, fy = fd[0], fd[1]
+        # d = c - f (binomial shift)
+        sx = mx - fx * m00
+        sy = my - fy * m00
+        return torch.stack([m00, sx, sy, mxx - fx * (mx + sx), mxy - fx * my - fy * sx,
+                            myy - fy * (my + sy)])
 
 
 def smoothed_terms(maps: LossMaps, uv: Tensor, valid: Tensor, sigma: float,
@@ -157,8 +196,8 @@ def smoothed_terms(maps: LossMaps, uv: Tensor, valid: Tensor, sigma: float,
     size = (maps.maps.shape[2], maps.maps.shape[1])
     if border_sigmas > 0:
         ok = ok & _border_mask(local, size, sigma, border_sigmas)
-    M = _moments(maps, local, ok, sigma, _radius(sigma, radius_sigmas))
-    cost, A, b, S = _terms(M, sigma)
+    m = _Windows(maps).moments(local, ok, sigma, _radius(sigma, radius_sigmas))
+    cost, A, b, S = (x.float() for x in _terms(m, sigma))
     return cost, A, b, (S if second_moments else None)
 
 
@@ -169,48 +208,45 @@ def _local(maps: LossMaps, uv: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
     return torch.where(ok[:, None], local, torch.zeros_like(local)), ok
 
 
-def _terms(M: Tensor, sigma: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _terms(m: Tensor, sigma: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """cost (N,), A (N,), b (N, 2), S (N, 3) = (xx, xy, yy) from the (6, N) moments."""
     s2 = sigma * sigma
-    cost = -M[:, 0, 0]
-    A = M[:, 0, 0] / s2
-    b = torch.stack([M[:, 0, 1], M[:, 1, 0]], dim=1) / s2
-    S = torch.stack([M[:, 0, 2], M[:, 1, 1], M[:, 2, 0]], dim=1) / (s2 * s2)
-    return cost, A, b, S
+    return -m[0], m[0] / s2, m[1:3].T / s2, m[3:6].T / (s2 * s2)
 
 
-def _point_curvature(M: Tensor, sigma: float, newton: bool) -> Tensor:
-    """(N, 2, 2) float64 PSD curvature per point: A I - S projected onto PSD (Newton) or A I
-    (IRLS), from the moments."""
-    M = M.double()
+def _point_curvature(m: Tensor, sigma: float, newton: bool) -> Tensor:
+    """(3, N) float64 PSD curvature per point, (a, c, e) of [[a, c], [c, e]]: A I - S
+    projected onto PSD (Newton) or A I (IRLS), from the (6, N) float64 moments."""
     s2 = sigma * sigma
-    A = M[:, 0, 0] / s2
+    A = m[0] / s2
     if not newton:
-        z = torch.zeros_like(A)
-        return torch.stack([A, z, z, A], 1).reshape(-1, 2, 2)
-    a = A - M[:, 0, 2] / (s2 * s2)
-    c = -M[:, 1, 1] / (s2 * s2)
-    e = A - M[:, 2, 0] / (s2 * s2)
-    # Closed-form 2x2 PSD projection: keep M if l2 >= 0, 0 if l1 <= 0, else
+        return torch.stack([A, torch.zeros_like(A), A])
+    s4 = s2 * s2
+    a = A - m[3] / s4
+    c = m[4] / -s4
+    e = A - m[5] / s4
+    # Closed-form 2x2 PSD projection: keep the matrix if l2 >= 0, 0 if l1 <= 0, else
     # l1 v1 v1^T = l1 (M - l2 I) / (l1 - l2).
     mean = 0.5 * (a + e)
     rad = torch.sqrt((0.5 * (a - e)) ** 2 + c * c)
     l1, l2 = mean + rad, mean - rad
     mixed = (l2 < 0) & (l1 > 0)
-    scale = torch.where(mixed, l1 / (2 * rad).clamp(min=1e-300), (l2 >= 0).to(M.dtype))
+    scale = torch.where(mixed, l1 / (2 * rad).clamp(min=1e-300), (l2 >= 0).to(m.dtype))
     shift = torch.where(mixed, l2, torch.zeros_like(l2))
-    return (torch.stack([a - shift, c, c, e - shift], 1) * scale[:, None]).reshape(-1, 2, 2)
+    return torch.stack([a - shift, c, e - shift]) * scale
 
 
-def _jacobian(points_cam: Tensor, K: Tensor, min_depth: float) -> Tensor:
-    """(N, 2, 6) float64 d uv / d xi (left increment, xi = (rho, phi)); see se3.project_jacobian."""
-    x, y, z = points_cam.unbind(-1)
+def _jacobian(points_cam: Tensor, K: Tensor, min_depth: float) -> tuple[Tensor, Tensor]:
+    """(6, N) float64 d u / d xi and d v / d xi (left increment, xi = (rho, phi)); see
+    se3.project_jacobian."""
+    x, y, z = points_cam.T
     iz = 1 / z.clamp(min=min_depth)
     u, v = x * iz, y * iz
     uv = u * v
     zero = torch.zeros_like(u)
-    J = torch.stack([iz, zero, -u * iz, -uv, 1 + u * u, -v,
-                     zero, iz, -v * iz, -1 - v * v, uv, u], dim=1).reshape(-1, 2, 6)
-    return J * torch.stack([K[0, 0], K[1, 1]]).reshape(1, 2, 1)
+    Ju = torch.stack([iz, zero, -u * iz, -uv, 1 + u * u, -v]) * K[0, 0]
+    Jv = torch.stack([zero, iz, -v * iz, -1 - v * v, uv, u]) * K[1, 1]
+    return Ju, Jv
 
 
 class _Problem:
@@ -225,37 +261,37 @@ class _Problem:
         self.f = torch.stack([self.K[0, 0], self.K[1, 1]])
         self.c = torch.stack([self.K[0, 2], self.K[1, 2]])
         self.newton = config.step == 'newton'
+        self.windows = _Windows(maps)
         self.evaluations = 0
 
     def evaluate(self, T: np.ndarray, sigma: float, active: Tensor | None = None) -> dict:
-        """Cost and normal equations at pose T; ``active`` None -> border mask at T."""
+        """Cost and moments at pose T; ``active`` None -> border mask at T."""
         cfg = self.config
         R = torch.from_numpy(T[:3, :3]).to(self.pts.device)
         t = torch.from_numpy(T[:3, 3]).to(self.pts.device)
         pc = torch.addmm(t, self.pts, R.T)
         z = pc[:, 2]
         valid = z > cfg.min_depth
-        uvn = pc[:, :2] / z.clamp(min=cfg.min_depth)[:, None]
-        uv = torch.addcmul(self.c, uvn, self.f)
+        uv = torch.addcmul(self.c, pc[:, :2] / z.clamp(min=cfg.min_depth)[:, None], self.f)
         local, ok = _local(self.maps, uv, valid)
         if active is None:
             active = _border_mask(local, self.size, sigma, cfg.border_sigmas) \
                 if cfg.border_sigmas > 0 else torch.ones_like(ok)
-        M = _moments(self.maps, local, ok & active, sigma, _radius(sigma, cfg.radius_sigmas))
+        m = self.windows.moments(local, ok & active, sigma, _radius(sigma, cfg.radius_sigmas))
         self.evaluations += 1
-        return {'T': T, 'pc': pc, 'M': M, 'sigma': sigma, 'active': active,
-                'cost': -float(M[:, 0, 0].sum())}
+        return {'T': T, 'pc': pc, 'm': m, 'sigma': sigma, 'active': active,
+                'cost': -float(m[0].sum())}
 
     def normal_equations(self, ev: dict) -> tuple[np.ndarray, np.ndarray]:
         """Undamped (6, 6) H and (6,) g (float64 numpy) at an evaluation."""
         if 'H' not in ev:
-            M, sigma = ev['M'], ev['sigma']
-            P = _point_curvature(M, sigma, self.newton)                       # (N, 2, 2)
-            b = torch.stack([M[:, 0, 1], M[:, 1, 0]], dim=1).double() / (sigma * sigma)
-            J = _jacobian(ev['pc'], self.K, self.config.min_depth)          # (N, 2, 6)
-            PJ = P[:, :, 0:1] * J[:, 0:1] + P[:, :, 1:2] * J[:, 1:2]
-            rhs = torch.cat([PJ.reshape(-1, 6), b.reshape(-1, 1)], dim=1)   # (2N, 7)
-            Hg = (J.reshape(-1, 6).T @ rhs).cpu().numpy()
+            m, s2 = ev['m'], ev['sigma'] ** 2
+            a, c, e = _point_curvature(m, ev['sigma'], self.newton)      # (N,) each
+            Ju, Jv = _jacobian(ev['pc'], self.K, self.config.min_depth)  # (6, N) each
+            J = torch.cat([Ju, Jv], dim=1)                               # (6, 2N)
+            rhs = torch.cat([torch.cat([a * Ju + c * Jv, c * Ju + e * Jv], dim=1),
+                             m[1:3].reshape(1, -1) / s2], dim=0)          # (7, 2N)
+            Hg = (J @ rhs.T).cpu().numpy()
             ev['H'], ev['g'] = Hg[:, :6], Hg[:, 6]
         return ev['H'], ev['g']
 

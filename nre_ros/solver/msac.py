@@ -1,19 +1,21 @@
 """Initialization: MSAC over batched P3P hypotheses from loss-map minima (§5.1, Eq. 8).
 
-All triplets are drawn, solved and scored at once: sample by peakedness without repeated
-indices, reject degenerate triplets, P3P (up to 4 poses each), score every pose by the summed
-truncated NRE (bilinear lookup) of the candidate points; points behind the camera or projecting
-outside the grid cost ln|Omega|.
+Triplets are drawn, solved and scored in a few batches, each at once: sample by peakedness
+without repeated indices, reject degenerate triplets, P3P (up to 4 poses each), score every pose
+by the summed truncated NRE (bilinear lookup) of the candidate points; points behind the camera
+or projecting outside the grid cost ln|Omega|. Between batches an adaptive-RANSAC test stops the
+search once an all-inlier triplet has been drawn with high probability.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from nre_ros.lossmaps import LossMaps
+from nre_ros.lossmaps import LossMaps, bilinear_cost
 from nre_ros.solver import se3
 from nre_ros.solver.p3p import p3p
 
@@ -24,7 +26,9 @@ __all__ = ['MsacConfig', 'MsacResult', 'msac']
 class MsacConfig:
     """MSAC settings."""
 
-    num_triplets: int = 1024         # P3P problems per call (up to 4 hypotheses each)
+    num_triplets: int = 1024         # most P3P problems per call (up to 4 hypotheses each)
+    batch_triplets: int = 128        # first batch; later batches double (adaptive stop between)
+    confidence: float = 0.9999       # stop once an all-inlier triplet was drawn with this prob.
     candidate_fraction: float = 0.25  # most peaked fraction of the maps used (official: 0.25)
     min_candidates: int = 32         # ... but at least this many when available
     max_candidates: int = 400        # ... and at most this many (bounds scoring cost)
@@ -50,6 +54,7 @@ class MsacResult:
         support: candidates with NRE < ln|Omega| - support_margin under the best pose.
         num_candidates, num_hypotheses: sizes of the problem.
         chance_cost: num_candidates * ln|Omega| (cost of a pose that explains nothing).
+        num_triplets: triplets drawn before the adaptive stop.
     """
 
     T_cam_world: Tensor | None
@@ -62,6 +67,7 @@ class MsacResult:
     elapsed_ms: float
     reason: str = ''
     detail: str = ''
+    num_triplets: int = 0
 
 
 def _fail(reason: str, detail: str, n_cand: int, maps: LossMaps, t0: float) -> MsacResult:
@@ -69,9 +75,54 @@ def _fail(reason: str, detail: str, n_cand: int, maps: LossMaps, t0: float) -> M
                       n_cand * maps.ln_omega, (time.perf_counter() - t0) * 1e3, reason, detail)
 
 
+def _argmin_uv(cmaps: Tensor, subcell: bool) -> Tensor:
+    """(M, 2) float32 grid coordinates of the minima of (M, h, w) maps (see
+    LossMaps.argmin_uv; same first-occurrence tie-break): the row of the minimum first, then
+    its column, which is cheaper than one argmin over h*w cells."""
+    m, h, w = cmaps.shape
+    ar = torch.arange(m, device=cmaps.device)
+    y = cmaps.amin(dim=2).argmin(dim=1)
+    row = cmaps[ar, y]                                             # (M, w)
+    x = row.argmin(dim=1)
+    uv = torch.stack([x, y], dim=1).to(torch.float32)
+    if not subcell:
+        return uv
+    flat = cmaps.reshape(-1)
+    cell = ar * (h * w) + y * w + x
+    c = flat[cell]
+    step = torch.tensor([1, w], device=cmaps.device)
+    coord = torch.stack([x, y], dim=1)
+    ok = (coord > 0) & (coord < torch.tensor([w - 1, h - 1], device=cmaps.device))
+    s = step * ok
+    lo = flat[cell[:, None] - s]
+    hi = flat[cell[:, None] + s]
+    curv = lo - 2 * c[:, None] + hi
+    ok = ok & (curv > 1e-6)
+    d = 0.5 * (lo - hi) / torch.where(ok, curv, torch.ones_like(curv))
+    return uv + torch.where(ok, d.clamp(-0.5, 0.5), torch.zeros_like(d))
+
+
+def _needed_triplets(support: int, n_cand: int, confidence: float) -> float:
+    """Triplets to draw so that an all-inlier triplet was drawn with ``confidence`` when the
+    inlier fraction is support / n_cand (standard adaptive RANSAC count)."""
+    eps = min(max(support / max(n_cand, 1), 0.0), 1.0)
+    if eps >= 1.0:
+        return 1.0
+    p3 = eps ** 3
+    if p3 <= 0.0:
+        return math.inf
+    return math.log(1.0 - confidence) / math.log1p(-p3)
+
+
 def msac(points_world: Tensor, maps: LossMaps, K: Tensor,
          config: MsacConfig = MsacConfig()) -> MsacResult:
     """Best P3P hypothesis by summed NRE.
+
+    Triplets are drawn in batches (``batch_triplets``, then doubling) up to ``num_triplets``;
+    after each batch the search stops once enough triplets were drawn to have sampled an
+    all-inlier one with probability ``confidence``, the inlier fraction being estimated by
+    the support of the best pose so far (adaptive RANSAC). Every batch is solved and scored
+    at once.
 
     Args:
         points_world: (N, 3) float64 world points, in the maps' order.
@@ -80,58 +131,92 @@ def msac(points_world: Tensor, maps: LossMaps, K: Tensor,
     """
     t0 = time.perf_counter()
     dev = points_world.device
+    n, h, w = maps.maps.shape
     peak = maps.peakedness()
-    peaked = torch.nonzero(peak >= config.min_peakedness)[:, 0]
-    if peaked.numel() < max(3, config.min_peaked_maps):
-        return _fail('too_few_peaked_maps', f'{peaked.numel()} maps with peakedness >= '
+    is_peaked = peak >= config.min_peakedness
+    n_peaked = int(is_peaked.sum())
+    if n_peaked < max(3, config.min_peaked_maps):
+        return _fail('too_few_peaked_maps', f'{n_peaked} maps with peakedness >= '
                      f'{config.min_peakedness} nats, need {config.min_peaked_maps}', 0, maps, t0)
     n_cand = int(round(config.candidate_fraction * maps.num_points))
-    n_cand = min(max(n_cand, config.min_candidates), config.max_candidates, peaked.numel())
-    cand = peaked[peak[peaked].argsort(descending=True)[:n_cand]]
-    cmaps = maps.select(cand)
+    n_cand = min(max(n_cand, config.min_candidates), config.max_candidates, n_peaked)
+    cand_peak, cand = peak.masked_fill(~is_peaked, -math.inf).topk(n_cand)
+    cmaps = maps.maps.index_select(0, cand)   # compact copy: scoring reads stay local
+    flat = cmaps.reshape(-1)
     cpts = points_world[cand]
-    uv = cmaps.argmin_uv(config.subcell_argmin).to(torch.float64)
+    cpts_t = cpts.T.float()                   # (3, n)
+    uv = _argmin_uv(cmaps, config.subcell_argmin).to(torch.float64)
+    offset = torch.arange(n_cand, device=dev) * (h * w)
+    fx, fy, cx, cy = (float(v) for v in (K[0, 0], K[1, 1], K[0, 2], K[1, 2]))
+    low = maps.ln_omega - config.support_margin
 
     gen = torch.Generator(device=dev).manual_seed(config.seed)
-    weights = (peak[cand] - config.min_peakedness + 0.1).float()
-    # Draw with replacement (cheap), then drop triplets with a repeated index.
-    m = int(config.num_triplets * 1.15) + 8
-    tri = torch.multinomial(weights, 3 * m, replacement=True, generator=gen).reshape(m, 3)
-    distinct = ((tri[:, 0] != tri[:, 1]) & (tri[:, 0] != tri[:, 2]) & (tri[:, 1] != tri[:, 2]))
-    tri = tri[distinct][:config.num_triplets]
-    X = cpts[tri]  # (M, 3, 3)
-    q = uv[tri]
-    X01, X02 = X[:, 0] - X[:, 1], X[:, 0] - X[:, 2]
-    edges = torch.stack([X01, X02, X[:, 1] - X[:, 2]], 1).pow(2).sum(-1).amax(1)
-    area = torch.linalg.cross(X01, X02).norm(dim=-1)
-    sep = torch.stack([q[:, 0] - q[:, 1], q[:, 0] - q[:, 2], q[:, 1] - q[:, 2]], 1).norm(dim=-1)
-    ok = (area > config.min_triangle * edges) & (sep.amin(1) >= config.min_separation)
-    X, q = X[ok], q[ok]
-    if X.shape[0] == 0:
-        return _fail('degenerate_geometry', 'every sampled triplet was degenerate', n_cand,
-                     maps, t0)
-    rays = torch.cat([q, torch.ones_like(q[..., :1])], -1) @ torch.linalg.inv(K).T
-    rays = rays / rays.norm(dim=-1, keepdim=True)
-    R, t, valid = p3p(rays, X)
-    R, t = R[valid], t[valid]
-    if R.shape[0] == 0:
+    weights = (cand_peak - config.min_peakedness + 0.1).float()
+    drawn = nondegenerate = 0
+    size = max(1, min(config.batch_triplets, config.num_triplets))
+    Rs, costs = [], []
+    best_cost, best_support, best_R, best_t, best_nre = math.inf, 0, None, None, None
+    while drawn < config.num_triplets:
+        size = min(size, config.num_triplets - drawn)
+        # Draw with replacement (cheap), then drop triplets with a repeated index.
+        m = int(size * 1.15) + 8
+        tri = torch.multinomial(weights, 3 * m, replacement=True, generator=gen).reshape(m, 3)
+        distinct = ((tri[:, 0] != tri[:, 1]) & (tri[:, 0] != tri[:, 2])
+                    & (tri[:, 1] != tri[:, 2]))
+        tri = tri[distinct][:size]
+        drawn += size
+        X = cpts[tri]  # (M, 3, 3)
+        q = uv[tri]
+        X01, X02 = X[:, 0] - X[:, 1], X[:, 0] - X[:, 2]
+        edges = torch.stack([X01, X02, X[:, 1] - X[:, 2]], 1).pow(2).sum(-1).amax(1)
+        area = torch.linalg.cross(X01, X02).norm(dim=-1)
+        sep = torch.stack([q[:, 0] - q[:, 1], q[:, 0] - q[:, 2], q[:, 1] - q[:, 2]], 1
+                          ).norm(dim=-1)
+        ok = (area > config.min_triangle * edges) & (sep.amin(1) >= config.min_separation)
+        X, q = X[ok], q[ok]
+        nondegenerate += X.shape[0]
+        if X.shape[0] > 0:
+            rays = torch.cat([(q - uv.new_tensor([cx, cy])) / uv.new_tensor([fx, fy]),
+                              torch.ones_like(q[..., :1])], -1)
+            rays = rays / rays.norm(dim=-1, keepdim=True)
+            R, t, valid = p3p(rays, X)
+            R, t = R[valid], t[valid]
+            if R.shape[0] > 0:
+                pc = torch.baddbmm(t.float()[:, :, None], R.float(),
+                                   cpts_t.expand(R.shape[0], 3, n_cand))  # (P, 3, n)
+                z = pc[:, 2]
+                vis = z > config.min_depth
+                iz = 1.0 / torch.where(vis, z, config.min_depth)
+                nre = bilinear_cost(flat, offset, (w, h), maps.ln_omega,
+                                    pc[:, 0] * iz * fx + cx, pc[:, 1] * iz * fy + cy,
+                                    vis)  # (P, n)
+                cost = nre.sum(1)
+                i = int(cost.argmin())
+                Rs.append(R)
+                costs.append(cost)
+                if float(cost[i]) < best_cost:
+                    best_cost, best_R, best_t, best_nre = float(cost[i]), R[i], t[i], nre[i]
+                    best_support = int((best_nre < low).sum())
+        if drawn >= _needed_triplets(best_support, n_cand, config.confidence):
+            break
+        size *= 2
+    if not Rs:
+        if not nondegenerate:
+            return _fail('degenerate_geometry', 'every sampled triplet was degenerate', n_cand,
+                         maps, t0)
         return _fail('no_hypothesis', 'P3P found no real solution', n_cand, maps, t0)
-
-    pc = se3.transform(cpts.float(), R.float(), t.float())  # (P, n, 3)
-    uv_h, vis = se3.project(pc, K.float(), config.min_depth)
-    nre = cmaps.lookup(uv_h, vis)  # (P, n)
-    cost = nre.sum(1)
-    best = int(cost.argmin())
-    angle = se3.rotation_angle_deg(R, R[best:best + 1])
-    far = angle > 5.0
-    runner = float(cost[far].min()) if bool(far.any()) else float('inf')
-    support = int((nre[best] < maps.ln_omega - config.support_margin).sum())
-    T = se3.make_T(R[best], t[best])
+    R_all = torch.cat(Rs)
+    cost_all = torch.cat(costs)
+    # angle > 5 deg  <=>  (trace(R R_best^T) - 1) / 2 < cos 5 deg
+    far = (R_all * best_R).sum(dim=(-1, -2)) < 1.0 + 2.0 * math.cos(math.radians(5.0))
+    runner = float(cost_all[far].min()) if bool(far.any()) else float('inf')
+    T = se3.make_T(best_R, best_t)
+    n_hyp = int(R_all.shape[0])
     elapsed = (time.perf_counter() - t0) * 1e3
-    if support < config.min_support:
-        return MsacResult(None, float(cost[best]), runner, support, n_cand, R.shape[0],
+    if best_support < config.min_support:
+        return MsacResult(None, best_cost, runner, best_support, n_cand, n_hyp,
                           n_cand * maps.ln_omega, elapsed, 'no_hypothesis',
-                          f'best of {R.shape[0]} hypotheses is supported by {support} of '
-                          f'{n_cand} candidates, need {config.min_support}')
-    return MsacResult(T, float(cost[best]), runner, support, n_cand, R.shape[0],
-                      n_cand * maps.ln_omega, elapsed)
+                          f'best of {n_hyp} hypotheses is supported by {best_support} of '
+                          f'{n_cand} candidates, need {config.min_support}', drawn)
+    return MsacResult(T, best_cost, runner, best_support, n_cand, n_hyp,
+                      n_cand * maps.ln_omega, elapsed, num_triplets=drawn)

@@ -183,11 +183,17 @@ def p3p(bearings: Tensor, points: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     v1 = d[..., 0:1] * xs[:, :, 0] - d[..., 1:2] * xs[:, :, 1]
     v2 = d[..., 0:1] * xs[:, :, 0] - d[..., 2:3] * xs[:, :, 2]
     YY = torch.stack([v1, v2, torch.cross(v1, v2, dim=-1)], dim=-1)  # columns
-    XX = torch.stack([X01, X02, torch.cross(X01, X02, dim=-1)], dim=-1)
-    det = torch.linalg.det(XX)
+    X03 = torch.cross(X01, X02, dim=-1)
+    # Closed-form inverse of XX = [X01 | X02 | X03] (columns a, b, c = a x b): rows b x c,
+    # c x a, a x b over det = a . (b x c).
+    adj_xx = torch.stack([torch.cross(X02, X03, dim=-1), torch.cross(X03, X01, dim=-1), X03],
+                         dim=1)
+    det = (X01 * adj_xx[:, 0]).sum(-1)
     good_xx = det.abs() > 1e-12 * (a12 ** 1.5)
-    XX = torch.where(good_xx[:, None, None], XX, torch.eye(3, dtype=dt, device=dev).expand_as(XX))
-    R = YY @ torch.linalg.inv(XX)[:, None]
+    inv_xx = adj_xx / torch.where(good_xx, det, torch.ones_like(det))[:, None, None]
+    inv_xx = torch.where(good_xx[:, None, None], inv_xx,
+                         torch.eye(3, dtype=dt, device=dev).expand_as(adj_xx))
+    R = YY @ inv_xx[:, None]
     t = d[..., 0:1] * xs[:, :, 0] - (R @ X[:, None, 0, :, None])[..., 0]
     valid = valid & good_xx[:, None] & torch.isfinite(R).flatten(2).all(-1) & torch.isfinite(t).all(-1)
     valid = valid & ((R.transpose(-1, -2) @ R - torch.eye(3, dtype=dt, device=dev)).abs()
