@@ -176,6 +176,32 @@ def _cell(fn, m) -> str:
         return 'n/a'
 
 
+def _live_section(live: dict | None) -> str:
+    """``evaluate --live``: what the node reported and the checks done on its output."""
+    if not live:
+        return ''
+    node = live.get('node', {})
+    rows = [('images sent / poses received', f"{live.get('images_sent')} / "
+                                             f"{live.get('poses_received')}")]
+    rows += [(k.replace('_', ' '), str(v)) for k, v in node.items()]
+    rows += [('map->odom ∘ odom->base vs pose, max (m / °)',
+              f"{_f(live.get('tf_max_error_m'), 9)} / {_f(live.get('tf_max_error_deg'), 6)} "
+              f"({live.get('tf_checked')} checked, {live.get('tf_missing')} without TF)"),
+             ('configure / activate (s)', f"{_f(live.get('configure_s'), 2)} / "
+                                          f"{_f(live.get('activate_s'), 2)}"),
+             ('node RSS start / end / peak (MB)', ' / '.join(
+                 _f(live.get(k), 0) for k in ('rss_start_mb', 'rss_end_mb', 'rss_peak_mb'))),
+             ('playback rate, /clock', f"{live.get('rate')}x, {live.get('clock')}"),
+             ('node log', str(live.get('node_log')))]
+    body = ''.join(f'<tr><td>{html.escape(k)}</td><td>{html.escape(v)}</td></tr>'
+                   for k, v in rows)
+    return (f'<h2>Live replay over ROS 2: node counters and checks</h2><table>{body}</table>'
+            '<p class="small">Live: a frame without a pose (failed, gated or dropped: see the '
+            'node counters) counts as a failure; latency = pose received - image '
+            'published. The node p50/p90 are on its own clock: bag time under /clock, i.e. '
+            'scaled by the playback rate.</p>')
+
+
 def render_html(records, metrics: dict, meta: dict, baselines: dict[str, dict]) -> str:
     names = ['this run'] + list(baselines)
     runs = [metrics] + list(baselines.values())
@@ -191,6 +217,7 @@ def render_html(records, metrics: dict, meta: dict, baselines: dict[str, dict]) 
                           for k, v in sorted(metrics.get('failure_reasons', {}).items()))
     meta_rows = ''.join(f'<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>'
                         for k, v in meta.items())
+    live_html = _live_section(metrics.get('live'))
     plots = [('Trajectory', plot_trajectory(records)), ('Error CDFs', plot_error_cdfs(records)),
              ('Latency', plot_latency(records)),
              ('Predicted σ vs actual error', plot_sigma_vs_error(records))]
@@ -206,7 +233,7 @@ availability and fixes/s over all frames. Errors are unaligned (absolute map fra
 <h2>Per-stage latency (ms)</h2><table><tr><th>stage</th><th>p50</th><th>p90</th><th>p99</th>
 </tr>{stage_rows}</table>
 <h2>Failure reasons</h2><table><tr><th>reason</th><th>frames</th></tr>{reason_rows}</table>
-{imgs}</body></html>
+{live_html}{imgs}</body></html>
 '''
 
 
