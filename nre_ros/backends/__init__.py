@@ -61,6 +61,27 @@ def _padded(size: tuple[int, int], multiple: int) -> tuple[int, int]:
     return tuple(-(-s // multiple) * multiple for s in size)
 
 
+def _export_atomically(model, onnx_dir: Path, export) -> None:
+    """Export into a private folder, then rename it into place: a concurrent process (a test,
+    a second node) never reads half-written files; the loser of a race discards its copy."""
+    import shutil
+    import tempfile
+    onnx_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=onnx_dir.name + '.', dir=onnx_dir.parent))
+    try:
+        export(model, tmp)
+        if (onnx_dir / f'{model.spec.name}.spec.json').exists():
+            return                       # another process finished first: keep its files
+        if onnx_dir.exists():            # a stale, incomplete folder (no spec file): replace it
+            shutil.rmtree(onnx_dir, ignore_errors=True)
+        os.replace(tmp, onnx_dir)
+    except OSError:
+        if not (onnx_dir / f'{model.spec.name}.spec.json').exists():
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def load_backend(config: BackendConfig = BackendConfig(), model=None) -> BackendModel:
     """Build the configured backend around ``config.model`` (or an already loaded ``model``).
 
@@ -86,8 +107,8 @@ def load_backend(config: BackendConfig = BackendConfig(), model=None) -> Backend
         onnx_dir = cache / 'onnx' / f'{model.spec.name}-{model.spec.weights_sha256[:12]}'
         spec_file = onnx_dir / f'{model.spec.name}.spec.json'
         if not spec_file.exists():
-            logger.info('exporting %s to ONNX in %s', model.spec.name, onnx_dir)
-            export_onnx(model, onnx_dir)
+            logger.info('exporting %s to ONNX in %s (once; ~10-40 s)', model.spec.name, onnx_dir)
+            _export_atomically(model, onnx_dir, export_onnx)
         paths = {level: onnx_dir / f'{model.spec.name}-{level}.onnx' for level in model.networks()}
         if config.backend == 'onnxruntime':
             from nre_ros.backends.onnx_backend import OnnxRunner
