@@ -126,3 +126,34 @@ def test_node_command_and_param_parsing(tmp_path):
     assert _parse_params(['a:=1', 'b.c:=x']) == {'a': '1', 'b.c': 'x'}
     with pytest.raises(InputError, match='NAME:=VALUE'):
         _parse_params(['a=1'])
+
+
+@pytest.mark.slow
+def test_live_real_pipeline_matches_offline_accuracy(demo_bag, tmp_path):
+    """The real node on the demo map at a quarter of the bag rate (no busy drops here):
+    poses come back with the image stamps and the pipeline's accuracy (~1-2 min)."""
+    demo_map = REPO / 'maps' / 'demo' / 'fr1_rpy.nremap'
+    if not demo_map.exists():
+        pytest.skip(f'demo map {demo_map} not found')
+    try:
+        import nre_ros.pipeline  # noqa: F401
+    except ImportError as exc:
+        pytest.skip(f'nre_ros.pipeline does not import: {exc}')
+    out = tmp_path / 'live_real'
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env.pop('FASTDDS_DEFAULT_PROFILES_FILE', None)
+    cmd = [sys.executable, '-m', 'nre_ros.cli', 'evaluate', str(demo_bag), '--map', str(demo_map),
+           '--live', '--rate', '0.25', '--param', 'min_consistent_fixes:=1', '--param',
+           'queue_size:=5', '--settle', '60', '--out', str(out), '--no-progress',
+           '--domain-id', str(150 + (os.getpid() + 7) % 80)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    live = json.loads((out / 'summary.json').read_text())['metrics']['live']
+    rows = list(csv.DictReader(open(out / 'frames.csv')))
+    fixes = [r for r in rows if r['status'] == 'fix']
+    assert len(fixes) >= 6, (live, proc.stdout)
+    stamps = set(_bag_stamps(demo_bag))
+    assert all(int(r['stamp_s'].replace('.', '')) in stamps for r in fixes)
+    t_err = sorted(float(r['t_err_m']) for r in fixes)
+    assert t_err[len(t_err) // 2] < 0.05 and max(float(r['r_err_deg']) for r in fixes) < 10
+    assert live['tf_max_error_m'] < 1e-6 and live['node_exit_code'] == 0
