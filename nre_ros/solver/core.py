@@ -43,7 +43,7 @@ class SolverConfig:
 
     msac: MsacConfig = MsacConfig()
     coarse: GncConfig = GncConfig()
-    fine: GncConfig = GncConfig(sigmas=(2.0, 1.0, 0.8))
+    fine: GncConfig = GncConfig()
     verdict: VerdictConfig = VerdictConfig()
     min_points: int = 6
 
