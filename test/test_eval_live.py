@@ -157,3 +157,29 @@ def test_live_real_pipeline_matches_offline_accuracy(demo_bag, tmp_path):
     t_err = sorted(float(r['t_err_m']) for r in fixes)
     assert t_err[len(t_err) // 2] < 0.05 and max(float(r['r_err_deg']) for r in fixes) < 10
     assert live['tf_max_error_m'] < 1e-6 and live['node_exit_code'] == 0
+
+
+def test_live_attach_to_running_node(demo_bag, tmp_path):
+    """--attach: a node started elsewhere (unconfigured) is configured, activated and used."""
+    from nre_ros.eval.live import NodeProcess, node_command
+    out = tmp_path / 'attach'
+    domain = str(150 + (os.getpid() + 3) % 80)
+    env = dict(os.environ, PYTHONPATH=str(REPO), ROS_DOMAIN_ID=domain,
+               ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST')
+    from nre_ros.ros.dds import write_large_image_profile
+    env['FASTDDS_DEFAULT_PROFILES_FILE'] = str(write_large_image_profile())
+    program = [sys.executable, '-m', 'nre_ros.eval.oracle_node', str(demo_bag), '0', '0']
+    node = NodeProcess(node_command('oracle', program=program,
+                                    params={'min_consistent_fixes': '1', 'queue_size': '5'}),
+                       tmp_path / 'node.log', env=env)
+    try:
+        cmd = [sys.executable, '-m', 'nre_ros.cli', 'evaluate', str(demo_bag), '--live',
+               '--attach', '--rate', '10', '--settle', '8', '--out', str(out), '--no-progress',
+               '--domain-id', domain]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+        assert proc.returncode == 0, proc.stdout + proc.stderr + node.log_tail()
+        live = json.loads((out / 'summary.json').read_text())['metrics']['live']
+        assert live['attached'] and live['initial_state'] == 'unconfigured'
+        assert live['poses_received'] == 8 and node.alive()   # still running afterwards
+    finally:
+        assert node.stop() == 0, node.log_tail()
