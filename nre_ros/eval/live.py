@@ -59,6 +59,7 @@ COUNTERS = {
     'bad inputs': 'bad_inputs', 'TF lookup failures': 'tf_failures',
     'localization failures': 'localization_failures',
     'fixes rejected by gating': 'fixes_rejected', 'fixes published': 'fixes_published',
+    'frames without depth': 'frames_without_depth',
 }
 
 
