@@ -305,16 +305,23 @@ def fine_loss_maps_from_logits(logits: Tensor, origin: Tensor, coarse: LossMaps,
     n, s, _ = logits.shape
     wf, hf = grid_size
     ln_omega = math.log(wf * hf + 1)
-    d = torch.arange(s, device=logits.device)
-    xs = origin[:, 0, None] + d[None, :]
-    ys = origin[:, 1, None] + d[None, :]
-    inside = (((xs >= 0) & (xs < wf))[:, None, :] & ((ys >= 0) & (ys < hf))[:, :, None])
-    logits = logits.float().masked_fill(~inside, float('-inf'))
-    log_soft = torch.log_softmax(logits.reshape(n, -1), dim=1).reshape(n, s, s)
-    log_mass = _coarse_log_mass(coarse, origin, s, fine_per_coarse, grid_size)
-    loss = -(log_soft + log_mass[:, None, None]) + math.log(divisor)
-    loss = torch.nan_to_num(loss, nan=ln_omega, posinf=ln_omega).clamp(0.0, ln_omega)
-    loss = loss.masked_fill(~inside, ln_omega)
+    logits = logits.float()
+    # Usually every window lies inside the fine grid: then no cell needs masking.
+    lo, hi = origin.amin(dim=0), origin.amax(dim=0)
+    all_inside = bool((lo >= 0).all()) and int(hi[0]) + s <= wf and int(hi[1]) + s <= hf
+    inside = None
+    if not all_inside:
+        d = torch.arange(s, device=logits.device)
+        xs = origin[:, 0, None] + d[None, :]
+        ys = origin[:, 1, None] + d[None, :]
+        inside = (((xs >= 0) & (xs < wf))[:, None, :] & ((ys >= 0) & (ys < hf))[:, :, None])
+        logits = logits.masked_fill(~inside, float('-inf'))
+    loss = torch.log_softmax(logits.reshape(n, -1), dim=1).reshape(n, s, s)
+    log_mass = _coarse_log_mass(coarse, origin, s, fine_per_coarse, grid_size) - math.log(divisor)
+    loss = loss.add_(log_mass[:, None, None]).neg_()   # -(log softmax + log mass / divisor)
+    loss = torch.nan_to_num_(loss, nan=ln_omega).clamp_(0.0, ln_omega)
+    if inside is not None:
+        loss = loss.masked_fill_(~inside, ln_omega)
     return LossMaps(loss.contiguous(), ln_omega, (wf, hf), origin)
 
 
