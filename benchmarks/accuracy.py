@@ -582,12 +582,15 @@ def main(argv: list[str] | None = None) -> None:
                               tracking='nre_ros' in args.methods and not args.no_tracking)
         raw[ds]['load_avg_5min'] = (load0, os.getloadavg()[1])
         raw[ds]['wall_s'] = time.perf_counter() - t0
+        raw[ds]['every'], raw[ds]['limit'] = args.every, args.limit
         if saved is not None:
             saved.parent.mkdir(parents=True, exist_ok=True)
             saved.write_bytes(pickle.dumps(raw[ds]))
     wall = time.perf_counter() - t0
     if args.report_only:
         wall = max([r['wall_s'] for r in raw.values()], default=0.0)
+        args.every = max([r.get('every', args.every) for r in raw.values()], default=args.every)
+        args.limit = max([r.get('limit') or 0 for r in raw.values()], default=0) or None
     if args.min_inliers is not None:
         thresholds = {m: args.min_inliers for m in args.methods if m in THRESHOLDED}
         th_info = {m: {'source': '--min-inliers', 'n_out_of_map': 0} for m in thresholds}
