@@ -65,6 +65,7 @@ class GncConfig:
     lambda_max: float = 1e3
     radius_sigmas: float = 3.0     # kernel support, in sigmas
     patch_margin: int = 3          # full-grid maps: cells of motion before patches are re-cut
+    prune_weight: float = 1e-3     # skip points with no ln|Omega| - L above this near them
     border_sigmas: float = 2.5     # points within this many sigmas of a map edge are skipped
     min_depth: float = 1e-4
 
@@ -113,55 +114,101 @@ def _border_mask(local: Tensor, size: tuple[int, int], sigma: float,
 
 
 class _Windows:
-    """Kernel moments of (2r+1)^2 windows of N loss maps.
+    """Kernel moments of (2r+1)^2 windows of N loss maps, read from per-point patches of the
+    weight ``G = ln|Omega| - L`` (0 beyond the map).
 
-    The windows are read from per-point patches of the weight ``G = ln|Omega| - L`` (0 beyond
-    the map): window maps (fine level) and small grids are their own patches; full-grid maps
-    get a (2 half + 1)^2 patch around each point's first projection, cut once and cut again
-    only when some window leaves its patch. Every evaluation then reads a compact array
-    (about 2 MB for 1000 points) instead of scattered rows of the full maps."""
+    Window maps (fine level) and small grids are their own patches. Full-grid maps get a
+    (2 half + 1)^2 patch around each point's projection, cut at the first evaluation and
+    again only when a window would leave its patch: every evaluation then reads a compact
+    array (about 2 MB for 1000 points) instead of scattered rows of the full maps.
 
-    def __init__(self, maps: LossMaps, half: int):
+    Points whose patch holds no weight above ``prune`` contribute at most that much anywhere
+    their windows can reach inside the patch, so they are dropped (``sel`` lists the points
+    kept); patches are only re-cut (and the choice redone) at a stage start.
+    """
+
+    def __init__(self, maps: LossMaps, half: int, prune: float = 0.0):
         self.maps = maps
         n, h, w = maps.maps.shape
         self.n, self.h, self.w = n, h, w
         self.dev = maps.maps.device
+        self.prune = prune
         self.cut = maps.origin is None and (h > 2 * half + 1 or w > 2 * half + 1)
-        if self.cut:
-            self.size = 2 * half + 1
-            self.patch_origin = None      # (N, 2, 1) float32 map coordinates of cell (0, 0)
-            self.patch = None
-        else:                             # the maps are their own patches
-            self.ph, self.pw = h, w
-            self.patch_origin = torch.zeros(n, 2, 1, device=self.dev)
-            self.patch = (maps.ln_omega - maps.maps).reshape(-1)
-            self._set_shape(h, w)
+        self.size = 2 * half + 1
+        self.sel = None                   # (M,) int64 points kept (None: all)
+        self.patch = None                 # (M * ph * pw,) float32 G of the kept points
+        self.cut_centre = None            # (N, 2) float32 cells the patches were cut around
         self._basis: dict[int, tuple[Tensor, Tensor]] = {}
+        self._grid: dict[int, Tensor] = {}
+        if not self.cut:                  # the maps are their own patches
+            G = (maps.ln_omega - maps.maps).reshape(n, h * w)
+            if prune > 0:
+                self.sel = torch.nonzero(G.amax(dim=1) > prune).reshape(-1)
+                G = G.index_select(0, self.sel)
+            self.patch = G.reshape(-1)
+            self._set_shape(h, w)
+
+    @property
+    def m(self) -> int:
+        return self.n if self.sel is None else int(self.sel.numel())
 
     def _set_shape(self, ph: int, pw: int) -> None:
         self.ph, self.pw = ph, pw
-        itype = torch.int32 if self.n * ph * pw < 2 ** 31 - 1 else torch.int64
+        itype = torch.int32 if self.m * ph * pw < 2 ** 31 - 1 else torch.int64
         self.itype = itype
-        self.offset = (torch.arange(self.n, device=self.dev, dtype=itype) * (ph * pw))[:, None]
+        self.offset = torch.arange(self.m, device=self.dev, dtype=itype) * (ph * pw)
         self.lo = torch.zeros(2, 1, device=self.dev)
         self.hi = torch.tensor([[pw - 1.0], [ph - 1.0]], device=self.dev)
+        self._grid = {}
 
-    def _cut(self, centre: Tensor) -> None:
-        """Patches of G centred on the (N, 2) float cells ``centre``."""
-        n, h, w, s = self.n, self.h, self.w, self.size
+    def _gather(self, centre: Tensor, index: Tensor | None) -> Tensor:
+        """(M, S, S) patches of G around the (M, 2) float cells ``centre`` of points
+        ``index`` (None: all)."""
+        h, w, s = self.h, self.w, self.size
         half = s // 2
+        pts = torch.arange(self.n, device=self.dev) if index is None else index
         d = torch.arange(-half, half + 1, device=self.dev)
-        cells = centre.long()[:, :, None] + d                     # (N, 2, S)
-        inside = (cells >= 0) & (cells < torch.tensor([[w], [h]], device=self.dev))
-        ci = torch.minimum(cells.clamp(min=0), torch.tensor([[w - 1], [h - 1]],
-                                                             device=self.dev))
-        rows = ci[:, 1] * w + (torch.arange(n, device=self.dev) * (h * w))[:, None]
-        idx = rows[:, :, None] + ci[:, 0, None, :]                # (N, S, S)
-        L = self.maps.maps.reshape(-1).index_select(0, idx.reshape(-1)).reshape(n, s, s)
-        G = (self.maps.ln_omega - L).mul_(inside[:, 1, :, None] & inside[:, 0, None, :])
+        cells = centre.long()[:, :, None] + d                     # (M, 2, S)
+        size = torch.tensor([[w], [h]], device=self.dev)
+        inside = (cells >= 0) & (cells < size)
+        ci = torch.minimum(cells.clamp(min=0), size - 1)
+        rows = ci[:, 1] * w + (pts * (h * w))[:, None]
+        idx = rows[:, :, None] + ci[:, 0, None, :]                # (M, S, S)
+        L = self.maps.maps.reshape(-1).index_select(0, idx.reshape(-1)).reshape(-1, s, s)
+        return (self.maps.ln_omega - L).mul_(inside[:, 1, :, None] & inside[:, 0, None, :])
+
+    def needs_cut(self, centre: Tensor, ok: Tensor, r: int) -> bool:
+        """True if a usable point's (2r+1)^2 window around ``centre`` ((N, 2), all points)
+        would leave its patch (or nothing is cut yet)."""
+        if not self.cut:
+            return False
+        if self.patch is None:
+            return True
+        out = ((centre - self.cut_centre).abs() > self.size // 2 - r).any(-1)
+        return bool(out.logical_and_(ok).any())
+
+    def cut_all(self, centre: Tensor) -> None:
+        """Cut every point's patch around ``centre`` ((N, 2) float cells) and choose the
+        points kept."""
+        G = self._gather(centre, None)
+        self.sel = None
+        if self.prune > 0:
+            self.sel = torch.nonzero(G.reshape(self.n, -1).amax(dim=1) > self.prune
+                                     ).reshape(-1)
+            G = G.index_select(0, self.sel)
         self.patch = G.reshape(-1)
-        self.patch_origin = (centre - half).unsqueeze(-1)
-        self._set_shape(s, s)
+        self.cut_centre = centre.clone()
+        self.patch_origin = (centre if self.sel is None else centre[self.sel]) - self.size // 2
+        self._set_shape(self.size, self.size)
+
+    def _recut_kept(self, centre: Tensor) -> None:
+        """Re-cut the kept points' patches around their (M, 2) cells ``centre``."""
+        self.patch = self._gather(centre, self.sel).reshape(-1)
+        if self.sel is None:
+            self.cut_centre = centre.clone()
+        else:
+            self.cut_centre[self.sel] = centre
+        self.patch_origin = centre - self.size // 2
 
     def _offsets(self, r: int) -> tuple[Tensor, Tensor]:
         """Offsets c = -r..r and the (6, K^2) power basis c_y^i c_x^j of the window cells for
@@ -175,28 +222,37 @@ class _Windows:
         return self._basis[r]
 
     def window(self, local: Tensor, ok: Tensor, r: int) -> dict:
-        """The (2r+1)^2 windows of G around the nearest cells of ``local`` ((N, 2) float32
-        finite map-frame coordinates): 'G' (N, K, K), 'inside' (N, 2, K) float 1 for rows /
-        columns inside the patch, 'f' (N, 2) offsets of ``local`` from the window centre."""
-        n = self.n
+        """The (2r+1)^2 windows of G of the kept points around the nearest cells of ``local``
+        ((M, 2) float32 finite map-frame coordinates): 'G' (M, K, K), 'inside' (M, 2, K) float
+        1 for rows / columns inside the patch (None: all are), 'f' (M, 2) offsets of
+        ``local`` from the window centre."""
         c, _ = self._offsets(r)
         K = c.numel()
         centre = local.round()
+        f = local - centre
         if self.cut:
-            if self.patch is None:
-                self._cut(centre)
-            else:
-                off = (centre.unsqueeze(-1) - self.patch_origin).squeeze(-1)  # (N, 2)
-                lim = self.size - 1 - r
-                if bool(((off < r) | (off > lim)).any(-1).logical_and_(ok).any()):
-                    self._cut(centre)
-        coords = (centre.unsqueeze(-1) - self.patch_origin) + c   # (N, 2, K) patch cells
-        ci = coords.clamp(self.lo, self.hi)
-        inside = (ci == coords).to(torch.float32)                 # cells beyond the patch: 0
-        ci = ci.to(self.itype)
-        idx = (ci[:, 1] * self.pw + self.offset)[:, :, None] + ci[:, 0, None, :]  # (N, K, K)
-        G = self.patch.index_select(0, idx.reshape(-1)).reshape(n, K, K)
-        return {'G': G, 'inside': inside, 'f': local - centre, 'r': r}
+            s = self.size
+            off = centre - self.patch_origin                      # (M, 2) window centre
+            if bool(((off < r) | (off > s - 1 - r)).any(-1).logical_and_(ok).any()):
+                self._recut_kept(centre)
+                off = centre - self.patch_origin
+            # Windows of usable points lie inside their patches; others are clamped there
+            # (their kernel is zero).
+            off = off.clamp_(r, s - 1 - r).to(self.itype) - r
+            base = self.offset + off[:, 1] * s + off[:, 0]
+            if r not in self._grid:
+                d = torch.arange(K, device=self.dev, dtype=self.itype)
+                self._grid[r] = d[:, None] * s + d[None, :]
+            idx = base[:, None, None] + self._grid[r]             # (M, K, K)
+            inside = None
+        else:
+            coords = centre.unsqueeze(-1) + c                     # (M, 2, K) patch cells
+            ci = coords.clamp(self.lo, self.hi)
+            inside = (ci == coords).to(torch.float32)             # cells beyond the map: 0
+            ci = ci.to(self.itype)
+            idx = (ci[:, 1] * self.pw + self.offset[:, None])[:, :, None] + ci[:, 0, None, :]
+        G = self.patch.index_select(0, idx.reshape(-1)).reshape(-1, K, K)
+        return {'G': G, 'inside': inside, 'f': f, 'r': r}
 
     def moments(self, win: dict, ok: Tensor, sigma: float, r: int) -> Tensor:
         """(6, N) float64 moments ``sum_q k(q - w) G(q) m(d)`` with m(d) = 1, dx, dy, dx^2,
@@ -207,15 +263,18 @@ class _Windows:
         The window sits on the nearest cell, so with c the shared integer offsets (-r..r) and
         f = w - round(w), d = c - f: the power moments in c are one matmul with a (6, K^2)
         basis shared by all points, and a binomial shift gives those in d."""
-        n = self.n
         c, B = self._offsets(r)
         K = c.numel()
         G, inside, f = win['G'], win['inside'], win['f']
+        n = G.shape[0]
         if r < win['r']:
             s = slice(win['r'] - r, win['r'] + r + 1)
-            G, inside = G[:, s, s], inside[:, :, s]
+            G = G[:, s, s]
+            inside = None if inside is None else inside[:, :, s]
         delta = c - f.unsqueeze(-1)
-        k = torch.exp(delta.square_().mul_(-0.5 / (sigma * sigma))).mul_(inside)
+        k = torch.exp(delta.square_().mul_(-0.5 / (sigma * sigma)))
+        if inside is not None:
+            k = k.mul_(inside)
         k[:, 1] *= ok[:, None] * (1.0 / (2 * math.pi * sigma * sigma))
         W = (G * k[:, 1, :, None]).mul_(k[:, 0, None, :])       # G k_y k_x
         m = (B @ W.reshape(n, K * K).T).double()                  # (6, N) power moments in c
@@ -255,6 +314,8 @@ def smoothed_terms(maps: LossMaps, uv: Tensor, valid: Tensor, sigma: float,
     if border_sigmas > 0:
         ok = ok & _border_mask(local, size, sigma, border_sigmas)
     windows = _Windows(maps, r)
+    if windows.cut:
+        windows.cut_all(local.round())
     m = windows.moments(windows.window(local, ok, r), ok, sigma, r)
     cost, A, b, S = (x.float() for x in _terms(m, sigma))
     return cost, A, b, (S if second_moments else None)
@@ -325,34 +386,70 @@ class _Problem:
         self.c = torch.stack([self.K[0, 2], self.K[1, 2]])
         self.newton = config.step == 'newton'
         self.windows = _Windows(maps, _radius(max(config.sigmas), config.radius_sigmas)
-                                + config.patch_margin)
+                                + config.patch_margin, config.prune_weight)
+        self._subset()
         self.evaluations = 0
+
+    def _subset(self) -> None:
+        """Points and window origins of the points the windows keep."""
+        sel = self.windows.sel
+        self.pts_sel = self.pts if sel is None else self.pts.index_select(0, sel)
+        origin = self.maps.origin
+        if origin is not None and sel is not None:
+            origin = origin.index_select(0, sel)
+        self.origin_sel = None if origin is None else origin.to(torch.float32)
+
+    def _project(self, pts: Tensor, T: np.ndarray, origin: Tensor | None, r: int
+                 ) -> tuple[Tensor, Tensor, Tensor]:
+        """Camera points, float32 map-frame coordinates (0 where unusable) and the usable
+        mask: in front of the camera and the (2r+1)^2 window around the nearest cell overlaps
+        the map (others contribute nothing)."""
+        cfg = self.config
+        R = torch.from_numpy(T[:3, :3]).to(pts.device)
+        t = torch.from_numpy(T[:3, 3]).to(pts.device)
+        pc = torch.addmm(t, pts, R.T)
+        z = pc[:, 2]
+        uv = torch.addcmul(self.c, pc[:, :2] / z.clamp(min=cfg.min_depth)[:, None], self.f)
+        local = uv.to(torch.float32)
+        if origin is not None:
+            local = local - origin
+        w, h = self.size
+        lo = local.new_tensor([-r - 0.5, -r - 0.5])
+        hi = local.new_tensor([w - 0.5 + r, h - 0.5 + r])
+        ok = (z > cfg.min_depth) & ((local > lo) & (local < hi)).all(-1)  # False for NaN
+        return pc, torch.where(ok[:, None], local, torch.zeros_like(local)), ok
 
     def evaluate(self, T: np.ndarray, sigma: float, active: Tensor | None = None,
                  reuse: dict | None = None) -> dict:
-        """Cost and moments at pose T; ``active`` None -> border mask at T. ``reuse``: an
-        evaluation at this same T with windows at least as wide (the previous stage's last):
-        its projections and gathered windows are reused."""
+        """Cost and moments at pose T over the kept points. ``active`` None: a stage start
+        (patches are re-cut and points re-chosen if needed, the border mask is set at T).
+        ``reuse``: an evaluation at this same T with windows at least as wide (the previous
+        stage's last): its projections and windows are reused when the points are unchanged."""
         cfg = self.config
         r = _radius(sigma, cfg.radius_sigmas)
-        if reuse is not None and reuse['T'] is T and reuse['win']['r'] >= r:
-            pc, local, ok, win = reuse['pc'], reuse['local'], reuse['ok'], reuse['win']
+        win = None
+        if active is None and self.windows.cut:
+            pc, local, ok = self._project(self.pts, T, None, r)
+            if self.windows.needs_cut(local.round(), ok, r):
+                self.windows.cut_all(local.round())
+                self._subset()
+                reuse = None
+            sel = self.windows.sel
+            if sel is not None:
+                pc, local, ok = pc.index_select(0, sel), local.index_select(0, sel), ok[sel]
         else:
-            R = torch.from_numpy(T[:3, :3]).to(self.pts.device)
-            t = torch.from_numpy(T[:3, 3]).to(self.pts.device)
-            pc = torch.addmm(t, self.pts, R.T)
-            z = pc[:, 2]
-            valid = z > cfg.min_depth
-            uv = torch.addcmul(self.c, pc[:, :2] / z.clamp(min=cfg.min_depth)[:, None], self.f)
-            local, ok = _local(self.maps, uv, valid, r)
+            pc, local, ok = self._project(self.pts_sel, T, self.origin_sel, r)
+        if reuse is not None and reuse['T'] is T and reuse['win']['r'] >= r:
+            win = reuse['win']
+        if win is None:
             win = self.windows.window(local, ok, r)
         if active is None:
             active = _border_mask(local, self.size, sigma, cfg.border_sigmas) \
                 if cfg.border_sigmas > 0 else torch.ones_like(ok)
         m = self.windows.moments(win, ok & active, sigma, r)
         self.evaluations += 1
-        return {'T': T, 'pc': pc, 'local': local, 'ok': ok, 'win': win, 'm': m,
-                'sigma': sigma, 'active': active, 'cost': -float(m[0].sum())}
+        return {'T': T, 'pc': pc, 'win': win, 'm': m, 'sigma': sigma, 'active': active,
+                'cost': -float(m[0].sum())}
 
     def normal_equations(self, ev: dict) -> tuple[np.ndarray, np.ndarray]:
         """Undamped (6, 6) H and (6,) g (float64 numpy) at an evaluation."""
