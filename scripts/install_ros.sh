@@ -16,3 +16,23 @@ elif [[ -x "$SHARED_ROS/install.sh" ]]; then
 else
   echo "[install_ros] WARNING: tf2_msgs not installed (no recipe at $SHARED_ROS); TF tests will skip"
 fi
+# nre_ros_interfaces (LoadMap.srv for ~/load_map): built once with the rosidl wheels, cached.
+if (cd / && "$PY" -c 'from nre_ros_interfaces.srv import LoadMap') 2>/dev/null; then
+  echo "[install_ros] nre_ros_interfaces already installed"
+else
+  CACHE="${ROS_WHEEL_CACHE:-$HOME/.cache/ros-wheels}"
+  VERSION="$(sed -n 's:.*<version>\(.*\)</version>.*:\1:p' "$HERE/nre_ros_interfaces/package.xml")"
+  WHEEL="$(ls "$CACHE"/ros_nre_ros_interfaces-"$VERSION"-*.whl 2>/dev/null | head -1 || true)"
+  if [[ -z "$WHEEL" ]]; then
+    echo "[install_ros] building nre_ros_interfaces (about 1-2 minutes, cached afterwards)"
+    if PYTHON="$PY" "$HERE/nre_ros_interfaces/build_wheel.sh" "$CACHE" > /tmp/nre_ros_interfaces_build.log 2>&1; then
+      WHEEL="$(ls "$CACHE"/ros_nre_ros_interfaces-"$VERSION"-*.whl | head -1)"
+    else
+      echo "[install_ros] WARNING: nre_ros_interfaces build failed (log: /tmp/nre_ros_interfaces_build.log); ~/load_map will be unavailable and its tests skip"
+    fi
+  fi
+  if [[ -n "$WHEEL" ]]; then
+    "$PY" -m pip install -q --no-deps "$WHEEL" 2> >(grep -v "^WARNING: Location" >&2)
+    echo "[install_ros] nre_ros_interfaces installed from $WHEEL"
+  fi
+fi
