@@ -338,13 +338,14 @@ def _terms(m: Tensor, sigma: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return -m[0], m[0] / s2, m[1:3].T / s2, m[3:6].T / (s2 * s2)
 
 
-def _point_curvature(m: Tensor, sigma: float, newton: bool) -> Tensor:
-    """(3, N) float64 PSD curvature per point, (a, c, e) of [[a, c], [c, e]]: A I - S
-    projected onto PSD (Newton) or A I (IRLS), from the (6, N) float64 moments."""
+def _point_curvature(m: np.ndarray, sigma: float, newton: bool
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-point PSD curvature (a, c, e) of [[a, c], [c, e]] (float64 numpy): A I - S
+    projected onto PSD (Newton) or A I (IRLS), from the (6, N) moments."""
     s2 = sigma * sigma
     A = m[0] / s2
     if not newton:
-        return torch.stack([A, torch.zeros_like(A), A])
+        return A, np.zeros_like(A), A
     s4 = s2 * s2
     a = A - m[3] / s4
     c = m[4] / -s4
@@ -352,24 +353,28 @@ def _point_curvature(m: Tensor, sigma: float, newton: bool) -> Tensor:
     # Closed-form 2x2 PSD projection: keep the matrix if l2 >= 0, 0 if l1 <= 0, else
     # l1 v1 v1^T = l1 (M - l2 I) / (l1 - l2).
     mean = 0.5 * (a + e)
-    rad = torch.sqrt((0.5 * (a - e)) ** 2 + c * c)
+    rad = np.sqrt((0.5 * (a - e)) ** 2 + c * c)
     l1, l2 = mean + rad, mean - rad
     mixed = (l2 < 0) & (l1 > 0)
-    scale = torch.where(mixed, l1 / (2 * rad).clamp(min=1e-300), (l2 >= 0).to(m.dtype))
-    shift = torch.where(mixed, l2, torch.zeros_like(l2))
-    return torch.stack([a - shift, c, e - shift]) * scale
+    scale = np.where(mixed, l1 / np.maximum(2 * rad, 1e-300), (l2 >= 0).astype(np.float64))
+    shift = np.where(mixed, l2, 0.0)
+    return (a - shift) * scale, c * scale, (e - shift) * scale
 
 
-def _jacobian(points_cam: Tensor, K: Tensor, min_depth: float) -> tuple[Tensor, Tensor]:
+def _jacobian(points_cam: np.ndarray, fx: float, fy: float, min_depth: float
+              ) -> tuple[np.ndarray, np.ndarray]:
     """(6, N) float64 d u / d xi and d v / d xi (left increment, xi = (rho, phi)); see
     se3.project_jacobian."""
     x, y, z = points_cam.T
-    iz = 1 / z.clamp(min=min_depth)
+    iz = 1 / np.maximum(z, min_depth)
     u, v = x * iz, y * iz
     uv = u * v
-    zero = torch.zeros_like(u)
-    Ju = torch.stack([iz, zero, -u * iz, -uv, 1 + u * u, -v]) * K[0, 0]
-    Jv = torch.stack([zero, iz, -v * iz, -1 - v * v, uv, u]) * K[1, 1]
+    Ju = np.empty((6, u.size))
+    Jv = np.empty((6, u.size))
+    Ju[0], Ju[1], Ju[2], Ju[3], Ju[4], Ju[5] = iz, 0.0, -u * iz, -uv, 1 + u * u, -v
+    Jv[0], Jv[1], Jv[2], Jv[3], Jv[4], Jv[5] = 0.0, iz, -v * iz, -1 - v * v, uv, u
+    Ju *= fx
+    Jv *= fy
     return Ju, Jv
 
 
@@ -383,6 +388,7 @@ class _Problem:
         self.config = config
         self.size = (maps.maps.shape[2], maps.maps.shape[1])
         self.f = torch.stack([self.K[0, 0], self.K[1, 1]])
+        self.fx, self.fy = float(self.K[0, 0]), float(self.K[1, 1])
         self.c = torch.stack([self.K[0, 2], self.K[1, 2]])
         self.newton = config.step == 'newton'
         self.windows = _Windows(maps, _radius(max(config.sigmas), config.radius_sigmas)
@@ -452,16 +458,16 @@ class _Problem:
                 'cost': -float(m[0].sum())}
 
     def normal_equations(self, ev: dict) -> tuple[np.ndarray, np.ndarray]:
-        """Undamped (6, 6) H and (6,) g (float64 numpy) at an evaluation."""
+        """Undamped (6, 6) H and (6,) g (float64 numpy) at an evaluation. Per-point algebra
+        on N values runs in numpy on the host (a copy of (6, N) moments and (N, 3) points)."""
         if 'H' not in ev:
-            m, s2 = ev['m'], ev['sigma'] ** 2
-            a, c, e = _point_curvature(m, ev['sigma'], self.newton)      # (N,) each
-            Ju, Jv = _jacobian(ev['pc'], self.K, self.config.min_depth)  # (6, N) each
-            J = torch.cat([Ju, Jv], dim=1)                               # (6, 2N)
-            rhs = torch.cat([torch.cat([a * Ju + c * Jv, c * Ju + e * Jv], dim=1),
-                             m[1:3].reshape(1, -1) / s2], dim=0)          # (7, 2N)
-            Hg = (J @ rhs.T).cpu().numpy()
-            ev['H'], ev['g'] = Hg[:, :6], Hg[:, 6]
+            sigma = ev['sigma']
+            m = ev['m'].cpu().numpy()
+            a, c, e = _point_curvature(m, sigma, self.newton)
+            Ju, Jv = _jacobian(ev['pc'].cpu().numpy(), self.fx, self.fy, self.config.min_depth)
+            H = Ju @ (a * Ju + c * Jv).T + Jv @ (c * Ju + e * Jv).T
+            g = (Ju @ m[1] + Jv @ m[2]) / (sigma * sigma)
+            ev['H'], ev['g'] = H, g
         return ev['H'], ev['g']
 
 

@@ -42,7 +42,7 @@ def _quadratic_roots(b: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return big, other, ok
 
 
-def _refine_depths(d: Tensor, a: Tensor, m: Tensor, iters: int = 5) -> Tensor:
+def _refine_depths(d: Tensor, a: Tensor, m: Tensor, iters: int = 2) -> Tensor:
     """Newton steps on d_i^2 - 2 d_i d_j m_ij + d_j^2 = a_ij for the pairs (01, 02, 12).
 
     d: (..., 3) depths; a: (..., 3) squared distances (a01, a02, a12); m: (..., 3) cosines.
