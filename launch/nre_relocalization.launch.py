@@ -1,7 +1,7 @@
 """Start nre_relocalization with config/nre_ros.yaml (for ROS installs with launch_ros).
 
 Usage:
-    ros2 launch nre_ros nre_ros.launch.py map_path:=/path/lab.nremap \
+    ros2 launch nre_ros nre_relocalization.launch.py map_path:=/path/lab.nremap \
         image:=/camera/color/image_raw autostart:=true
 
 ``camera_info`` is taken as the sibling of ``image`` (…/camera_info) unless remapped
