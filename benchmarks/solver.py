@@ -2,7 +2,7 @@
 
 Synthetic 640x480 query, coarse grid 80x60 (XFeat-like 64-d descriptors, tau = 20), fine grid
 /2 of the coarse stride... (windows of 16 cells at 4x the coarse resolution), 50% wrong maps,
-1-cell noise. Usage: ``python benchmarks/solver.py [--json] [--repeats 20]``.
+1-cell noise. Usage: ``python benchmarks/solver.py [--json] [--repeats 20] [--threads 2]``.
 """
 from __future__ import annotations
 
@@ -65,7 +65,11 @@ def main() -> None:
     ap.add_argument('--json', action='store_true')
     ap.add_argument('--repeats', type=int, default=20)
     ap.add_argument('--points', type=int, nargs='+', default=[250, 1000, 4000])
+    ap.add_argument('--threads', type=int, default=None,
+                    help='torch intra-op threads (default: torch default, 2 on this CPU)')
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     rows = [bench(n, args.repeats) for n in args.points]
     if args.json:
         print(json.dumps(rows))

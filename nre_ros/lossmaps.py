@@ -218,7 +218,10 @@ def coarse_loss_maps(query_desc: Tensor, point_desc: Tensor, inv_temperature: fl
     n = p.shape[0]
     step = max(1, chunk_elements // (h * w))
     if n <= step:
-        return loss_maps_from_logits((p @ q).reshape(n, h, w), ln_omega)
+        maps = p @ q
+        torch.log_softmax(maps, dim=1, out=maps)  # row-wise, in place: no second buffer
+        maps.neg_().clamp_(max=ln_omega)
+        return LossMaps(maps.reshape(n, h, w), ln_omega, (w, h))
     # Chunks bound the transient logits buffer; the output is the only full-size tensor.
     maps = torch.empty(n, h * w, dtype=torch.float32, device=q.device)
     for s in range(0, n, step):
