@@ -393,6 +393,7 @@ class _Problem:
         self.newton = config.step == 'newton'
         self.windows = _Windows(maps, _radius(max(config.sigmas), config.radius_sigmas)
                                 + config.patch_margin, config.prune_weight)
+        self._bounds: dict[int, tuple[Tensor, Tensor]] = {}
         self._subset()
         self.evaluations = 0
 
@@ -419,11 +420,13 @@ class _Problem:
         local = uv.to(torch.float32)
         if origin is not None:
             local = local - origin
-        w, h = self.size
-        lo = local.new_tensor([-r - 0.5, -r - 0.5])
-        hi = local.new_tensor([w - 0.5 + r, h - 0.5 + r])
+        if r not in self._bounds:
+            w, h = self.size
+            self._bounds[r] = (local.new_tensor([-r - 0.5, -r - 0.5]),
+                               local.new_tensor([w - 0.5 + r, h - 0.5 + r]))
+        lo, hi = self._bounds[r]
         ok = (z > cfg.min_depth) & ((local > lo) & (local < hi)).all(-1)  # False for NaN
-        return pc, torch.where(ok[:, None], local, torch.zeros_like(local)), ok
+        return pc, torch.where(ok[:, None], local, 0.0), ok
 
     def evaluate(self, T: np.ndarray, sigma: float, active: Tensor | None = None,
                  reuse: dict | None = None) -> dict:
