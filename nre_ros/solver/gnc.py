@@ -8,8 +8,11 @@ IRLS step: ``a_nq = k (ln|Omega| - L_n(q)) / sigma^2``, ``H = sum A_n J_n^T J_n`
 float64; left SE(3) updates on T_cam_world.
 
 The kernel is separable, so every per-point sum is a moment ``sum_q k_y dy^i G k_x dx^j`` of
-the gathered window G = ln|Omega| - L: two small batched matmuls give all of them (cost, A, b and
-the second moments) at once.
+the gathered window G = ln|Omega| - L: one matmul with a basis shared by all points gives all of
+them (cost, A, b and the second moments), see ``_Windows.moments``. Windows are read from
+compact per-point patches (``_Windows``); points with no weight near them are skipped
+(``prune_weight``). The per-point 2x2 / 2x6 algebra of the normal equations runs in float64
+numpy on the host (N values: dispatch cost, not arithmetic, dominated it in torch).
 
 The IRLS (mean-shift) matrix is a majorizer: on a map whose bump is wider than sigma it
 under-steps by ~(spread/sigma)^2 and needs hundreds of iterations. By default the steps use each
@@ -76,7 +79,8 @@ class RefineResult:
 
     Attributes:
         T_cam_world: (4, 4) float64 refined pose.
-        cost: smoothed cost at the last sigma (nats, <= 0).
+        cost: smoothed cost at the last sigma (nats, <= 0) over the points kept (points
+            with no weight above ``prune_weight`` near them are left out).
         iterations: accepted + rejected steps, all stages.
         stage_costs: smoothed cost at the end of each stage.
         hit_cap: True if the global iteration cap ended the refinement.
