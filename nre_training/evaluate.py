@@ -138,7 +138,9 @@ def evaluate(models: dict[str, NreHeads], datasets: dict[str, tuple[list[EvalPai
 
 
 def format_table(rows: list[dict]) -> str:
-    """Markdown table of ``evaluate`` rows."""
+    """Markdown tables of ``evaluate`` / ``held_out_eval`` rows (pose, then Eq. 10 loss)."""
+    loss_rows = [r for r in rows if r['split'] == 'eq10']
+    rows = [r for r in rows if r['split'] != 'eq10']
     th = ' | '.join(f'({t:g} m, {r:g}°)' for t, r in THRESHOLDS)
     lines = [f'| dataset | split | model | pairs | published | {th} | median t | median R |',
              '|' + '---|' * 10]
@@ -148,12 +150,18 @@ def format_table(rows: list[dict]) -> str:
         lines.append(f"| {r['dataset']} | {r['split']} | {r['model']} | {r['n']} | "
                      f"{r['published']} | {rec} | {r['median_t']:.3f} | "
                      f"{r['median_r_deg']:.2f}° |")
+    if loss_rows:
+        lines += ['', '| dataset | model | pairs | mean Eq. 10 coarse (nats) | '
+                  'mean Eq. 10 fine window (nats) |', '|---|---|---|---|---|']
+        lines += [f"| {r['dataset']} | {r['model']} | {r['n']} | {r['coarse_loss']:.3f} | "
+                  f"{r['fine_loss']:.3f} |" for r in loss_rows]
     return '\n'.join(lines)
 
 
 def held_out_eval(weights: str | None, cache_dir: str = '~/.cache/nre_training',
                   per_split: int = 12, seed: int = 0, fine: bool = True,
-                  progress: bool = False, include_val: bool = False) -> list[dict]:
+                  progress: bool = False, include_val: bool = False,
+                  ablation: bool = True) -> list[dict]:
     """Pretrained ('xfeat-ms' = identity heads, tau 20) vs trained heads on the held-out test
     pairs (fr3 cabinet, NRE MegaDepth pair), same points, solver and settings, one run."""
     from nre_ros.models.xfeat_nre import WEIGHTS_FILE, load_heads
@@ -170,6 +178,52 @@ def held_out_eval(weights: str | None, cache_dir: str = '~/.cache/nre_training',
         vset = validation_set(4, seed)
         vcache = cached_features(f'val-s{seed}-4', vset, cfg)
         datasets['fr1_val'] = (eval_pairs(vset, vcache), vcache)
-    models = {'pretrained (xfeat-ms)': NreHeads(),
-              'trained (xfeat-ms-nre)': load_heads(weights or WEIGHTS_FILE)}
-    return evaluate(models, datasets, fine=fine, progress=progress)
+    loss_sets = {'fr3_cabinet': (_with_points(cab), cab_cache),
+                 'megadepth_pair': (_megadepth_points(md, md_points), md_cache)}
+    trained = load_heads(weights or WEIGHTS_FILE)
+    models = {'pretrained (xfeat-ms)': NreHeads(), 'trained (xfeat-ms-nre)': trained}
+    if ablation:   # identity heads with the trained temperatures: what calibration alone does
+        temp_only = NreHeads(**trained.config)
+        with torch.no_grad():
+            temp_only.log_inv_temperature.copy_(trained.log_inv_temperature)
+        models['trained temperatures only'] = temp_only
+    rows = evaluate(models, datasets, fine=fine, progress=progress)
+    for mname, heads in models.items():
+        for dname, (pairs, cache) in loss_sets.items():
+            c, f = mean_losses(heads, pairs, cache)
+            rows.append({'model': mname, 'dataset': dname, 'split': 'eq10', 'n': len(pairs),
+                         'coarse_loss': c, 'fine_loss': f})
+    return rows
+
+
+def _with_points(ps: PairSet, n: int = 256, seed: int = 0) -> list:
+    """TrainPairs (occlusion-checked co-visible points) of a held-out RGB-D PairSet."""
+    from nre_training.data import sample_points
+    from nre_training.train import to_train_pairs
+    rng = np.random.default_rng(seed)
+    for p in ps.pairs:
+        sample_points(p, ps.views[p.src], ps.views[p.tgt], n, rng)
+    return to_train_pairs(ps)
+
+
+def _megadepth_points(ps: PairSet, points_world: np.ndarray) -> list:
+    from nre_training.data import visible_in
+    from nre_training.train import to_train_pairs
+    p = ps.pairs[0]
+    uv_s, ok_s = visible_in(ps.views[p.src], points_world, margin=8.0)
+    uv_t, ok_t = visible_in(ps.views[p.tgt], points_world, margin=8.0)
+    p.uv_src, p.uv_tgt = uv_s[ok_s & ok_t], uv_t[ok_s & ok_t]
+    return to_train_pairs(ps)
+
+
+@torch.no_grad()
+def mean_losses(heads: NreHeads, pairs: list, cache: FeatureCache, window: int = 16
+                ) -> tuple[float, float]:
+    """Mean Eq. 10 (coarse full grid, fine windows centred on the truth) over all points of
+    the pairs, averaged per pair."""
+    from nre_training.train import PairLoss
+    module = PairLoss(heads.eval(), cache, window)
+    items = [(p, torch.arange(len(p.uv_src)), torch.zeros(len(p.uv_src), 2)) for p in pairs
+             if len(p.uv_src)]
+    _, parts = module(items)
+    return float(parts[0]), float(parts[1])

@@ -21,8 +21,9 @@ import numpy as np
 from nre_ros.camera import Camera
 from nre_ros.datasets import load_rgb
 from nre_training.data import (CABINET, FR1, MEGADEPTH, SACRE_COEUR, Pair, View,
-                               colmap_views_and_pairs, fr1_training_names, mine_pairs,
-                               sample_points, synthetic_pair, tum_views)
+                               colmap_views_and_pairs, fr1_training_names, lift_depth,
+                               mine_pairs, sample_points, synthetic_pair, tum_views,
+                               visible_in)
 
 
 @dataclass
@@ -58,7 +59,8 @@ def fr1_train_val_names(val_fraction: float = 0.15) -> tuple[list[str], list[str
 
 def training_set(seed: int = 0, max_pairs: int = 600, synthetic: int = 40,
                  colmap: bool = True, points: int = 256, textures: int = 10,
-                 synthetic_size: tuple[int, int] = (320, 240)) -> PairSet:
+                 synthetic_size: tuple[int, int] = (320, 240),
+                 synthetic_fine: int | None = None) -> PairSet:
     """Training pairs with up to ``points`` co-visible points each (see module docstring)."""
     rng = np.random.default_rng(seed)
     train_names, _ = fr1_train_val_names()
@@ -78,19 +80,49 @@ def training_set(seed: int = 0, max_pairs: int = 600, synthetic: int = 40,
     w, h = synthetic_size
     chosen = rng.choice(len(sources), min(textures, len(sources)), replace=False)
     texs = [_crop_view(sources[int(i)], w, h) for i in chosen]
+    n_fine = synthetic if synthetic_fine is None else synthetic_fine
     for t in texs:
         by_key[t.key] = t
-        fine_keys.add(t.key)
     for i in range(synthetic):
         tex = texs[int(rng.integers(len(texs)))]
         _, tgt, pair = synthetic_pair(tex, rng, points, key=f'synth{i:03d}')
         pair.src = tex.key
         by_key[tgt.key] = tgt
-        fine_keys.add(tgt.key)
+        if i < n_fine:
+            fine_keys |= {tgt.key, tex.key}
         pair.split = 'synthetic'
         pairs.append(pair)
     pairs = [p for p in pairs if len(p.uv_src) >= 8]
     return PairSet(pairs, by_key, fine_keys)
+
+
+def keypoint_points(ps: PairSet, cache, n: int = 256, seed: int = 0,
+                    max_keypoints: int = 1024, margin: float = 8.0) -> PairSet:
+    """Re-sample the points of RGB-D and synthetic pairs at XFeat keypoints of the source (the
+    points a map holds at inference) instead of random pixels; COLMAP pairs keep their SfM
+    points (SIFT keypoints). In place; returns ``ps``."""
+    from nre_ros.maps.features import select_keypoints
+    rng = np.random.default_rng(seed)
+    for p in ps.pairs:
+        src, tgt = ps.views[p.src], ps.views[p.tgt]
+        if p.split == 'synthetic':
+            uv, _ = select_keypoints(cache[p.src]['scores'], max_keypoints)
+            h = p.meta['H'] @ np.c_[uv, np.ones(len(uv))].T
+            uv_t = (h[:2] / h[2]).T
+            ok = (h[2] > 0) & tgt.camera.in_image(uv_t, margin)
+        elif src.depth is not None and tgt.depth is not None:
+            uv, _ = select_keypoints(cache[p.src]['scores'], max_keypoints, src.depth > 0)
+            X, ok = lift_depth(src, uv)
+            uv_t, vis = visible_in(tgt, X, margin=margin)
+            ok &= vis
+        else:
+            continue
+        ok &= src.camera.in_image(uv, margin)
+        keep = np.nonzero(ok)[0]
+        keep = np.sort(rng.permutation(keep)[:n])
+        p.uv_src, p.uv_tgt = uv[keep], uv_t[keep]
+    ps.pairs = [p for p in ps.pairs if len(p.uv_src) >= 8]
+    return ps
 
 
 def _crop_view(view: View, w: int, h: int) -> View:

@@ -39,6 +39,7 @@ class TrainConfig:
     batch: int = 8                 # pairs per step (over all ranks)
     points: int = 96               # points per pair per step
     lr: float = 1e-3
+    weight_decay: float = 0.0      # AdamW decay of the head weights: pulls the heads to identity
     decay_every: int = 100         # lr *= exp(-0.1) every this many steps (paper: per epoch)
     seed: int = 0
     hidden: int = 64
@@ -51,6 +52,9 @@ class TrainConfig:
     val_pairs_per_split: int = 4
     max_pairs: int = 600           # mined fr1 pairs
     synthetic: int = 40
+    synthetic_fine: int = 40       # synthetic pairs that also get fine supervision
+    textures: int = 10             # images the synthetic planes are textured with
+    keypoints: bool = True         # RGB-D / synthetic points at XFeat keypoints (as maps)
     colmap: bool = True
     threads: int = 2
     cache_dir: str = '~/.cache/nre_training'
@@ -237,7 +241,10 @@ class TrainState:
 def make_state(cfg: TrainConfig) -> TrainState:
     torch.manual_seed(cfg.seed)
     heads = NreHeads(hidden=cfg.hidden)
-    opt = torch.optim.Adam(heads.parameters(), lr=cfg.lr)
+    weights = [p for n, p in heads.named_parameters() if n != 'log_inv_temperature']
+    opt = torch.optim.AdamW([{'params': weights, 'weight_decay': cfg.weight_decay},
+                             {'params': [heads.log_inv_temperature], 'weight_decay': 0.0}],
+                            lr=cfg.lr)
     return TrainState(heads, opt)
 
 
@@ -273,23 +280,28 @@ def train_steps(state: TrainState, pairs: list[TrainPair], cache: FeatureCache,
 
 def run(cfg: TrainConfig, resume: bool = True) -> TrainState:
     """Full training run: sets, cached features, loop, checkpoints, validation, export."""
-    from nre_training.evaluate import evaluate, eval_pairs
-    from nre_training.sets import training_set, validation_set
+    from nre_training.evaluate import eval_pairs, evaluate, mean_losses
+    from nre_training.sets import keypoint_points, training_set, validation_set
     torch.set_num_threads(cfg.threads)
     rank, world = distributed()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / 'config.json').write_text(json.dumps(asdict(cfg), indent=2))
     t_start = time.perf_counter()
-    tset = training_set(cfg.seed, cfg.max_pairs, cfg.synthetic, cfg.colmap)
+    tset = training_set(cfg.seed, cfg.max_pairs, cfg.synthetic, cfg.colmap,
+                        textures=cfg.textures, synthetic_fine=cfg.synthetic_fine)
     cache = cached_features(f'train-s{cfg.seed}-p{cfg.max_pairs}-y{cfg.synthetic}'
-                            f'-c{int(cfg.colmap)}', tset, cfg, rank)
+                            f'-f{cfg.synthetic_fine}-t{cfg.textures}-c{int(cfg.colmap)}', tset,
+                            cfg, rank)
+    if cfg.keypoints:
+        keypoint_points(tset, cache, seed=cfg.seed)
     pairs = to_train_pairs(tset)
     val = None
     if cfg.validate and rank == 0:
         vset = validation_set(cfg.val_pairs_per_split, cfg.seed)
         vcache = cached_features(f'val-s{cfg.seed}-{cfg.val_pairs_per_split}', vset, cfg)
         val = {'fr1_val': (eval_pairs(vset, vcache), vcache)}
+        val_loss_pairs = to_train_pairs(keypoint_points(vset, vcache, seed=cfg.seed))
     logger.info('%d training pairs (%d with fine), features in %.0f s', len(pairs),
                 sum(p.fine for p in pairs), time.perf_counter() - t_start)
     state = make_state(cfg)
@@ -301,16 +313,24 @@ def run(cfg: TrainConfig, resume: bool = True) -> TrainState:
               'wall_s']
     metrics = Metrics(out / 'metrics.csv', fields, resume) if rank == 0 else None
     vfields = ['step', 'pairs', 'recall_25cm_2deg', 'recall_50cm_5deg', 'recall_5m_10deg',
-               'median_t_m', 'median_r_deg']
+               'median_t_m', 'median_r_deg', 'coarse_loss', 'fine_loss']
+    best = {'loss': math.inf, 'step': -1}
     vmetrics = Metrics(out / 'val.csv', vfields, resume) if val else None
 
     def validate(step: int) -> None:
+        """Pose accuracy and Eq. 10 on the held-out fr1 pairs; the heads with the lowest
+        validation coarse loss are kept as ``best.safetensors`` (early stopping)."""
         row = [r for r in evaluate({'heads': state.heads}, val) if r['split'] == 'all'][0]
+        c, f = mean_losses(state.heads, val_loss_pairs, val['fr1_val'][1], cfg.window)
         state.heads.train()
         vmetrics.write({'step': step, 'pairs': row['n'], 'recall_25cm_2deg': row['recall'][0],
                         'recall_50cm_5deg': row['recall'][1],
                         'recall_5m_10deg': row['recall'][2], 'median_t_m': row['median_t'],
-                        'median_r_deg': row['median_r_deg']})
+                        'median_r_deg': row['median_r_deg'], 'coarse_loss': c,
+                        'fine_loss': f})
+        if c < best['loss']:
+            best.update(loss=c, step=step)
+            save_heads(state.heads, out / 'best.safetensors', {'step': step, 'val_coarse': c})
 
     if val and state.step == 0:
         validate(0)
@@ -330,10 +350,13 @@ def run(cfg: TrainConfig, resume: bool = True) -> TrainState:
     if rank == 0:
         tc, tf = state.heads.inv_temperatures()
         prov = {'steps': state.step, 'pairs': len(pairs), 'config': asdict(cfg),
+                'best_val_step': best['step'], 'best_val_coarse_loss': best['loss'],
                 'wall_s': round(time.perf_counter() - t_start, 1),
                 'inv_temperature': [tc, tf],
                 'data': 'fr1_rpy hard_map minus query splits (first 85% in time), synthetic '
                         'planes, Sacre-Coeur COLMAP minus held-out images'}
+        # The last heads are the result; best.safetensors (lowest validation coarse loss) is
+        # kept beside them for early stopping by hand (validation is 12 pairs: noisy).
         save_heads(state.heads, out / 'xfeat-ms-nre.safetensors', prov)
     if dist.is_initialized():
         dist.barrier()

@@ -100,3 +100,22 @@ def test_model_registered_and_identity_heads_equal_xfeat_ms():
     assert torch.allclose(a.coarse, b.coarse, atol=1e-6)
     assert m.spec.inv_temperature == ref.spec.inv_temperature
     assert m.spec.coarse_stride == 8 and m.spec.fine_stride == 2 and m.spec.name == 'xfeat-ms-nre'
+
+
+def test_shipped_heads_load_and_match_the_training_path():
+    """load_model('xfeat-ms-nre') (the node's path) == the training code's head on cached
+    raw features, and the spec carries the learned temperatures."""
+    from nre_ros.models import load_model
+    from nre_ros.models.xfeat_nre import WEIGHTS_FILE, load_heads
+    from nre_training.features import backbone_features, dense_coarse
+    if not WEIGHTS_FILE.exists():
+        pytest.skip('no trained heads shipped')
+    torch.set_num_threads(1)
+    m = load_model('xfeat-ms-nre')
+    heads = load_heads(WEIGHTS_FILE)
+    image = textured(4)
+    raw = backbone_features(m.coarse_net.xfeat, image, fine=False)
+    with torch.no_grad():
+        ref = dense_coarse(heads.coarse, raw)
+    assert torch.allclose(m.extract(image, fine=False).coarse, ref, atol=1e-5)
+    assert m.spec.inv_temperature == pytest.approx(heads.inv_temperatures()[0], rel=1e-5)

@@ -45,8 +45,8 @@ class ResidualHead(nn.Module):
         nn.init.zeros_(self.conv2.bias)
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
-        if self.conv1.kernel_size == (1, 1):
-            return self.cells(feats.movedim(1, -1)).movedim(-1, 1)
+        if self.conv1.kernel_size == (1, 1):   # explicit perms: ONNX rejects negative ones
+            return self.cells(feats.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
         x = F.normalize(feats, dim=1)
         return F.normalize(x + self.conv2(F.relu(self.conv1(x))), dim=1)
 
