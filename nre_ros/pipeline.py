@@ -22,6 +22,7 @@ import torch
 from nre_ros.camera import Camera
 from nre_ros.config import load_config, read_yaml
 from nre_ros.errors import InputError, MapFormatError
+from nre_ros.geometry import se3_log
 from nre_ros.lossmaps import LossMaps, coarse_loss_maps, fine_loss_maps
 from nre_ros.maps import Map, RetrievalIndex, global_descriptor, load_map
 from nre_ros.models import FeatureModel, load_model
@@ -65,6 +66,9 @@ class TrackingConfig:
     max_translation_m: float = 0.5  # result farther than this from the prior -> global search
     max_rotation_deg: float = 20.0
     fine: bool = True              # False: coarse level only when tracking (~3-4x faster on CPU)
+    # with a prior covariance: also reject results whose squared Mahalanobis distance to the
+    # prior (prior + result covariance) exceeds this (chi-square, 6 dof, p = 0.999)
+    max_mahalanobis_sq: float = 22.46
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,22 @@ class PipelineConfig:
         return load_config(cls, data, 'pipeline')
 
 
+def prior_mahalanobis_sq(T_cam_world: np.ndarray, covariance: np.ndarray, prior: 'Prior'
+                         ) -> float | None:
+    """Squared Mahalanobis distance of a result to a prior, both ``T_cam_world`` with
+    covariances of a left increment (Result's convention); None without a usable covariance."""
+    if prior.covariance is None:
+        return None
+    S = np.asarray(prior.covariance, np.float64) + np.asarray(covariance, np.float64)
+    if S.shape != (6, 6) or not np.all(np.isfinite(S)):
+        return None
+    xi = se3_log(T_cam_world @ np.linalg.inv(np.asarray(prior.T_cam_world, np.float64)))
+    try:
+        return float(xi @ np.linalg.solve(S, xi))
+    except np.linalg.LinAlgError:
+        return None
+
+
 def resolve_backend(backend: str, device: str) -> str:
     """'auto' -> torch on CUDA, onnxruntime on CPU (torch when onnxruntime is missing)."""
     if backend != 'auto':
@@ -118,7 +138,9 @@ def resolve_backend(backend: str, device: str) -> str:
 
 @dataclass(frozen=True)
 class Prior:
-    """A pose guess (odometry, last fix, /initialpose): ``T_cam_world`` and its covariance."""
+    """A pose guess (odometry, last fix, /initialpose): ``T_cam_world`` and its (6, 6)
+    covariance in Result's convention (left increment on T_cam_world, translation first), or
+    None; with a covariance, tracking results beyond it fall back to global search."""
 
     T_cam_world: np.ndarray
     covariance: np.ndarray | None = None
@@ -404,6 +426,13 @@ class Relocalizer:
             if dt > cfg.max_translation_m or dr > cfg.max_rotation_deg:
                 return Failure('disagrees_with_prior', f'{dt:.2f} m / {dr:.1f} deg from the prior',
                                out.timings_ms, out.info)
+            d2 = prior_mahalanobis_sq(out.T_cam_world, out.covariance, prior)
+            if d2 is not None:
+                out = replace(out, info={**out.info, 'prior_mahalanobis_sq': d2})
+                if d2 > cfg.max_mahalanobis_sq:
+                    return Failure('disagrees_with_prior', f'Mahalanobis distance^2 {d2:.1f} to '
+                                   f'the prior > {cfg.max_mahalanobis_sq}', out.timings_ms,
+                                   out.info)
         return out
 
     def _to_caller_frame(self, out: Outcome, c: _Candidate, timings: dict) -> Outcome:

@@ -99,3 +99,20 @@ def test_onnxruntime_backend_localizes_like_torch(queries, tmp_path, monkeypatch
     assert a.ok and b.ok
     dt, dr = pose_error(a.T_cam_world, b.T_cam_world)
     assert dt < 1e-3 and dr < 0.05
+
+
+def test_tracking_result_beyond_the_prior_covariance_falls_back(reloc, queries):
+    """A prior 4 cm off with a 1 mm / 0.05 deg covariance is contradicted by the image: the
+    tracking result is rejected and the global search answers instead."""
+    frame = queries.frames[1]
+    T_gt = invert(frame.T_world_cam)
+    T_prior = np.eye(4)
+    T_prior[:3, 3] = [0.03, -0.02, 0.02]
+    tight = np.diag([1e-3 ** 2] * 3 + [np.radians(0.05) ** 2] * 3)
+    out = reloc.localize(queries.load_rgb(frame), queries.camera,
+                         prior=Prior(T_prior @ T_gt, tight))
+    assert out.ok and out.info['mode'] == 'global'
+    loose = np.diag([0.1 ** 2] * 3 + [np.radians(5.0) ** 2] * 3)
+    out = reloc.localize(queries.load_rgb(frame), queries.camera,
+                         prior=Prior(T_prior @ T_gt, loose))
+    assert out.ok and out.info['mode'] == 'tracking' and out.info['prior_mahalanobis_sq'] < 22.46
