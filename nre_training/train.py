@@ -55,6 +55,7 @@ class TrainConfig:
     synthetic_fine: int = 40       # synthetic pairs that also get fine supervision
     textures: int = 10             # images the synthetic planes are textured with
     keypoints: bool = True         # RGB-D / synthetic points at XFeat keypoints (as maps)
+    train_temperature: bool = True  # False: temperatures stay at 20 (heads only)
     colmap: bool = True
     threads: int = 2
     cache_dir: str = '~/.cache/nre_training'
@@ -241,6 +242,7 @@ class TrainState:
 def make_state(cfg: TrainConfig) -> TrainState:
     torch.manual_seed(cfg.seed)
     heads = NreHeads(hidden=cfg.hidden)
+    heads.log_inv_temperature.requires_grad_(cfg.train_temperature)
     weights = [p for n, p in heads.named_parameters() if n != 'log_inv_temperature']
     opt = torch.optim.AdamW([{'params': weights, 'weight_decay': cfg.weight_decay},
                              {'params': [heads.log_inv_temperature], 'weight_decay': 0.0}],

@@ -34,6 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             help=f'(default {d})')
     parser.add_argument('--no-colmap', action='store_true', help='skip the COLMAP pairs')
     parser.add_argument('--no-val', action='store_true', help='skip pose validation')
+    parser.add_argument('--fixed-temperature', action='store_true',
+                        help='keep the inverse temperatures at 20 (train the heads only)')
     parser.add_argument('--random-points', action='store_true',
                         help='train on random pixels instead of XFeat keypoints')
     parser.add_argument('--fresh', action='store_true', help='ignore an existing checkpoint')
@@ -53,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from nre_training.train import run as train_run
     cfg = TrainConfig(out=args.out, colmap=not args.no_colmap, validate=not args.no_val,
                       keypoints=not args.random_points,
+                      train_temperature=not args.fixed_temperature,
                       **{k: getattr(args, k) for k in _FIELDS})
     state = train_run(cfg, resume=not args.fresh)
     weights = f'{args.out}/xfeat-ms-nre.safetensors'
