@@ -107,8 +107,11 @@ METHODS = ('nre_ros', 'nre_ros_coarse', 'nre_ros_rgbd') + RE_ROWS + PEERS
 THRESHOLDED = RE_ROWS + PEERS
 MIN_THRESHOLD = 6
 MAX_OOM_RATE = 0.01
-# fix thresholds chosen by the full run (--every 2) of commit noted in the module docstring
-DEFAULT_THRESHOLDS = {m: 30 for m in THRESHOLDED}
+# fix thresholds chosen by a full run (--every 4, 39 out-of-map queries: the max out-of-map inlier
+# count + 1; nre_ros code of 33cd4f3 + a work-in-progress msac.py, 2026-11-23); used only when
+# a run has no out-of-map datasets and no --min-inliers
+DEFAULT_THRESHOLDS = {'re_opencv_magsac': 190, 're_poselib': 201, 'xfeat_mnn_poselib': 13,
+                      'xfeat_lighterglue_poselib': 11, 'sift_magsac': 9}
 KEYS = ('recall_25cm_2deg', 'recall_50cm_5deg', 'recall_5m_10deg', 'median_t_m', 'median_r_deg',
         'false_fix_rate', 'ms_p50')
 PRIOR_NOISE = (0.05, 2.0)     # metres, degrees
@@ -116,6 +119,18 @@ PRIOR_NOISE = (0.05, 2.0)     # metres, degrees
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+def nre_ros_worktree() -> str:
+    """'clean', or the nre_ros/ files with uncommitted changes (they are what runs)."""
+    import subprocess
+    try:
+        out = subprocess.run(['git', 'status', '--porcelain', '--', 'nre_ros'], cwd=ROOT,
+                             check=True, capture_output=True, text=True).stdout.split('\n')
+    except (OSError, subprocess.CalledProcessError):
+        return 'unknown'
+    files = [ln[3:] for ln in out if ln.strip()]
+    return 'clean' if not files else 'uncommitted changes in ' + ', '.join(files)
 
 
 # ---------------------------------------------------------------------- queries
@@ -463,8 +478,7 @@ def stage_table(timings: list[dict]) -> list[tuple[str, int, float, float]]:
     return rows
 
 
-def print_report(args, results, raw, thresholds, th_info, wall) -> None:
-    meta = run_metadata()
+def print_report(args, results, raw, thresholds, th_info, wall, meta: dict) -> None:
     print(f'# accuracy benchmark — {header(meta)}')
     loads = [x for r in raw.values() for x in r.get('load_avg_5min', ())]
     print(f'every {args.every}-th query (all of {", ".join(SMALL)})'
@@ -570,6 +584,8 @@ def main(argv: list[str] | None = None) -> None:
     raw = {}
     t0 = time.perf_counter()
     load0 = os.getloadavg()[1]
+    meta = run_metadata()           # at the start: the code that runs (others may commit meanwhile)
+    meta['nre_ros_worktree'] = nre_ros_worktree()
     for ds in args.datasets:
         saved = None if args.raw is None else args.raw / f'{ds}.pkl'
         if args.report_only:
@@ -583,6 +599,7 @@ def main(argv: list[str] | None = None) -> None:
         raw[ds]['load_avg_5min'] = (load0, os.getloadavg()[1])
         raw[ds]['wall_s'] = time.perf_counter() - t0
         raw[ds]['every'], raw[ds]['limit'] = args.every, args.limit
+        raw[ds]['meta'] = meta
         if saved is not None:
             saved.parent.mkdir(parents=True, exist_ok=True)
             saved.write_bytes(pickle.dumps(raw[ds]))
@@ -591,6 +608,7 @@ def main(argv: list[str] | None = None) -> None:
         wall = max([r['wall_s'] for r in raw.values()], default=0.0)
         args.every = max([r.get('every', args.every) for r in raw.values()], default=args.every)
         args.limit = max([r.get('limit') or 0 for r in raw.values()], default=0) or None
+        meta = next((r['meta'] for r in raw.values() if 'meta' in r), meta)
     if args.min_inliers is not None:
         thresholds = {m: args.min_inliers for m in args.methods if m in THRESHOLDED}
         th_info = {m: {'source': '--min-inliers', 'n_out_of_map': 0} for m in thresholds}
@@ -602,7 +620,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.json:
         print(to_json(results))
         return
-    print_report(args, results, raw, thresholds, th_info, wall)
+    print_report(args, results, raw, thresholds, th_info, wall, meta)
 
 
 if __name__ == '__main__':
