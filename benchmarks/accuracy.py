@@ -531,6 +531,8 @@ def print_report(args, results, raw, thresholds, th_info, wall, meta: dict) -> N
         tim = [t for r in raw.values() for t in r['timings'][mode]]
         for stage, n, p50, p90 in stage_table(tim):
             print(f'| {mode} | {stage} | {n} | {p50:.0f} | {p90:.0f} |')
+    print('Stages nest as the pipeline times them: fine_maps includes fine_features (the fine '
+          'level\'s network pass); total is the wall time of localize().')
     track = [(ds, x) for ds, r in raw.items() for x in r['track']]
     if track:
         print()
@@ -609,6 +611,7 @@ def main(argv: list[str] | None = None) -> None:
         args.every = max([r.get('every', args.every) for r in raw.values()], default=args.every)
         args.limit = max([r.get('limit') or 0 for r in raw.values()], default=0) or None
         meta = next((r['meta'] for r in raw.values() if 'meta' in r), meta)
+        args.methods = [m for m in args.methods if all(m in r['est'] for r in raw.values())]
     if args.min_inliers is not None:
         thresholds = {m: args.min_inliers for m in args.methods if m in THRESHOLDED}
         th_info = {m: {'source': '--min-inliers', 'n_out_of_map': 0} for m in thresholds}
