@@ -306,9 +306,11 @@ class Relocalizer:
 
         def build(T: torch.Tensor) -> FineLevel | None:
             t = time.perf_counter()
-            feats = self.model.extract(c.prep.image, fine=True)
+            if hasattr(self.model, 'extract_fine'):      # fine network only
+                fine = self.model.extract_fine(c.prep.image)
+            else:
+                fine = self.model.extract(c.prep.image, fine=True).fine
             timings['fine_features'] = 1e3 * (time.perf_counter() - t)
-            fine = feats.fine
             pc = se3.transform(pts, T[:3, :3], T[:3, 3])
             uv, valid = se3.project(pc, K_fine)
             hf, wf = fine.shape[1:]

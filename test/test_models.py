@@ -152,3 +152,16 @@ def test_paper_model_extract_and_weights(tmp_path):
     assert m2.spec.weights_sha256 != m.spec.weights_sha256
     assert torch.allclose(m2.extract(image, fine=False).coarse, f.coarse, atol=1e-5)
     assert not torch.allclose(m2.extract(image).fine, f.fine, atol=1e-3)
+
+
+def test_extract_fine_equals_the_fine_level_of_extract():
+    """The pipeline's fine stage runs only the fine network; same values as a full extract."""
+    from nre_ros.backends import BackendConfig, load_backend
+    from nre_ros.models import load_model
+    image = np.random.default_rng(0).integers(0, 256, (96, 130, 3), dtype=np.uint8)
+    model = load_model('xfeat-ms')
+    for m in (model, load_backend(BackendConfig(backend='torch'), model=model)):
+        full = m.extract(image, fine=True).fine
+        only = m.extract_fine(image)
+        assert only.shape == full.shape == (64, 48, 65)
+        assert torch.equal(only, full)

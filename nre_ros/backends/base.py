@@ -72,3 +72,15 @@ class BackendModel:
                 fine_map = fine_map.float().contiguous()
         return DenseFeatures(coarse=coarse, fine=fine_map, keypoint_scores=scores,
                              image_size=(W, H))
+
+    def extract_fine(self, image: np.ndarray) -> torch.Tensor:
+        """(H, W, 3) uint8 RGB -> (C, H/fs, W/fs) fine descriptors only (no coarse pass)."""
+        sf = self.spec.fine_stride
+        if sf <= 0 or 'fine' not in self.runner.levels():
+            raise ValueError(f'model {self.spec.name} has no fine level on this backend')
+        image = check_image(image)
+        H, W = image.shape[:2]
+        x = pad_image(image, self.pad_multiple, self.device, self.runner.input_dtype)
+        with torch.inference_mode():
+            fine = self.runner('fine', x)[0][0, :, :H // sf, :W // sf]
+        return fine.float().contiguous()

@@ -179,6 +179,17 @@ class XFeatMultiScale:
                              fine=fine_map, keypoint_scores=scores[0, 0, :H, :W].contiguous(),
                              image_size=(W, H))
 
+    @torch.inference_mode()
+    def extract_fine(self, image: np.ndarray) -> torch.Tensor:
+        """(H, W, 3) uint8 RGB -> (C, H/fs, W/fs) fine descriptors only (no coarse pass)."""
+        fs = self.spec.fine_stride
+        if fs <= 0:
+            raise ValueError(f'model {self.spec.name} has no fine level')
+        image = check_image(image)
+        H, W = image.shape[:2]
+        x = pad_image(image, PAD_MULTIPLE, self.device)
+        return self.fine_net(x)[0, :, :H // fs, :W // fs].contiguous()
+
 
 class XFeatMultiScaleLite(XFeatMultiScale):
     """Model 'xfeat-ms-lite': as 'xfeat-ms' with the fine level on the x2 image (stride 4):
