@@ -176,7 +176,7 @@ class Relocalizer:
                                             device=self.device)
         T_world_kf = np.linalg.inv(np.asarray(map_.kf_T_cam_world))
         self._kf_centres = T_world_kf[:, :3, 3]
-        self._kf_axes = T_world_kf[:, :3, 2]            # optical axes in the world frame
+        self._kf_R_cam_world = np.asarray(map_.kf_T_cam_world)[:, :3, :3]
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -403,10 +403,13 @@ class Relocalizer:
         timings: dict[str, float] = {}
         T_prior = np.asarray(prior.T_cam_world, dtype=np.float64)
         T_world_prior = np.linalg.inv(T_prior)
-        centre, axis = T_world_prior[:3, 3], T_world_prior[:3, 2]
+        centre = T_world_prior[:3, 3]
         n_kf = min(self.config.tracking.keyframes, self.map.num_keyframes)
-        # nearest keyframes by view: 1 degree between optical axes ~ 1 cm between centres
-        angle = np.degrees(np.arccos(np.clip(self._kf_axes @ axis, -1.0, 1.0)))
+        # nearest keyframes by view: 1 degree of relative rotation ~ 1 cm between centres. The
+        # full rotation angle, roll included (not just the optical axes): the descriptors are
+        # not rotation invariant, so a keyframe rolled 90 deg is a poor partner.
+        cos = (np.einsum('ij,kij->k', T_prior[:3, :3], self._kf_R_cam_world) - 1.0) / 2.0
+        angle = np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
         distance = np.linalg.norm(self._kf_centres - centre, axis=1)
         nearest = np.argsort(angle + 100.0 * distance, kind='stable')[:n_kf]
         c = self._candidate(prep, timings)

@@ -27,7 +27,7 @@ class DepthInitConfig:
     """RGB-D initialization settings (sampling and scoring reuse ``MsacConfig``)."""
 
     enabled: bool = True
-    num_triplets: int = 2048       # sampled triplets (most fail the distance test)
+    num_triplets: int = 512        # sampled triplets (most fail the distance test)
     min_depth_m: float = 0.1       # valid depth range of the sensor
     max_depth_m: float = 10.0
     distance_tolerance: float = 0.05   # |d_world - d_cam| <= tol_abs + tol_rel * d (metres)
