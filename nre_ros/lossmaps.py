@@ -275,13 +275,14 @@ def fine_loss_maps(query_desc: Tensor, point_desc: Tensor, centres: Tensor, coar
         p = torch.nn.functional.normalize(p, dim=1)
     origin = window_origins(centres.float(), window)
     d = torch.arange(window, device=q.device)
-    qflat = q.reshape(c, hf * wf).T  # (Hf*Wf, C)
+    qflat = q.reshape(c, hf * wf).T.contiguous()  # (Hf*Wf, C): rows gathered contiguously
     logits = torch.empty(n, window, window, device=q.device)
     for s in range(0, n, chunk):
         o = origin[s:s + chunk]
         xs = (o[:, 0, None, None] + d[None, None, :]).clamp(0, wf - 1)
         ys = (o[:, 1, None, None] + d[None, :, None]).clamp(0, hf - 1)
-        patch = qflat[(ys * wf + xs).reshape(-1)].reshape(-1, window * window, c)
+        patch = torch.index_select(qflat, 0, (ys * wf + xs).reshape(-1)  # faster than qflat[i]
+                                   ).reshape(-1, window * window, c)
         logits[s:s + chunk] = torch.einsum('mkc,mc->mk', patch, p[s:s + chunk] * inv_temperature
                                            ).reshape(-1, window, window)
     return fine_loss_maps_from_logits(logits, origin, coarse, fine_per_coarse, (wf, hf), divisor)
