@@ -42,7 +42,8 @@ def test_live_oracle_round_trip(demo_bag, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO))
     env.pop('FASTDDS_DEFAULT_PROFILES_FILE', None)
     cmd = [sys.executable, '-m', 'nre_ros.cli', 'evaluate', str(demo_bag), '--live', '--oracle',
-           '0', '0', '--rate', '10', '--param', 'min_consistent_fixes:=1', '--param',
+           '0', '0', '--rate', '2', '--param', 'min_consistent_fixes:=1', '--param',
+           'tf_lookup_timeout:=2.0', '--param',
            'queue_size:=5', '--settle', '8', '--out', str(out), '--no-progress',
            '--domain-id', str(150 + os.getpid() % 80)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
@@ -144,6 +145,7 @@ def test_live_real_pipeline_matches_offline_accuracy(demo_bag, tmp_path):
     env.pop('FASTDDS_DEFAULT_PROFILES_FILE', None)
     cmd = [sys.executable, '-m', 'nre_ros.cli', 'evaluate', str(demo_bag), '--map', str(demo_map),
            '--live', '--rate', '0.25', '--param', 'min_consistent_fixes:=1', '--param',
+           'tf_lookup_timeout:=2.0', '--param',
            'queue_size:=5', '--settle', '60', '--out', str(out), '--no-progress',
            '--domain-id', str(150 + (os.getpid() + 7) % 80)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
@@ -170,11 +172,12 @@ def test_live_attach_to_running_node(demo_bag, tmp_path):
     env['FASTDDS_DEFAULT_PROFILES_FILE'] = str(write_large_image_profile())
     program = [sys.executable, '-m', 'nre_ros.eval.oracle_node', str(demo_bag), '0', '0']
     node = NodeProcess(node_command('oracle', program=program,
-                                    params={'min_consistent_fixes': '1', 'queue_size': '5'}),
+                                    params={'min_consistent_fixes': '1', 'queue_size': '5',
+                                                'tf_lookup_timeout': '2.0'}),
                        tmp_path / 'node.log', env=env)
     try:
         cmd = [sys.executable, '-m', 'nre_ros.cli', 'evaluate', str(demo_bag), '--live',
-               '--attach', '--rate', '10', '--settle', '8', '--out', str(out), '--no-progress',
+               '--attach', '--rate', '2', '--settle', '8', '--out', str(out), '--no-progress',
                '--domain-id', domain]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
         assert proc.returncode == 0, proc.stdout + proc.stderr + node.log_tail()

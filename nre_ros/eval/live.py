@@ -396,6 +396,19 @@ def read_truth(bag: str | Path) -> BagTruth:
     return BagTruth(gts, odom, read_static_tf(bag, FRAME_BASE, FRAME_CAMERA), start_ns)
 
 
+def create_publishers(recorder: Recorder, bag: str | Path, use_depth: bool = False) -> list:
+    """Publishers of every bag topic ``play_bag`` will send, created before playing so that
+    discovery can match them first (a publisher created at its first message loses that message
+    to a best-effort subscriber not yet matched: the first CameraInfo went missing)."""
+    from rosbags.rosbag2 import Reader
+    wanted = {TOPIC_IMAGE, TOPIC_CAMERA_INFO, '/tf', '/tf_static'} | (
+        {TOPIC_DEPTH} if use_depth else set())
+    with Reader(bag) as reader:
+        topics = _topics(reader)
+        return [recorder.publisher(t, conns[0].msgtype) for t, conns in sorted(topics.items())
+                if t in wanted and conns]
+
+
 def play_bag(recorder: Recorder, bag: str | Path, *, rate: float = 1.0, use_depth: bool = False,
              clock: bool = True, clock_period_s: float = 0.02,
              progress=None) -> None:
@@ -593,6 +606,10 @@ def run_live(bag: str | Path, map_path: str, out_dir: str | Path,
                     and recorder.node.count_publishers(recorder.pose_topic) > 0, 30.0):
             raise NreError(f'the node does not subscribe to {TOPIC_IMAGE} or publish '
                            f'{recorder.pose_topic} (remaps? node name {opts.node_name}?)')
+        pubs = create_publishers(recorder, bag, opts.use_depth)
+        if not wait(lambda: all(p.get_subscription_count() > 0 for p in pubs), 15.0):
+            logger.warning('not every bag topic has a subscriber yet: %s', ', '.join(
+                p.topic_name for p in pubs if p.get_subscription_count() == 0))
         with tqdm(total=total, unit='frame', desc='live', disable=not show_progress) as bar:
             play_bag(recorder, bag, rate=opts.rate, use_depth=opts.use_depth, clock=opts.clock,
                      progress=bar.update)
