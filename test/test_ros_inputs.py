@@ -140,3 +140,35 @@ def test_without_interfaces_no_load_map_service(running, monkeypatch):
     names = [n for n, _ in node.get_service_names_and_types_by_node(node.get_name(), '/')]
     assert '/nre_relocalization/reset' in names
     assert '/nre_relocalization/load_map' not in names
+
+
+def test_image_before_the_previous_camera_info_is_still_paired(running):
+    """Image and CameraInfo are delivered independently: image i+1 may arrive before
+    CameraInfo i. Both frames must still be paired (the node used to keep one waiting image)."""
+    from sensor_msgs.msg import CameraInfo
+    node, rig, _ = running(queue_size=3)
+    rig.send_static()
+    t1 = now_ns(node) - S // 2
+    t2 = t1 + S // 20
+    infos, images = [], []
+    for t in (t1, t2):
+        rig.send_odom(t)
+        stamp = conv.ns_to_stamp(t)
+        info = CameraInfo(width=W, height=H, distortion_model='plumb_bob', d=[0.0] * 5,
+                          k=[50.0, 0, 32, 0, 50.0, 24, 0, 0, 1])
+        info.header.stamp, info.header.frame_id = stamp, CAM_FRAME
+        image = conv.numpy_to_image(np.zeros((H, W, 3), np.uint8), 'rgb8')
+        image.header.stamp, image.header.frame_id = stamp, CAM_FRAME
+        infos.append(info)
+        images.append(image)
+    rig.img_pub.publish(images[0])
+    time.sleep(0.1)
+    rig.img_pub.publish(images[1])
+    assert h.wait_until(lambda: node.stats.frames_received == 2, 3.0), node.stats
+    time.sleep(0.1)                               # both images wait for their CameraInfo
+    rig.info_pub.publish(infos[0])
+    assert h.wait_until(lambda: len(rig.poses) == 1, 3.0), node.stats
+    rig.info_pub.publish(infos[1])
+    assert h.wait_until(lambda: len(rig.poses) == 2, 3.0), node.stats
+    assert [conv.stamp_to_ns(p.header.stamp) for p in rig.poses] == [t1, t2]
+    assert node.stats.frames_unpaired == 0

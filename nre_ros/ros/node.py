@@ -65,6 +65,9 @@ def pipeline_relocalizer(map_path: str, cfg: NodeConfig):
     return Relocalizer.from_config(map_path, pcfg)
 
 
+PENDING_IMAGES = 3   # images kept waiting for their CameraInfo
+
+
 @dataclass(frozen=True)
 class _FallbackPrior:
     """Same fields as nre_ros.pipeline.Prior, for relocalizers that do not come from it."""
@@ -283,7 +286,9 @@ class RelocalizationNode(LifecycleNode):
         self._active = self._enabled = self._requested = self._busy = False
         self._force_global = False
         self._slot = None
-        self._pending_image: Image | None = None
+        # images waiting for their CameraInfo, by stamp (a few: the two topics are delivered
+        # independently, so image i+1 may arrive before CameraInfo i)
+        self._pending_images: collections.OrderedDict[int, Image] = collections.OrderedDict()
         self._infos: collections.OrderedDict[int, CameraInfo] = collections.OrderedDict()
         self._depths: collections.OrderedDict[int, Image] = collections.OrderedDict()
         self._pending_prior = None
@@ -325,10 +330,12 @@ class RelocalizationNode(LifecycleNode):
         with self._lock:
             info = self._infos.get(stamp)
             if info is None:
-                if self._pending_image is not None:
+                self._pending_images[stamp] = msg
+                while len(self._pending_images) > PENDING_IMAGES:
+                    self._pending_images.popitem(last=False)
                     self.stats.count('frames_unpaired')
-                self._pending_image = msg
                 return
+            self._drop_pending_up_to(stamp)
             self._submit(msg, info)
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
@@ -337,10 +344,17 @@ class RelocalizationNode(LifecycleNode):
             self._infos[stamp] = msg
             while len(self._infos) > 10:
                 self._infos.popitem(last=False)
-            pending = self._pending_image
-            if pending is not None and conv.stamp_to_ns(pending.header.stamp) == stamp:
-                self._pending_image = None
+            pending = self._pending_images.pop(stamp, None)
+            if pending is not None:
+                self._drop_pending_up_to(stamp)
                 self._submit(pending, msg)
+
+    def _drop_pending_up_to(self, stamp: int) -> None:
+        """Forget waiting images not newer than ``stamp`` (a newer frame is being processed;
+        called with self._lock held)."""
+        for old in [s for s in self._pending_images if s <= stamp]:
+            del self._pending_images[old]
+            self.stats.count('frames_unpaired')
 
     def _submit(self, image: Image, info: CameraInfo) -> None:
         """Hand a paired frame to the worker (called with self._lock held)."""
