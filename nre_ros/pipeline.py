@@ -27,7 +27,7 @@ from nre_ros.lossmaps import LossMaps, coarse_loss_maps, fine_loss_maps
 from nre_ros.maps import Map, RetrievalIndex, global_descriptor, load_map
 from nre_ros.models import FeatureModel, load_model
 from nre_ros.preprocess import PreparedImage, prepare
-from nre_ros.results import Failure, Outcome, Result
+from nre_ros.results import Failure, Outcome
 from nre_ros.solver import FineLevel, SolverConfig, VerdictConfig, msac, solve
 from nre_ros.solver import se3
 from nre_ros.solver.depth_init import DepthInitConfig, depth_msac

@@ -9,17 +9,15 @@ triplet, most wrong triplets rejected by the distance test) and metric from the 
 """
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
 
 from nre_ros.lossmaps import LossMaps
-from nre_ros.solver import se3
-from nre_ros.solver.msac import MsacConfig, MsacResult
+from nre_ros.solver.msac import MsacConfig, MsacResult, msac
 
-__all__ = ['DepthInitConfig', 'kabsch', 'lift_minima', 'depth_msac']
+__all__ = ['DepthInitConfig', 'KabschSolver', 'kabsch', 'lift_minima', 'depth_msac']
 
 
 @dataclass(frozen=True)
@@ -82,10 +80,41 @@ def lift_minima(uv_grid: Tensor, K_grid: Tensor, depth: Tensor, K_image: Tensor,
     return rays * torch.where(valid, z, torch.zeros_like(z))[:, None], valid
 
 
+class KabschSolver:
+    """Minimal solver for ``msac``: lifts the grid minima with the depth image and fits one
+    rigid pose per triplet whose pairwise distances agree between map and camera frames."""
+
+    name = 'Kabsch on depth'
+
+    def __init__(self, K: Tensor, depth: Tensor, K_image: Tensor, metres_per_unit: float,
+                 config: DepthInitConfig) -> None:
+        unit = 1.0 / metres_per_unit
+        self.K, self.K_image, self.config, self.unit = K, K_image, config, unit
+        self.depth = depth.to(K.device) * unit
+        self.range = (config.min_depth_m * unit, config.max_depth_m * unit)
+
+    def _lift(self, uv: Tensor) -> tuple[Tensor, Tensor]:
+        return lift_minima(uv.reshape(-1, 2), self.K, self.depth, self.K_image, *self.range)
+
+    def usable(self, uv: Tensor) -> Tensor:
+        return self._lift(uv)[1]
+
+    def solve(self, X: Tensor, q: Tensor) -> tuple[Tensor, Tensor]:
+        Q = self._lift(q)[0].reshape(X.shape)                          # (M, 3, 3) camera
+        pairs = ([0, 1], [0, 2], [1, 2])
+        d_world = torch.stack([(X[:, i] - X[:, j]).norm(dim=-1) for i, j in pairs], 1)
+        d_cam = torch.stack([(Q[:, i] - Q[:, j]).norm(dim=-1) for i, j in pairs], 1)
+        cfg = self.config
+        tol = cfg.distance_tolerance * self.unit + cfg.distance_tolerance_rel * d_world
+        rigid = ((d_world - d_cam).abs() <= tol).all(1) & (
+            d_world.amin(1) >= cfg.min_edge_m * self.unit) & (Q[..., 2] > 0).all(1)
+        return kabsch(X[rigid], Q[rigid])
+
+
 def depth_msac(points_world: Tensor, maps: LossMaps, K: Tensor, depth: Tensor, K_image: Tensor,
                metres_per_unit: float = 1.0, config: DepthInitConfig = DepthInitConfig(),
                msac_config: MsacConfig = MsacConfig()) -> MsacResult:
-    """Best Kabsch hypothesis by summed NRE; same result type and failure codes as ``msac``.
+    """``msac`` with the ``KabschSolver``: same sampling, scoring, result and failure codes.
 
     Args:
         points_world: (N, 3) float64 world points, in the maps' order (map units).
@@ -95,66 +124,6 @@ def depth_msac(points_world: Tensor, maps: LossMaps, K: Tensor, depth: Tensor, K
         K_image: (3, 3) float64 intrinsics of that image.
         metres_per_unit: size of one map unit in metres.
     """
-    t0 = time.perf_counter()
-    dev = points_world.device
-    mc = msac_config
-    chance = maps.ln_omega
-
-    def fail(reason: str, detail: str, n: int) -> MsacResult:
-        return MsacResult(None, float('inf'), float('inf'), 0, n, 0, n * chance,
-                          (time.perf_counter() - t0) * 1e3, reason, detail)
-
-    peak = maps.peakedness()
-    peaked = torch.nonzero(peak >= mc.min_peakedness)[:, 0]
-    if peaked.numel() < max(3, mc.min_peaked_maps):
-        return fail('too_few_peaked_maps', f'{peaked.numel()} maps with peakedness >= '
-                    f'{mc.min_peakedness} nats, need {mc.min_peaked_maps}', 0)
-    n_cand = int(round(mc.candidate_fraction * maps.num_points))
-    n_cand = min(max(n_cand, mc.min_candidates), mc.max_candidates, peaked.numel())
-    cand = peaked[peak[peaked].argsort(descending=True)[:n_cand]]
-    cmaps = maps.select(cand)
-    cpts = points_world[cand]
-    unit = 1.0 / metres_per_unit
-    X_cam, lifted = lift_minima(cmaps.argmin_uv(mc.subcell_argmin).to(torch.float64), K,
-                                depth.to(dev) * unit, K_image, config.min_depth_m * unit,
-                                config.max_depth_m * unit)
-    usable = torch.nonzero(lifted)[:, 0]
-    if usable.numel() < 3:
-        return fail('too_few_peaked_maps', f'only {usable.numel()} peaked maps have a valid '
-                    'depth at their minimum', n_cand)
-
-    gen = torch.Generator(device=dev).manual_seed(mc.seed)
-    weights = (peak[cand][usable] - mc.min_peakedness + 0.1).float()
-    m = int(config.num_triplets * 1.15) + 8
-    tri = usable[torch.multinomial(weights, 3 * m, replacement=True, generator=gen)].reshape(m, 3)
-    distinct = (tri[:, 0] != tri[:, 1]) & (tri[:, 0] != tri[:, 2]) & (tri[:, 1] != tri[:, 2])
-    tri = tri[distinct][:config.num_triplets]
-    P, Q = cpts[tri], X_cam[tri]                                   # (M, 3, 3)
-    pairs = ([0, 1], [0, 2], [1, 2])
-    d_world = torch.stack([(P[:, i] - P[:, j]).norm(dim=-1) for i, j in pairs], 1)
-    d_cam = torch.stack([(Q[:, i] - Q[:, j]).norm(dim=-1) for i, j in pairs], 1)
-    tol = (config.distance_tolerance * unit + config.distance_tolerance_rel * d_world)
-    area = torch.linalg.cross(P[:, 0] - P[:, 1], P[:, 0] - P[:, 2]).norm(dim=-1)
-    ok = ((d_world - d_cam).abs() <= tol).all(1) & (d_world.amin(1) >= config.min_edge_m * unit)
-    ok &= area > mc.min_triangle * d_world.pow(2).amax(1)
-    if not bool(ok.any()):
-        return fail('no_hypothesis', f'none of {tri.shape[0]} depth triplets was rigid '
-                    'between the map and the depth image', n_cand)
-    R, t = kabsch(P[ok], Q[ok])
-
-    pc = se3.transform(cpts.float(), R.float(), t.float())        # (M', n, 3)
-    uv_h, vis = se3.project(pc, K.float(), mc.min_depth)
-    nre = cmaps.lookup(uv_h, vis)
-    cost = nre.sum(1)
-    best = int(cost.argmin())
-    far = se3.rotation_angle_deg(R, R[best:best + 1]) > 5.0
-    runner = float(cost[far].min()) if bool(far.any()) else float('inf')
-    support = int((nre[best] < chance - mc.support_margin).sum())
-    elapsed = (time.perf_counter() - t0) * 1e3
-    if support < mc.min_support:
-        return MsacResult(None, float(cost[best]), runner, support, n_cand, R.shape[0],
-                          n_cand * chance, elapsed, 'no_hypothesis',
-                          f'best of {R.shape[0]} depth hypotheses is supported by {support} of '
-                          f'{n_cand} candidates, need {mc.min_support}')
-    return MsacResult(se3.make_T(R[best], t[best]), float(cost[best]), runner, support, n_cand,
-                      R.shape[0], n_cand * chance, elapsed)
+    solver = KabschSolver(K, depth, K_image, metres_per_unit, config)
+    return msac(points_world, maps, K, replace(msac_config, num_triplets=config.num_triplets),
+                solver)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -19,7 +20,7 @@ from nre_ros.lossmaps import LossMaps, bilinear_cost
 from nre_ros.solver import se3
 from nre_ros.solver.p3p import p3p
 
-__all__ = ['MsacConfig', 'MsacResult', 'msac']
+__all__ = ['MsacConfig', 'MsacResult', 'MinimalSolver', 'P3PSolver', 'msac']
 
 
 @dataclass(frozen=True)
@@ -114,9 +115,44 @@ def _needed_triplets(support: int, n_cand: int, confidence: float) -> float:
     return math.log(1.0 - confidence) / math.log1p(-p3)
 
 
+class MinimalSolver(Protocol):
+    """Poses from triplets of (world point, loss-map minimum): what MSAC samples and scores."""
+
+    name: str
+
+    def usable(self, uv: Tensor) -> Tensor:
+        """(n,) bool: which candidates (grid minima ``uv`` (n, 2)) this solver can use."""
+        ...
+
+    def solve(self, X: Tensor, q: Tensor) -> tuple[Tensor, Tensor]:
+        """X (M, 3, 3) float64 world points, q (M, 3, 2) float64 grid minima ->
+        R (P, 3, 3), t (P, 3) float64 poses T_cam_world (P >= 0)."""
+        ...
+
+
+class P3PSolver:
+    """Batched P3P on the rays of the grid minima (up to 4 poses per triplet)."""
+
+    name = 'P3P'
+
+    def __init__(self, K: Tensor) -> None:
+        self.f = K.new_tensor([float(K[0, 0]), float(K[1, 1])])
+        self.c = K.new_tensor([float(K[0, 2]), float(K[1, 2])])
+
+    def usable(self, uv: Tensor) -> Tensor:
+        return torch.ones(uv.shape[0], dtype=torch.bool, device=uv.device)
+
+    def solve(self, X: Tensor, q: Tensor) -> tuple[Tensor, Tensor]:
+        rays = torch.cat([(q - self.c.to(q)) / self.f.to(q), torch.ones_like(q[..., :1])], -1)
+        rays = rays / rays.norm(dim=-1, keepdim=True)
+        R, t, valid = p3p(rays, X)
+        return R[valid], t[valid]
+
+
 def msac(points_world: Tensor, maps: LossMaps, K: Tensor,
-         config: MsacConfig = MsacConfig()) -> MsacResult:
-    """Best P3P hypothesis by summed NRE.
+         config: MsacConfig = MsacConfig(),
+         solver: MinimalSolver | None = None) -> MsacResult:
+    """Best hypothesis of a minimal solver (P3P by default) by summed NRE.
 
     Triplets are drawn in batches (``batch_triplets``, then doubling) up to ``num_triplets``;
     after each batch the search stops once enough triplets were drawn to have sampled an
@@ -128,9 +164,11 @@ def msac(points_world: Tensor, maps: LossMaps, K: Tensor,
         points_world: (N, 3) float64 world points, in the maps' order.
         maps: N full-grid loss maps.
         K: (3, 3) float64 intrinsics of the grid.
+        solver: the minimal solver (default ``P3PSolver(K)``; RGB-D: ``depth_init``).
     """
     t0 = time.perf_counter()
     dev = points_world.device
+    solver = solver if solver is not None else P3PSolver(K)
     n, h, w = maps.maps.shape
     peak = maps.peakedness()
     is_peaked = peak >= config.min_peakedness
@@ -151,7 +189,12 @@ def msac(points_world: Tensor, maps: LossMaps, K: Tensor,
     low = maps.ln_omega - config.support_margin
 
     gen = torch.Generator(device=dev).manual_seed(config.seed)
-    weights = (cand_peak - config.min_peakedness + 0.1).float()
+    usable = solver.usable(uv)
+    n_usable = int(usable.sum())
+    if n_usable < 3:
+        return _fail('too_few_peaked_maps', f'only {n_usable} of {n_cand} peaked maps are '
+                     f'usable by {solver.name}', n_cand, maps, t0)
+    weights = (cand_peak - config.min_peakedness + 0.1).float() * usable
     drawn = nondegenerate = 0
     size = max(1, min(config.batch_triplets, config.num_triplets))
     Rs, costs = [], []
@@ -176,11 +219,7 @@ def msac(points_world: Tensor, maps: LossMaps, K: Tensor,
         X, q = X[ok], q[ok]
         nondegenerate += X.shape[0]
         if X.shape[0] > 0:
-            rays = torch.cat([(q - uv.new_tensor([cx, cy])) / uv.new_tensor([fx, fy]),
-                              torch.ones_like(q[..., :1])], -1)
-            rays = rays / rays.norm(dim=-1, keepdim=True)
-            R, t, valid = p3p(rays, X)
-            R, t = R[valid], t[valid]
+            R, t = solver.solve(X, q)
             if R.shape[0] > 0:
                 pc = torch.baddbmm(t.float()[:, :, None], R.float(),
                                    cpts_t.expand(R.shape[0], 3, n_cand))  # (P, 3, n)
@@ -204,7 +243,8 @@ def msac(points_world: Tensor, maps: LossMaps, K: Tensor,
         if not nondegenerate:
             return _fail('degenerate_geometry', 'every sampled triplet was degenerate', n_cand,
                          maps, t0)
-        return _fail('no_hypothesis', 'P3P found no real solution', n_cand, maps, t0)
+        return _fail('no_hypothesis', f'{solver.name} found no pose in {nondegenerate} '
+                     'triplets', n_cand, maps, t0)
     R_all = torch.cat(Rs)
     cost_all = torch.cat(costs)
     # angle > 5 deg  <=>  (trace(R R_best^T) - 1) / 2 < cos 5 deg
