@@ -138,10 +138,23 @@ class TumSequence:
         """(H, W) float32 depth in metres, 0 where invalid."""
         if frame.depth_path is None:
             raise InputError(f'frame {frame.name} has no depth image')
-        raw = cv2.imread(str(frame.depth_path), cv2.IMREAD_UNCHANGED)
-        if raw is None or raw.ndim != 2:
-            raise InputError(f'cannot read depth image {frame.depth_path}')
-        return raw.astype(np.float32) / self.depth_scale
+        return load_depth(frame.depth_path, self.depth_scale)
+
+
+def load_depth(path: str | Path, units_per_metre: float) -> np.ndarray:
+    """(H, W) float32 metres from a 16-bit single-channel depth image (raw / units_per_metre,
+    0 = invalid) or a float ``.npy`` in metres; InputError if unreadable."""
+    path = str(path)
+    if path.endswith('.npy'):
+        depth = np.load(path, allow_pickle=False)
+        if depth.ndim != 2 or not np.issubdtype(depth.dtype, np.floating):
+            raise InputError(f'{path}: .npy depth must be an HxW float array in metres, got '
+                             f'{depth.dtype} {depth.shape}')
+        return depth.astype(np.float32)
+    raw = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    if raw is None or raw.ndim != 2 or raw.dtype != np.uint16:
+        raise InputError(f'cannot read {path} as a 16-bit single-channel depth image')
+    return raw.astype(np.float32) / units_per_metre
 
 
 def load_rgb(path: str | Path) -> np.ndarray:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +26,7 @@ from nre_ros.geometry import se3_log
 from nre_ros.lossmaps import LossMaps, coarse_loss_maps, fine_loss_maps
 from nre_ros.maps import Map, RetrievalIndex, global_descriptor, load_map
 from nre_ros.models import FeatureModel, load_model
-from nre_ros.preprocess import PreparedImage, prepare
+from nre_ros.preprocess import PreparedImage, prepare, rotated
 from nre_ros.results import Failure, Outcome
 from nre_ros.solver import FineLevel, SolverConfig, VerdictConfig, msac, solve
 from nre_ros.solver import se3
@@ -156,7 +156,7 @@ class _Candidate:
     point_idx: np.ndarray
     coarse_maps: LossMaps | None = None
     msac: object = None
-    timings: dict = field(default_factory=dict)
+    init: str = 'p3p'              # minimal solver of the initial pose: 'p3p' or 'depth'
 
 
 class Relocalizer:
@@ -237,7 +237,7 @@ class Relocalizer:
             if out.ok:
                 return self._finish(out, t0, mode='tracking')
             logger.debug('tracking failed (%s), falling back to global search', out.reason)
-        return self._finish(self._global(image, camera, depth, prep0), t0, mode='global')
+        return self._finish(self._global(prep0), t0, mode='global')
 
     # ------------------------------------------------------------------ stages
     def _finish(self, out: Outcome, t0: float, mode: str) -> Outcome:
@@ -348,7 +348,7 @@ class Relocalizer:
             K_img = torch.as_tensor(c.prep.camera.K, dtype=torch.float64, device=self.device)
             c.msac = depth_msac(pts, c.coarse_maps, K, torch.from_numpy(c.prep.depth), K_img,
                                 metres, cfg.depth, cfg.solver.msac)
-            c.timings['init'] = 'depth' if c.msac.T_cam_world is not None else 'p3p'
+            c.init = 'depth' if c.msac.T_cam_world is not None else 'p3p'
         if c.msac is None or c.msac.T_cam_world is None:
             c.msac = msac(pts, c.coarse_maps, K, cfg.solver.msac)
         timings['msac'] = timings.get('msac', 0.0) + 1e3 * (time.perf_counter() - t)
@@ -358,16 +358,13 @@ class Relocalizer:
             return 0.0
         return c.msac.support / c.msac.num_candidates
 
-    def _global(self, image: np.ndarray, camera: Camera, depth: np.ndarray | None,
-                prep0: PreparedImage) -> Outcome:
+    def _global(self, prep0: PreparedImage) -> Outcome:
         timings: dict[str, float] = {}
         rot = self.config.rotation
         turns = list(rot.quarter_turns) or [0]
 
         def candidate(k: int) -> _Candidate:
-            prep = prep0 if k % 4 == 0 else prepare(image, camera, self.config.max_image_side,
-                                                   k, depth)
-            return self._candidate(prep, timings)
+            return self._candidate(rotated(prep0, k), timings)
 
         # 1) the first rotation alone: most robot cameras are upright
         first = self._retrieve([candidate(turns[0])], timings)
@@ -395,7 +392,7 @@ class Relocalizer:
                     self._K_grid(best.prep, self.model.spec.coarse_stride), self.config.solver,
                     fine=self._fine_builder(best, timings), T_init=best.msac.T_cam_world)
         out = self._to_caller_frame(out, best, timings)
-        return replace(out, info={**out.info, 'init': best.timings.get('init', 'p3p'),
+        return replace(out, info={**out.info, 'init': best.init,
                                   'orientations_searched': searched})
 
     def _track(self, prep: PreparedImage, prior: Prior) -> Outcome:

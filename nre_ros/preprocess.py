@@ -130,10 +130,20 @@ def prepare(image: np.ndarray, camera: Camera, max_side: int, quarter_turns: int
     check_image_matches_camera(image, camera)
     img, cam = undistort(image, camera)
     img, cam = resize_max_side(img, cam, max_side)
-    img, cam, R = rotate_quarter_turns(img, cam, quarter_turns)
     d = None
     if depth is not None:
-        d, dcam = undistort(check_depth(depth, camera), camera, nearest=True)
-        d, dcam = resize_max_side(d, dcam, max_side, nearest=True)
-        d = np.ascontiguousarray(rotate_quarter_turns(d[..., None], dcam, quarter_turns)[0][..., 0])
-    return PreparedImage(img, cam, R, quarter_turns % 4, d)
+        d, _ = undistort(check_depth(depth, camera), camera, nearest=True)
+        d, _ = resize_max_side(d, camera, max_side, nearest=True)
+    return rotated(PreparedImage(img, cam, np.eye(3), 0, d), quarter_turns)
+
+
+def rotated(prep: PreparedImage, quarter_turns: int) -> PreparedImage:
+    """``prep`` (image, camera, depth) turned by a further k counter-clockwise quarter turns."""
+    if quarter_turns % 4 == 0:
+        return prep
+    img, cam, R = rotate_quarter_turns(prep.image, prep.camera, quarter_turns)
+    d = None
+    if prep.depth is not None:
+        d = np.ascontiguousarray(np.rot90(prep.depth, quarter_turns % 4))
+    return PreparedImage(img, cam, R @ prep.R_img_cam, (prep.quarter_turns + quarter_turns) % 4,
+                         d)

@@ -58,3 +58,26 @@ def test_prepare_resizes_longer_side():
     prep = prepare(np.zeros((1063, 1600, 3), np.uint8), cam, 640)
     assert prep.image.shape == (425, 640, 3)
     assert (prep.camera.width, prep.camera.height) == (640, 425)
+
+
+def test_rotating_a_prepared_image_equals_rotating_the_undistorted_resized_one():
+    """The rotation search turns the prepared upright image (and depth) instead of re-preparing:
+    same as undistort -> resize -> rotate done step by step."""
+    from nre_ros.camera import Camera
+    from nre_ros.preprocess import (prepare, resize_max_side, rotate_quarter_turns, rotated,
+                                    undistort)
+    rng = np.random.default_rng(0)
+    cam = Camera.from_params(64, 48, 50.0, 52.0, 30.5, 22.0, dist=[0.05, -0.01, 0.0, 0.0, 0.0])
+    image = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    depth = rng.uniform(0.5, 3.0, (48, 64)).astype(np.float32)
+    upright = prepare(image, cam, 40, 0, depth)
+    img0, cam0 = resize_max_side(*undistort(image, cam), 40)
+    d0, _ = resize_max_side(undistort(depth, cam, nearest=True)[0], cam, 40, nearest=True)
+    for k in (1, 2, 3):
+        a = rotated(upright, k)
+        img, K_cam, R = rotate_quarter_turns(img0, cam0, k)
+        np.testing.assert_array_equal(a.image, img)
+        np.testing.assert_array_equal(a.depth, np.rot90(d0, k))
+        np.testing.assert_allclose(a.camera.K, K_cam.K)
+        np.testing.assert_allclose(a.R_img_cam, R)
+        assert a.quarter_turns == k and a.depth.shape == a.image.shape[:2]

@@ -67,9 +67,7 @@ class BackendModel:
             scores = out[1][0, 0, :H, :W].float().contiguous() if len(out) > 1 else None
             fine_map = None
             if (self.with_fine if fine is None else fine) and self.spec.fine_stride > 0:
-                sf = self.spec.fine_stride
-                fine_map = self.runner('fine', x)[0][0, :, :H // sf, :W // sf]
-                fine_map = fine_map.float().contiguous()
+                fine_map = self._fine(x, H, W)
         return DenseFeatures(coarse=coarse, fine=fine_map, keypoint_scores=scores,
                              image_size=(W, H))
 
@@ -82,5 +80,9 @@ class BackendModel:
         H, W = image.shape[:2]
         x = pad_image(image, self.pad_multiple, self.device, self.runner.input_dtype)
         with torch.inference_mode():
-            fine = self.runner('fine', x)[0][0, :, :H // sf, :W // sf]
-        return fine.float().contiguous()
+            return self._fine(x, H, W)
+
+    def _fine(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
+        """Padded image -> (C, H/fs, W/fs) float32 fine map of the H x W image."""
+        sf = self.spec.fine_stride
+        return self.runner('fine', x)[0][0, :, :H // sf, :W // sf].float().contiguous()

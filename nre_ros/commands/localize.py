@@ -8,7 +8,7 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from nre_ros.camera import Camera
-from nre_ros.datasets import load_rgb, write_tum_poses
+from nre_ros.datasets import load_depth, load_rgb, write_tum_poses
 from nre_ros.errors import InputError
 from nre_ros.pipeline import PipelineConfig, Relocalizer
 
@@ -39,20 +39,6 @@ def _stamp(path: str, i: int) -> float:
         return float(Path(path).stem)
     except ValueError:
         return float(i)
-
-
-def load_depth(path: str, units_per_metre: float) -> np.ndarray:
-    """(H, W) float32 metres from a 16-bit PNG (raw / units_per_metre) or a float .npy."""
-    if path.endswith('.npy'):
-        depth = np.load(path, allow_pickle=False)
-        if not np.issubdtype(depth.dtype, np.floating):
-            raise InputError(f'{path}: .npy depth must be float metres, got {depth.dtype}')
-        return depth.astype(np.float32)
-    import cv2
-    raw = cv2.imread(path, cv2.IMREAD_UNCHANGED)
-    if raw is None or raw.ndim != 2 or raw.dtype != np.uint16:
-        raise InputError(f'cannot read {path} as a 16-bit single-channel depth image')
-    return raw.astype(np.float32) / units_per_metre
 
 
 def run(args: argparse.Namespace) -> int:

@@ -173,8 +173,7 @@ class XFeatMultiScale:
         coarse, scores = self.coarse_net(x)
         fine_map = None
         if self.with_fine if fine is None else fine:
-            fs = self.spec.fine_stride
-            fine_map = self.fine_net(x)[0, :, :H // fs, :W // fs].contiguous()
+            fine_map = self._fine(x, H, W)
         return DenseFeatures(coarse=coarse[0, :, :H // STRIDE, :W // STRIDE].contiguous(),
                              fine=fine_map, keypoint_scores=scores[0, 0, :H, :W].contiguous(),
                              image_size=(W, H))
@@ -182,12 +181,15 @@ class XFeatMultiScale:
     @torch.inference_mode()
     def extract_fine(self, image: np.ndarray) -> torch.Tensor:
         """(H, W, 3) uint8 RGB -> (C, H/fs, W/fs) fine descriptors only (no coarse pass)."""
-        fs = self.spec.fine_stride
-        if fs <= 0:
+        if self.spec.fine_stride <= 0:
             raise ValueError(f'model {self.spec.name} has no fine level')
         image = check_image(image)
         H, W = image.shape[:2]
-        x = pad_image(image, PAD_MULTIPLE, self.device)
+        return self._fine(pad_image(image, PAD_MULTIPLE, self.device), H, W)
+
+    def _fine(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
+        """Padded (1, 3, H', W') image -> (C, H/fs, W/fs) fine map of the H x W image."""
+        fs = self.spec.fine_stride
         return self.fine_net(x)[0, :, :H // fs, :W // fs].contiguous()
 
 
