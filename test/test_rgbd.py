@@ -87,7 +87,7 @@ def test_prepare_rotates_and_validates_depth():
     assert prep.depth.shape == prep.image.shape[:2] == (64, 48)
     np.testing.assert_array_equal(prep.depth, np.rot90(np.nan_to_num(depth), 1))
     with pytest.raises(InputError, match='float metres'):
-        prepare(image, cam, 640, 0, depth.astype(np.uint16))
+        prepare(image, cam, 640, 0, np.nan_to_num(depth).astype(np.uint16))
     with pytest.raises(InputError, match='camera is 64x48'):
         prepare(image, cam, 640, 0, depth[:10])
 

@@ -137,7 +137,11 @@ class NodeProcess:
             try:
                 self.proc.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
-                logger.warning('node did not exit %.0f s after SIGINT; killing it', timeout_s)
+                if hasattr(signal, 'SIGUSR1'):   # the node dumps every thread's stack to its log
+                    self.proc.send_signal(signal.SIGUSR1)
+                    time.sleep(1.0)
+                logger.warning('node did not exit %.0f s after SIGINT; killing it (stacks in %s)',
+                               timeout_s, self.log_path)
                 self.proc.kill()
                 self.proc.wait(timeout=5.0)
         self._log.close()

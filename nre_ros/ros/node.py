@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import faulthandler
 import gc
+import signal
 import sys
 import threading
 import time
@@ -66,6 +68,8 @@ def pipeline_relocalizer(map_path: str, cfg: NodeConfig):
 
 
 PENDING_IMAGES = 3   # images kept waiting for their CameraInfo
+WORKER_JOIN_TIMEOUT_S = 8.0   # a frame in flight at shutdown gets this long to finish
+SHUTDOWN_WATCHDOG_S = 15.0    # below NodeProcess.stop's 20 s, so a stuck exit leaves stacks
 
 
 @dataclass(frozen=True)
@@ -267,7 +271,7 @@ class RelocalizationNode(LifecycleNode):
         with self._lock:
             self._wake.notify_all()
         if self._worker is not None:
-            self._worker.join(timeout=30.0)
+            self._worker.join(timeout=WORKER_JOIN_TIMEOUT_S)
             self._worker = None
         if self._pose_pub is not None:
             self.destroy_lifecycle_publisher(self._pose_pub)
@@ -670,6 +674,9 @@ def main(argv: list[str] | None = None,
          relocalizer_factory: RelocalizerFactory | None = None) -> int:
     """Run the node; ``-p autostart:=true`` configures and activates it without a manager."""
     rclpy.init(args=argv if argv is not None else sys.argv)
+    if hasattr(signal, 'SIGUSR1'):
+        # `kill -USR1 PID` prints every thread's stack (how a stuck node is diagnosed)
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     node = RelocalizationNode(relocalizer_factory=relocalizer_factory)
     executor = MultiThreadedExecutor(num_threads=4)
     executor.add_node(node)
@@ -681,11 +688,16 @@ def main(argv: list[str] | None = None,
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        # Watchdog, armed until the process exits (main is the process's entry point): a
+        # cleanup or interpreter exit stuck for SHUTDOWN_WATCHDOG_S prints every thread's stack
+        # and exits with status 1 rather than hanging the caller (launch, a test, a bag replay).
+        faulthandler.dump_traceback_later(SHUTDOWN_WATCHDOG_S, exit=True)
+        # stop callbacks first (without waiting on executor threads forever), then release
+        executor.shutdown(timeout_sec=2.0, wait_for_threads=False)
         try:
             node.on_shutdown(None)
         except Exception as exc:  # noqa: BLE001 - best effort while shutting down
             print(f'nre_relocalization: shutdown cleanup failed: {exc}', file=sys.stderr)
-        executor.shutdown(timeout_sec=1.0)
         node.destroy_node()
         rclpy.try_shutdown()
     return code
