@@ -10,6 +10,7 @@ grid coordinate ``origin[n] + (j, i)``; everything outside a window costs ``ln|O
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -68,10 +69,16 @@ class LossMaps:
             xy = xy + self.origin
         return value, xy
 
+    @functools.cached_property
+    def map_min(self) -> Tensor:
+        """(N,) per-map minimum loss, computed once per LossMaps (MSAC's peakedness and the
+        verdict's chance bound both read it; the maps are never modified in place)."""
+        n = self.maps.shape[0]
+        return self.maps.reshape(n, -1).amin(dim=1)
+
     def peakedness(self) -> Tensor:
         """(N,) ``ln|Omega| - min_p L_n(p)`` = ln(|Omega| max_p C_n(p)): 0 for a flat map."""
-        n = self.maps.shape[0]
-        return self.ln_omega - self.maps.reshape(n, -1).amin(dim=1)
+        return self.ln_omega - self.map_min
 
     def argmin_uv(self, subcell: bool = True) -> Tensor:
         """(N, 2) float grid coordinates of each map's minimum.

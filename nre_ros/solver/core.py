@@ -191,7 +191,7 @@ def _verdict(support_level: tuple, level: tuple, T: Tensor, cfg: VerdictConfig,
     floor = max(cfg.min_supported, cfg.min_supported_fraction * n)
     chance = None
     if supported >= floor:
-        peaked = int((maps.maps.reshape(n, -1).amin(dim=1) < low).sum())
+        peaked = int((maps.map_min < low).sum())
         bound = peaked * min(1.0, math.exp(low) / cells)
         info['chance_support_bound'] = bound
         if supported >= max(cfg.min_supported + cfg.chance_factor * bound, floor):

@@ -170,16 +170,21 @@ class _Windows:
         ``index`` (None: all)."""
         h, w, s = self.h, self.w, self.size
         half = s // 2
-        pts = torch.arange(self.n, device=self.dev) if index is None else index
-        d = torch.arange(-half, half + 1, device=self.dev)
-        cells = centre.long()[:, :, None] + d                     # (M, 2, S)
-        size = torch.tensor([[w], [h]], device=self.dev)
+        itype = torch.int32 if self.n * h * w < 2 ** 31 - 1 else torch.int64
+        pts = torch.arange(self.n, device=self.dev, dtype=itype) if index is None \
+            else index.to(itype)
+        d = torch.arange(-half, half + 1, device=self.dev, dtype=itype)
+        cells = centre.to(itype)[:, :, None] + d                  # (M, 2, S)
+        size = torch.tensor([[w], [h]], device=self.dev, dtype=itype)
         inside = (cells >= 0) & (cells < size)
         ci = torch.minimum(cells.clamp(min=0), size - 1)
         rows = ci[:, 1] * w + (pts * (h * w))[:, None]
         idx = rows[:, :, None] + ci[:, 0, None, :]                # (M, S, S)
-        L = self.maps.maps.reshape(-1).index_select(0, idx.reshape(-1)).reshape(-1, s, s)
-        return (self.maps.ln_omega - L).mul_(inside[:, 1, :, None] & inside[:, 0, None, :])
+        G = self.maps.maps.reshape(-1).index_select(0, idx.reshape(-1)).reshape(-1, s, s)
+        G.neg_().add_(self.maps.ln_omega)                          # fresh copy: in place
+        if not bool(inside.all()):                                 # cells beyond the map: 0
+            G.mul_(inside[:, 1, :, None] & inside[:, 0, None, :])
+        return G
 
     def needs_cut(self, centre: Tensor, ok: Tensor, r: int) -> bool:
         """True if a usable point's (2r+1)^2 window around ``centre`` ((N, 2), all points)
