@@ -11,7 +11,6 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -64,9 +63,7 @@ def bench(n: int, repeats: int) -> dict:
     maps = scene.maps
     ms_ms, ms_iqr, m = time_ms(lambda: msac(scene.points_world, maps, scene.K, cfg.msac), repeats)
     T0 = m.T_cam_world
-    # the coarse schedule solve() runs when a fine level follows
-    c_cfg = replace(cfg.coarse, sigmas=cfg.coarse_sigmas_before_fine or cfg.coarse.sigmas)
-    c_ms, c_iqr, rc = time_ms(lambda: refine(scene.points_world, maps, scene.K, T0, c_cfg),
+    c_ms, c_iqr, rc = time_ms(lambda: refine(scene.points_world, maps, scene.K, T0, cfg.coarse),
                               repeats)
     fb = fine_builder(scene, ratio=4, window=16, noise=1.0)
     fl = fb(rc.T_cam_world)

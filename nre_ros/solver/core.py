@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Callable, Union
 
 import numpy as np
@@ -47,12 +47,6 @@ class SolverConfig:
     # 2 and 0.8 changed no error (synthetic 40 scenes; fr1_rpy hard, 48 real queries: median
     # 1.42 -> 1.38 cm, 1.128 -> 1.119 deg, same recall) and cost ~1-1.5 ms, so it is skipped.
     fine: GncConfig = GncConfig(sigmas=(2.0, 0.8))
-    # When a fine level follows, the coarse refinement stops after these sigmas: its pose only
-    # centres the fine windows (4 coarse cells wide). Ending at 2.0 instead of 0.8 changed no
-    # error (synthetic 30 scenes; fr1_rpy hard 48 real queries: 1.38 -> 1.39 cm, 1.119 ->
-    # 1.111 deg median, same recall and support) and saved ~25% of the coarse stage. Without
-    # a usable fine level the rest of ``coarse.sigmas`` is run. None: always all of them.
-    coarse_sigmas_before_fine: tuple[float, ...] | None = (2.0,)
     verdict: VerdictConfig = VerdictConfig()
     min_points: int = 6
 
@@ -149,38 +143,20 @@ def solve(points_world: Tensor | np.ndarray, coarse: LossMaps, K_coarse: Tensor 
             raise ShapeError('T_init must be a finite (4, 4) transform')
 
     t0 = time.perf_counter()
-    ccfg, rest = config.coarse, None
-    if fine is not None and config.coarse_sigmas_before_fine:
-        first = tuple(config.coarse_sigmas_before_fine)
-        ccfg = replace(config.coarse, sigmas=first)
-        rest = replace(config.coarse, sigmas=tuple(s for s in config.coarse.sigmas
-                                                   if s < min(first)))
-    res = refine(pts, coarse, K, T, ccfg)
+    res = refine(pts, coarse, K, T, config.coarse)
     timings['coarse'] = _ms(t0, dev)
     iterations = res.iterations
     info['coarse_cost'] = res.cost
     if not res.finite:
         return Failure('diverged', 'coarse refinement produced a non-finite pose', timings, info)
     T = res.T_cam_world
-    coarse_level = level = ('coarse', pts, coarse, K, ccfg, res.information)
+    coarse_level = level = ('coarse', pts, coarse, K, config.coarse, res.information)
 
     if fine is not None:
         t0 = time.perf_counter()
         fl = fine(T) if callable(fine) else fine
         timings['fine_maps'] = _ms(t0, dev)
-        if (fl is None or fl.maps.num_points < config.min_points) and rest and rest.sigmas:
-            # no usable fine level: finish the coarse schedule instead
-            t0 = time.perf_counter()
-            res = refine(pts, coarse, K, T, rest)
-            timings['coarse'] += _ms(t0, dev)
-            iterations += res.iterations
-            info['coarse_cost'] = res.cost
-            if not res.finite:
-                return Failure('diverged', 'coarse refinement produced a non-finite pose',
-                               timings, info)
-            T = res.T_cam_world
-            coarse_level = level = ('coarse', pts, coarse, K, rest, res.information)
-        elif fl is not None and fl.maps.num_points >= config.min_points:
+        if fl is not None and fl.maps.num_points >= config.min_points:
             t0 = time.perf_counter()
             fpts = pts if fl.index is None else pts[fl.index]
             fK = torch.as_tensor(fl.K, dtype=torch.float64, device=dev)
