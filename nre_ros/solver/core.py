@@ -43,10 +43,7 @@ class SolverConfig:
 
     msac: MsacConfig = MsacConfig()
     coarse: GncConfig = GncConfig()
-    # The fine level starts within a coarse cell (= 4 fine cells): a sigma = 1 stage between
-    # 2 and 0.8 changed no error (synthetic 40 scenes; fr1_rpy hard, 48 real queries: median
-    # 1.42 -> 1.38 cm, 1.128 -> 1.119 deg, same recall) and cost ~1-1.5 ms, so it is skipped.
-    fine: GncConfig = GncConfig(sigmas=(2.0, 0.8))
+    fine: GncConfig = GncConfig()
     verdict: VerdictConfig = VerdictConfig()
     min_points: int = 6
 
