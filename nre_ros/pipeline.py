@@ -320,10 +320,10 @@ class Relocalizer:
             if index.numel() == 0:
                 return None
             desc = self._descriptors(c.point_idx[index.cpu().numpy()], c.keyframes, 'fine')
-            maps = fine_loss_maps(fine, desc, uv[index].float(), c.coarse_maps.select(index),
+            maps = fine_loss_maps(fine, desc, uv[index].float(), c.coarse_maps,
                                   spec.coarse_stride / spec.fine_stride,
                                   spec.fine_inv_temperature, self.config.fine.window,
-                                  self.config.fine.divisor)
+                                  self.config.fine.divisor, coarse_index=index)
             return FineLevel(maps, K_fine, index)
         return build
 
