@@ -37,8 +37,14 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class RetrievalConfig:
-    top_k: int = 3                 # keyframes whose points form the query's point set
-    max_points: int = 1500         # cap on the point set (points of better keyframes first)
+    # Measured (global mode; top_k:max_points -> recall (0.25 m, 2 deg), median rotation):
+    # fr1_rpy hard, 48 queries: 3:1500 0.979 1.13 deg 489 ms, 5:2500 0.979 0.84 deg 529 ms,
+    # 6:3000 0.917 (3 failures); fr3 cabinet, 14 queries: 3:1500 0.786 (13 localized, one at
+    # 6.1 deg), 5:2500 0.857 (14, worst 2.2 deg), 4:2500 0.714, 6:3000 0.929. Not monotonic
+    # on 14 queries; 5:2500 was the only setting better than 3:1500 on both. No out-of-map fix
+    # with either (29 cabinet images vs fr1, 48 fr1 images vs cabinet).
+    top_k: int = 5                 # keyframes whose points form the query's point set
+    max_points: int = 2500         # cap on the point set (points of better keyframes first)
 
 
 @dataclass(frozen=True)

@@ -185,6 +185,7 @@ def test_live_attach_to_running_node(demo_bag, tmp_path):
         assert proc.returncode == 0, proc.stdout + proc.stderr + node.log_tail()
         live = json.loads((out / 'summary.json').read_text())['metrics']['live']
         assert live['attached'] and live['initial_state'] == 'unconfigured'
-        assert live['poses_received'] == 8 and node.alive()   # still running afterwards
+        assert live['poses_received'] == 8, (live, node.log_tail(40))
+        assert node.alive()   # still running afterwards
     finally:
         assert node.stop() == 0, node.log_tail()

@@ -51,6 +51,7 @@ logger = logging.getLogger(__name__)
 NODE_NAME = '/nre_relocalization'
 REPO = Path(__file__).resolve().parents[2]
 NO_POSE = 'no_pose'
+DISCOVERY_SETTLE_S = 1.0   # after topics match, before the first frame (see run_live)
 # diagnostics key -> summary key
 COUNTERS = {
     'frames received': 'frames_received', 'frames paired': 'frames_paired',
@@ -614,6 +615,10 @@ def run_live(bag: str | Path, map_path: str, out_dir: str | Path,
         if not wait(lambda: all(p.get_subscription_count() > 0 for p in pubs), 15.0):
             logger.warning('not every bag topic has a subscriber yet: %s', ', '.join(
                 p.topic_name for p in pubs if p.get_subscription_count() == 0))
+        # Discovery is asymmetric: our writers seeing the node's readers does not mean those
+        # readers have matched our writers yet, and best-effort samples sent before that are
+        # lost (seen as a missing first frame on a busy machine). Give them a moment.
+        wait(lambda: False, DISCOVERY_SETTLE_S)
         with tqdm(total=total, unit='frame', desc='live', disable=not show_progress) as bar:
             play_bag(recorder, bag, rate=opts.rate, use_depth=opts.use_depth, clock=opts.clock,
                      progress=bar.update)
