@@ -395,7 +395,10 @@ class Relocalizer:
             return Failure(reasons[0], 'no orientation gave a pose hypothesis', timings)
         best = max(ok, key=lambda c: c.msac.support)
         out = solve(self.points_world[best.point_idx], best.coarse_maps,
-                    self._K_grid(best.prep, self.model.spec.coarse_stride), self.config.solver,
+                    self._K_grid(best.prep, self.model.spec.coarse_stride),
+                    # the start is this MSAC's pose: no tracking pre-alignment
+                    replace(self.config.solver, prealign=replace(self.config.solver.prealign,
+                                                                  enabled=False)),
                     fine=self._fine_builder(best, timings), T_init=best.msac.T_cam_world)
         out = self._to_caller_frame(out, best, timings)
         return replace(out, info={**out.info, 'init': best.init,

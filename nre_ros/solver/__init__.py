@@ -5,6 +5,7 @@ Public API::
     solve(points_world, coarse, K_coarse, config=SolverConfig(), fine=None, T_init=None)
         -> Result | Failure
     msac(points_world, maps, K, MsacConfig) -> MsacResult           # stage 1
+    prealign(points_world, maps, K, T_init, PrealignConfig) -> T      # tracking, before 2
     refine(points_world, maps, K, T_init, GncConfig) -> RefineResult  # stage 2 (any level)
     information(points_world, maps, K, T, sigma, GncConfig, kind) -> (6, 6)
     p3p(bearings, points) -> R, t, valid                              # batched P3P
@@ -15,7 +16,8 @@ from nre_ros.solver.core import (FineLevel, SolverConfig, VerdictConfig, evaluat
 from nre_ros.solver.gnc import GncConfig, RefineResult, information, refine
 from nre_ros.solver.msac import MsacConfig, MsacResult, msac
 from nre_ros.solver.p3p import p3p
+from nre_ros.solver.prealign import PrealignConfig, prealign
 
 __all__ = ['solve', 'SolverConfig', 'VerdictConfig', 'FineLevel', 'GncConfig', 'MsacConfig',
            'MsacResult', 'RefineResult', 'msac', 'refine', 'information', 'p3p', 'point_nre',
-           'evaluate_pose']
+           'evaluate_pose', 'PrealignConfig', 'prealign']

@@ -17,6 +17,7 @@ from nre_ros.results import Failure, Result
 from nre_ros.solver import se3
 from nre_ros.solver.gnc import GncConfig, information, refine
 from nre_ros.solver.msac import MsacConfig, MsacResult, msac
+from nre_ros.solver.prealign import PrealignConfig, prealign
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ class SolverConfig:
     msac: MsacConfig = MsacConfig()
     coarse: GncConfig = GncConfig()
     fine: GncConfig = GncConfig()
+    prealign: PrealignConfig = PrealignConfig()   # tracking (T_init given) only
     verdict: VerdictConfig = VerdictConfig()
     min_points: int = 6
 
@@ -138,6 +140,16 @@ def solve(points_world: Tensor | np.ndarray, coarse: LossMaps, K_coarse: Tensor 
         T = torch.as_tensor(T_init, dtype=torch.float64, device=dev).clone()
         if T.shape != (4, 4) or not bool(torch.isfinite(T).all()):
             raise ShapeError('T_init must be a finite (4, 4) transform')
+        if config.prealign.enabled:
+            T_pre = prealign(pts, coarse, K, T, config.prealign)
+            # kept only when it explains the maps better than the prior (summed NRE)
+            cost_prior = float(point_nre(pts, coarse, K, T).sum())
+            cost_pre = float(point_nre(pts, coarse, K, T_pre).sum())
+            info.update(prealign_kept=cost_pre < cost_prior, prior_cost=cost_prior,
+                        prealign_cost=cost_pre)
+            if cost_pre < cost_prior:
+                T = T_pre
+            timings['prealign'] = _ms(t0, dev)
 
     t0 = time.perf_counter()
     res = refine(pts, coarse, K, T, config.coarse)
