@@ -51,7 +51,6 @@ import argparse
 import json
 import logging
 import os
-import pickle
 import shutil
 import sys
 import time
@@ -376,6 +375,19 @@ def run_dataset(name: str, qs: list[Query], methods: list[str], map_path: Path, 
             'T_gt': [q.T_gt for q in qs], 'n': len(qs)}
 
 
+def _to_json(v):
+    """json.dumps default for the raw records: arrays tagged, numpy scalars as numbers."""
+    if isinstance(v, np.ndarray):
+        return {'__ndarray__': v.tolist()}
+    if isinstance(v, np.generic):
+        return v.item()
+    raise TypeError(f'not JSON serialisable: {type(v).__name__}')
+
+
+def _from_json(d: dict):
+    return np.asarray(d['__ndarray__']) if set(d) == {'__ndarray__'} else d
+
+
 # ---------------------------------------------------------------------- tables
 def choose_thresholds(raw: dict, methods: list[str], fallback: dict) -> tuple[dict, dict]:
     """Smallest T >= MIN_THRESHOLD whose pooled out-of-map fix rate is <= MAX_OOM_RATE."""
@@ -573,7 +585,7 @@ def main(argv: list[str] | None = None) -> None:
                          'else DEFAULT_THRESHOLDS)')
     ap.add_argument('--json', action='store_true', help='print only the JSON table')
     ap.add_argument('--raw', type=Path, default=None,
-                    help='save each dataset\'s per-query records here (pickle) as it finishes')
+                    help='save each dataset\'s per-query records here (JSON) as it finishes')
     ap.add_argument('--report-only', action='store_true',
                     help='no localization: render the report from the --raw records')
     args = ap.parse_args(argv)
@@ -589,10 +601,10 @@ def main(argv: list[str] | None = None) -> None:
     meta = run_metadata()           # at the start: the code that runs (others may commit meanwhile)
     meta['nre_ros_worktree'] = nre_ros_worktree()
     for ds in args.datasets:
-        saved = None if args.raw is None else args.raw / f'{ds}.pkl'
+        saved = None if args.raw is None else args.raw / f'{ds}.json'
         if args.report_only:
             if saved is not None and saved.exists():
-                raw[ds] = pickle.loads(saved.read_bytes())
+                raw[ds] = json.loads(saved.read_text(), object_hook=_from_json)
             continue
         map_path = get_map(DATASETS[ds][2], args.cache, model)
         raw[ds] = run_dataset(ds, queries(ds, args.every, args.limit), args.methods, map_path,
@@ -604,7 +616,7 @@ def main(argv: list[str] | None = None) -> None:
         raw[ds]['meta'] = meta
         if saved is not None:
             saved.parent.mkdir(parents=True, exist_ok=True)
-            saved.write_bytes(pickle.dumps(raw[ds]))
+            saved.write_text(json.dumps(raw[ds], default=_to_json))
     wall = time.perf_counter() - t0
     if args.report_only:
         wall = max([r['wall_s'] for r in raw.values()], default=0.0)
