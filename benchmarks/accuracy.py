@@ -73,7 +73,8 @@ from nre_ros.geometry import transform_points  # noqa: E402
 from nre_ros.maps import (BuildOptions, build_rgbd_map, load_map,  # noqa: E402
                           with_command)
 from nre_ros.models import DEFAULT_MODEL, load_model  # noqa: E402
-from nre_ros.pipeline import FineConfig, PipelineConfig, Prior, Relocalizer  # noqa: E402
+from nre_ros.pipeline import (FineConfig, PipelineConfig, Prior, Relocalizer,  # noqa: E402
+                              load_configured_model)
 from nre_ros.results import Result  # noqa: E402
 from nre_ros.solver.baselines import (argmax_correspondences, re_opencv_magsac,  # noqa: E402
                                       re_poselib)
@@ -591,7 +592,9 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(PipelineConfig().num_threads)
-    model = load_model(DEFAULT_MODEL, 'cpu')
+    model = load_model(DEFAULT_MODEL, 'cpu')          # builds the maps (torch)
+    # localizes: the product's default backend (ONNX Runtime on CPU), as Relocalizer.from_config
+    loc_model = load_configured_model(DEFAULT_MODEL, PipelineConfig())
     ex = None
     if not args.report_only and any(m in PEERS for m in args.methods):
         ex = Extractors(with_lighterglue='xfeat_lighterglue_poselib' in args.methods)
@@ -608,7 +611,7 @@ def main(argv: list[str] | None = None) -> None:
             continue
         map_path = get_map(DATASETS[ds][2], args.cache, model)
         raw[ds] = run_dataset(ds, queries(ds, args.every, args.limit), args.methods, map_path,
-                              model, args.cache, ex,
+                              loc_model, args.cache, ex,
                               tracking='nre_ros' in args.methods and not args.no_tracking)
         raw[ds]['load_avg_5min'] = (load0, os.getloadavg()[1])
         raw[ds]['wall_s'] = time.perf_counter() - t0

@@ -142,6 +142,22 @@ def resolve_backend(backend: str, device: str) -> str:
     return 'onnxruntime'
 
 
+def load_configured_model(name: str, config: 'PipelineConfig'):
+    """Model ``name`` on ``config``'s backend and device (what ``Relocalizer.from_config``
+    runs; benchmarks use it so their rows time the product's default path)."""
+    backend = resolve_backend(config.backend, config.device)
+    if backend == 'torch':
+        return load_model(name, config.device)
+    from nre_ros.backends import BackendConfig, load_backend
+    if backend == 'tensorrt':
+        logger.info('building/loading the TensorRT engine (minutes on first use)')
+    else:
+        logger.info('loading ONNX Runtime networks (exported once into the cache, '
+                    '~10-40 s the first time)')
+    return load_backend(BackendConfig(model=name, backend=backend, device=config.device,
+                                      threads=config.num_threads))
+
+
 @dataclass(frozen=True)
 class Prior:
     """A pose guess (odometry, last fix, /initialpose): ``T_cam_world`` and its (6, 6)
@@ -193,22 +209,10 @@ class Relocalizer:
         t0 = time.perf_counter()
         map_ = load_map(map_path)
         name = map_.spec.name if config.model == 'auto' else config.model
-        backend = resolve_backend(config.backend, config.device)
-        if backend == 'torch':
-            model = load_model(name, config.device)
-        else:
-            from nre_ros.backends import BackendConfig, load_backend
-            if backend == 'tensorrt':
-                logger.info('building/loading the TensorRT engine (minutes on first use)')
-            else:
-                logger.info('loading ONNX Runtime networks (exported once into the cache, '
-                            '~10-40 s the first time)')
-            model = load_backend(BackendConfig(model=name, backend=backend,
-                                               device=config.device,
-                                               threads=config.num_threads))
+        model = load_configured_model(name, config)
         logger.info('loaded model %s (%s) and map %s (%d keyframes, %d points) in %.0f ms',
-                    model.spec.name, backend, map_path, map_.num_keyframes,
-                    map_.num_points, 1e3 * (time.perf_counter() - t0))
+                    model.spec.name, resolve_backend(config.backend, config.device), map_path,
+                    map_.num_keyframes, map_.num_points, 1e3 * (time.perf_counter() - t0))
         return cls(map_, model, config)
 
     @property
