@@ -109,8 +109,7 @@ class LossMaps:
             uv = uv + self.origin.to(uv.dtype)
         return uv
 
-    def lookup(self, uv: Tensor, valid: Tensor | None = None, index: Tensor | None = None
-               ) -> Tensor:
+    def lookup(self, uv: Tensor, valid: Tensor | None = None) -> Tensor:
         """Bilinear lookup of L_n at grid coordinates (the NRE of Eq. 4 with s_n = 1, truncated).
 
         Each of the 4 neighbouring cells that lies outside the map costs ln|Omega| (the "out"
@@ -119,24 +118,18 @@ class LossMaps:
         Args:
             uv: (..., N, 2) grid coordinates (x, y); leading dims broadcast (e.g. M hypotheses).
             valid: optional (..., N) bool.
-            index: optional (M,) int64: look up only these maps (uv is then (..., M, 2)),
-                without copying them.
 
         Returns:
-            (..., N) (or (..., M)) float32 NRE values in [0, ln_omega].
+            (..., N) float32 NRE values in [0, ln_omega].
         """
         n, h, w = self.maps.shape
-        rows = torch.arange(n, device=uv.device) if index is None else index
-        n = int(rows.numel())
         if uv.shape[-2] != n or uv.shape[-1] != 2:
             raise ShapeError(f'uv must have shape (..., {n}, 2), got {tuple(uv.shape)}')
         lead = uv.shape[:-2]
-        if self.origin is not None:
-            uv = uv - self.origin[rows].to(uv.dtype)
-        uv = uv.reshape(-1, n, 2).to(self.maps.dtype)
+        uv = self.to_local(uv).reshape(-1, n, 2).to(self.maps.dtype)
         if valid is not None:
             valid = valid.reshape(-1, n)
-        offset = rows * (h * w)
+        offset = torch.arange(n, device=uv.device) * (h * w)
         out = bilinear_cost(self.maps.reshape(-1), offset, (w, h), self.ln_omega, uv[..., 0],
                             uv[..., 1], valid)
         return out.reshape(lead + (n,))
