@@ -321,12 +321,7 @@ class Relocalizer:
             else:
                 fine = self.model.extract(c.prep.image, fine=True).fine
             timings['fine_features'] = 1e3 * (time.perf_counter() - t)
-            pc = se3.transform(pts, T[:3, :3], T[:3, 3])
-            uv, valid = se3.project(pc, K_fine)
-            hf, wf = fine.shape[1:]
-            inside = valid & (uv[:, 0] >= 0) & (uv[:, 0] <= wf - 1) & (uv[:, 1] >= 0) & (
-                uv[:, 1] <= hf - 1)
-            index = torch.nonzero(inside).reshape(-1)
+            uv, index = se3.project_in_grid(pts, T, K_fine, (fine.shape[2], fine.shape[1]))
             if index.numel() == 0:
                 return None
             desc = self._descriptors(c.point_idx[index.cpu().numpy()], c.keyframes, 'fine')

@@ -84,16 +84,11 @@ def solve_pair(heads: NreHeads, cache: FeatureCache, ep: EvalPair,
         pts = torch.as_tensor(ep.points_world, dtype=torch.float64)
 
         def build(T: Tensor) -> FineLevel | None:
-            pc = se3.transform(pts, T[:3, :3], T[:3, 3])
-            uvf, valid = se3.project(pc, K_f)
-            hf, wf = fdense.shape[1:]
-            inside = valid & (uvf[:, 0] >= 0) & (uvf[:, 0] <= wf - 1) & (uvf[:, 1] >= 0) & (
-                uvf[:, 1] <= hf - 1)
-            index = torch.nonzero(inside).reshape(-1)
+            uvf, index = se3.project_in_grid(pts, T, K_f, (fdense.shape[2], fdense.shape[1]))
             if index.numel() == 0:
                 return None
-            fmaps = fine_loss_maps(fdense, fdesc[index], uvf[index].float(), maps.select(index),
-                                   COARSE_STRIDE / FINE_STRIDE, tau_f, window)
+            fmaps = fine_loss_maps(fdense, fdesc[index], uvf[index].float(), maps,
+                                   COARSE_STRIDE / FINE_STRIDE, tau_f, window, coarse_index=index)
             return FineLevel(fmaps, K_f, index)
         builder = build
     res = solve(ep.points_world, maps, K, config, fine=builder)

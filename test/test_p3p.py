@@ -46,3 +46,19 @@ def test_degenerate_triplets_are_invalid():
     X[:, 2] = X[:, 0] + 2.0 * (X[:, 1] - X[:, 0])  # collinear points
     _, _, valid = p3p(torch.tensor(b), torch.tensor(X))
     assert not bool(valid.any())
+
+
+def test_project_in_grid_keeps_points_in_front_and_inside():
+    from nre_ros.solver.se3 import project_in_grid
+    K = torch.tensor([[10.0, 0, 4.5], [0, 10.0, 2.5], [0, 0, 1]], dtype=torch.float64)
+    T = torch.eye(4, dtype=torch.float64)
+    T[:3, 3] = torch.tensor([0.0, 0.0, 1.0])                  # world origin 1 m ahead
+    pts = torch.tensor([[0.0, 0.0, 0.0],      # centre (4.5, 2.5): inside
+                        [-0.45, -0.25, 0.0],  # (0, 0): corner cell centre, inside
+                        [0.46, 0.0, 0.0],     # u = 9.1 > W - 1 = 9: outside
+                        [0.0, 0.0, -2.0]],    # behind the camera
+                       dtype=torch.float64)
+    uv, index = project_in_grid(pts, T, K, (10, 6))
+    assert index.tolist() == [0, 1]
+    torch.testing.assert_close(uv[:2], torch.tensor([[4.5, 2.5], [0.0, 0.0]],
+                                                    dtype=torch.float64))

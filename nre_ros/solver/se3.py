@@ -86,6 +86,17 @@ def project(points_cam: Tensor, K: Tensor, min_depth: float = 1e-4
     return uv, valid
 
 
+def project_in_grid(points_world: Tensor, T_cam_world: Tensor, K: Tensor,
+                    size: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    """Points of a (W, H) grid's view: (N, 2) grid coordinates of all points under T_cam_world
+    and the (M,) int64 indices of those in front of the camera with a projection inside
+    [0, W - 1] x [0, H - 1] (the cells' centres)."""
+    uv, valid = project(transform(points_world, T_cam_world[:3, :3], T_cam_world[:3, 3]), K)
+    w, h = size
+    inside = valid & (uv[:, 0] >= 0) & (uv[:, 0] <= w - 1) & (uv[:, 1] >= 0) & (uv[:, 1] <= h - 1)
+    return uv, torch.nonzero(inside).reshape(-1)
+
+
 def project_jacobian(points_cam: Tensor, K: Tensor, min_depth: float = 1e-4) -> Tensor:
     """(N, 2, 6) d uv / d xi for a left increment xi = (rho, phi) on T_cam_world.
 
