@@ -20,7 +20,7 @@ from torch import Tensor
 from nre_ros.errors import ShapeError
 
 __all__ = ['LossMaps', 'bilinear_cost', 'coarse_loss_maps', 'loss_maps_from_logits', 'fine_loss_maps',
-           'fine_loss_maps_from_logits', 'window_origins']
+           'fine_loss_maps_from_logits', 'window_logits', 'window_origins']
 
 
 @dataclass(frozen=True)
@@ -248,7 +248,7 @@ def window_origins(centres: Tensor, window: int) -> Tensor:
 def fine_loss_maps(query_desc: Tensor, point_desc: Tensor, centres: Tensor, coarse: LossMaps,
                    fine_per_coarse: float, inv_temperature: float, window: int = 16,
                    divisor: float = 1.0, normalize: bool = False,
-                   chunk: int = 128, coarse_index: Tensor | None = None) -> LossMaps:
+                   tile: int = 48, coarse_index: Tensor | None = None) -> LossMaps:
     """Local fine loss maps in windows around given fine-grid centres (App. D.1).
 
     The softmax runs over the window cells that lie inside the fine grid; the window's mass is
@@ -267,8 +267,7 @@ def fine_loss_maps(query_desc: Tensor, point_desc: Tensor, centres: Tensor, coar
         window: S, window side in fine cells.
         divisor: extra divisor of the window mass (1 = mass preserving; the paper uses 64).
         normalize: L2-normalise descriptors first.
-        chunk: points per gather (bounds memory to chunk * S^2 * C floats; 128 keeps a chunk's
-            patches (8 MB at S=16, C=64) in cache for the product: 33 vs 56 ms at 512, fr1).
+        tile: side (fine cells) of the tiles points are grouped by (see ``window_logits``).
 
     Returns:
         LossMaps with (N, S, S) maps, ``origin`` (N, 2), grid (Wf, Hf), ln_omega = ln(Hf*Wf + 1).
@@ -284,19 +283,60 @@ def fine_loss_maps(query_desc: Tensor, point_desc: Tensor, centres: Tensor, coar
         q = torch.nn.functional.normalize(q, dim=0)
         p = torch.nn.functional.normalize(p, dim=1)
     origin = window_origins(centres.float(), window)
-    d = torch.arange(window, device=q.device)
-    qflat = q.reshape(c, hf * wf).T.contiguous()  # (Hf*Wf, C): rows gathered contiguously
-    logits = torch.empty(n, window, window, device=q.device)
-    for s in range(0, n, chunk):
-        o = origin[s:s + chunk]
-        xs = (o[:, 0, None, None] + d[None, None, :]).clamp(0, wf - 1)
-        ys = (o[:, 1, None, None] + d[None, :, None]).clamp(0, hf - 1)
-        patch = torch.index_select(qflat, 0, (ys * wf + xs).reshape(-1)  # faster than qflat[i]
-                                   ).reshape(-1, window * window, c)
-        logits[s:s + chunk] = torch.einsum('mkc,mc->mk', patch, p[s:s + chunk] * inv_temperature
-                                           ).reshape(-1, window, window)
+    logits = window_logits(q, p * float(inv_temperature), origin, window, tile)
     return fine_loss_maps_from_logits(logits, origin, coarse, fine_per_coarse, (wf, hf), divisor,
                                       coarse_index)
+
+
+def window_logits(query_desc: Tensor, point_desc: Tensor, origin: Tensor, window: int,
+                  tile: int = 48) -> Tensor:
+    """(N, S, S) dot products ``point_desc[n] . query_desc[:, y, x]`` over each S x S window
+    (cell (i, j) at ``origin[n] + (j, i)``). Cells outside the grid hold 0, except in windows
+    wholly outside it (moved inside; fine_loss_maps_from_logits masks every outside cell).
+
+    Points are grouped by the ``tile`` x ``tile`` block of the grid their window starts in; each
+    group is one matmul against its block's (tile + S - 1)^2 cells, from which the windows
+    are read. At N = 1000, S = 16, C = 64 on a 320 x 240 grid this takes about half the time of
+    gathering (N, S^2, C) patches (which also needs a channels-last copy of the grid), for
+    ~15x the multiply-adds: the matmul runs from cache, the gather from memory.
+
+    Args:
+        query_desc: (C, H, W) float32.
+        point_desc: (N, C) float32 (any scaling already applied).
+        origin: (N, 2) int64 grid coordinates (x0, y0) of each window's cell (0, 0).
+    """
+    c, h, w = query_desc.shape
+    n, s = point_desc.shape[0], window
+    if n == 0:
+        return query_desc.new_zeros(0, s, s)
+    span = tile + s - 1                       # block side: every window starting in the tile
+    # Windows wholly outside the grid are clamped just inside its padded border (their cells
+    # are masked by the caller); shifted origins are >= 0.
+    lo = origin.new_tensor([-(s - 1), -(s - 1)])
+    hi = origin.new_tensor([w - 1, h - 1])
+    shifted = torch.minimum(torch.maximum(origin, lo), hi) + (s - 1)
+    tiles_x = -(-(w + s - 1) // tile)
+    tile_id = (shifted[:, 1] // tile) * tiles_x + shifted[:, 0] // tile
+    order = torch.argsort(tile_id)
+    ids, counts = torch.unique_consecutive(tile_id[order], return_counts=True)
+    d = torch.arange(s, device=origin.device)
+    cells = (d[:, None] * span + d[None, :]).reshape(-1)            # (S^2,) block offsets
+    sorted_out = torch.empty(n, s * s, dtype=torch.float32, device=query_desc.device)
+    start = 0
+    for tid, count in zip(ids.tolist(), counts.tolist()):
+        idx = order[start:start + count]
+        bx, by = (tid % tiles_x) * tile - (s - 1), (tid // tiles_x) * tile - (s - 1)
+        block = query_desc[:, max(by, 0):by + span, max(bx, 0):bx + span]
+        pad = (max(-bx, 0), span - block.shape[2] - max(-bx, 0),
+               max(-by, 0), span - block.shape[1] - max(-by, 0))
+        if any(pad):
+            block = torch.nn.functional.pad(block, pad)
+        dense = point_desc.index_select(0, idx) @ block.reshape(c, span * span)
+        local = shifted.index_select(0, idx) - (s - 1)
+        first = (local[:, 1] - by) * span + (local[:, 0] - bx)
+        torch.gather(dense, 1, first[:, None] + cells, out=sorted_out[start:start + count])
+        start += count
+    return torch.empty_like(sorted_out).index_copy_(0, order, sorted_out).reshape(n, s, s)
 
 
 def fine_loss_maps_from_logits(logits: Tensor, origin: Tensor, coarse: LossMaps,

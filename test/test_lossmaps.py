@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from nre_ros.lossmaps import (LossMaps, coarse_loss_maps, fine_loss_maps,
-                              fine_loss_maps_from_logits, loss_maps_from_logits, window_origins)
+                              fine_loss_maps_from_logits, loss_maps_from_logits, window_logits,
+                              window_origins)
 from nre_ros.solver.synthetic import gaussian_logits
 
 
@@ -161,3 +162,24 @@ def test_fine_maps_read_coarse_rows_in_place():
     assert torch.equal(a.origin, b.origin)
     with pytest.raises(Exception, match='must hold 3 points'):
         fine_loss_maps(q, p, centres, coarse, 4, 5.0, window=8, coarse_index=index[:2])
+
+
+@pytest.mark.parametrize('tile', [1, 5, 48])
+def test_window_logits_match_direct_dot_products(tile):
+    """Tiled window logits equal p_n . q(cell) read cell by cell, for windows inside, across
+    every edge and wholly outside the grid (cells outside the grid hold 0)."""
+    q, p = _random_desc(c=8, h=23, w=31, n=40, seed=5)
+    g = torch.Generator().manual_seed(6)
+    origin = torch.stack([torch.randint(-12, 36, (40,), generator=g),
+                          torch.randint(-12, 28, (40,), generator=g)], dim=1)
+    s = 6
+    out = window_logits(q, p, origin, s, tile)
+    d = torch.arange(s)
+    xs = origin[:, 0, None, None] + d[None, None, :]             # (N, 1, S)
+    ys = origin[:, 1, None, None] + d[None, :, None]             # (N, S, 1)
+    inside = (xs >= 0) & (xs < 31) & (ys >= 0) & (ys < 23)
+    cells = q[:, ys.clamp(0, 22), xs.clamp(0, 30)]                # (C, N, S, S)
+    ref = torch.einsum('cnij,nc->nij', cells, p) * inside
+    assert out.shape == (40, s, s)
+    assert bool((~inside).any()) and bool(inside.any())       # both kinds are exercised
+    torch.testing.assert_close(out * inside, ref)
