@@ -166,3 +166,17 @@ def test_export_command(tmp_path, capsys):
     assert (tmp_path / 'xfeat-coarse.onnx').exists() and (tmp_path / 'xfeat.spec.json').exists()
     diff = float(out.split('coarse: max |onnxruntime - torch| = ')[1].split()[0])
     assert diff < PARITY_ATOL
+
+
+def test_graph_digest_follows_code_and_torch_version(tmp_path):
+    """The export cache folder changes when the network code or torch changes, so an upgrade
+    never reuses a graph exported by older code (a stale fine graph was found in a cache)."""
+    from nre_ros.backends import graph_digest
+    src = tmp_path / 'net.py'
+    src.write_text('x = image.mean(dim=1)\n')
+    a = graph_digest([src], '2.13.0')
+    assert a == graph_digest([src], '2.13.0') and len(a) == 8
+    assert a != graph_digest([src], '2.14.0')
+    src.write_text('x = image\n')
+    assert a != graph_digest([src], '2.13.0')
+    assert graph_digest() == graph_digest()               # the package's own sources

@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from nre_ros.errors import BackendUnavailable, ConfigError
 from nre_ros.models import DEFAULT_MODEL, load_model
 
 __all__ = ['BackendConfig', 'BackendModel', 'Runner', 'load_backend', 'BACKENDS',
-           'default_cache_dir']
+           'default_cache_dir', 'graph_digest']
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +56,24 @@ class BackendConfig:
 def default_cache_dir() -> Path:
     base = os.environ.get('XDG_CACHE_HOME') or Path.home() / '.cache'
     return Path(base) / 'nre_ros'
+
+
+def graph_digest(sources: list[Path] | None = None, torch_version: str = torch.__version__
+                 ) -> str:
+    """8 hex digits of sha256 over the code that defines and exports the networks (every
+    ``nre_ros/models/*.py`` and the ONNX exporter, or ``sources``) and the torch version: part
+    of the export cache folder's name, so that an upgraded nre_ros or torch never runs a graph
+    exported by older code (same weights, different ops)."""
+    if sources is None:
+        import nre_ros.models
+        from nre_ros.backends import onnx_backend
+        sources = sorted(Path(nre_ros.models.__file__).parent.glob('*.py'))
+        sources.append(Path(onnx_backend.__file__))
+    digest = hashlib.sha256(torch_version.encode())
+    for path in sources:
+        digest.update(path.name.encode())
+        digest.update(Path(path).read_bytes())
+    return digest.hexdigest()[:8]
 
 
 def _padded(size: tuple[int, int], multiple: int) -> tuple[int, int]:
@@ -104,7 +123,8 @@ def load_backend(config: BackendConfig = BackendConfig(), model=None) -> Backend
     else:
         from nre_ros.backends.onnx_backend import export_onnx
         cache = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
-        onnx_dir = cache / 'onnx' / f'{model.spec.name}-{model.spec.weights_sha256[:12]}'
+        onnx_dir = cache / 'onnx' / (f'{model.spec.name}-{model.spec.weights_sha256[:12]}-'
+                                     f'{graph_digest()}')
         spec_file = onnx_dir / f'{model.spec.name}.spec.json'
         if not spec_file.exists():
             logger.info('exporting %s to ONNX in %s (once; ~10-40 s)', model.spec.name, onnx_dir)

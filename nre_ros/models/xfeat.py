@@ -75,7 +75,8 @@ def xfeat_forward(xfeat: nn.Module, image: torch.Tensor, keypoints: bool = True
     """XFeatModel's forward (raw 64-d feats at /8, keypoint logits at /8 or None), written with
     ``pixel_unshuffle`` instead of ``Tensor.unfold`` (identical channel order) so that it exports
     to ONNX with dynamic sizes, and without the unused reliability head."""
-    x = instance_norm(image.mean(dim=1, keepdim=True), xfeat.norm.eps)
+    gray = image if image.shape[1] == 1 else image.mean(dim=1, keepdim=True)
+    x = instance_norm(gray, xfeat.norm.eps)
     x1 = xfeat.block1(x)
     x2 = xfeat.block2(x1 + xfeat.skip1(x))
     x3 = xfeat.block3(x2)
