@@ -77,11 +77,12 @@ def wait_until(pred, timeout: float = 5.0, period: float = 0.01) -> bool:
 
 
 class Spinner:
-    """A MultiThreadedExecutor spinning some nodes in a background thread."""
+    """A SingleThreadedExecutor (what the node's main() runs) spinning some nodes in a
+    background thread."""
 
-    def __init__(self, context, *nodes, num_threads: int = 4):
-        from rclpy.executors import MultiThreadedExecutor
-        self.executor = MultiThreadedExecutor(num_threads=num_threads, context=context)
+    def __init__(self, context, *nodes):
+        from rclpy.executors import SingleThreadedExecutor
+        self.executor = SingleThreadedExecutor(context=context)
         for n in nodes:
             self.executor.add_node(n)
         self.thread = threading.Thread(target=self._spin, daemon=True)

@@ -62,3 +62,28 @@ def test_load_map_swaps_keeps_old_on_failure_and_rejects_concurrent(running):
     T_map_base = invert(prior.T_cam_world) @ invert(h.T_BASE_CAM)
     np.testing.assert_allclose(T_map_base[:3, 3], [4.0, 5.0, 0.0], atol=1e-9)
     assert node._state_machine.current_state[1] == 'active'
+
+
+def test_tf_keeps_flowing_while_load_map_holds_the_executor(running):
+    """map->odom is republished by its own thread: a 1 s ~/load_map (which runs in the one
+    executor thread, as in main()) leaves no gap in it."""
+    import time
+    node, rig, factory = running(publish_identity_until_localized=True)
+    client = rig.create_client(LoadMap, '/nre_relocalization/load_map')
+    assert client.wait_for_service(timeout_sec=3.0)
+
+    def slow_factory(path, cfg):
+        time.sleep(1.0)
+        return factory(path, cfg)
+
+    node._factory = slow_factory
+    assert h.wait_until(lambda: len(rig.tfs) > 3)
+    t0 = now_ns(node)
+    assert _call(client, LoadMap.Request(map_path='other.nremap')).success
+    t1 = now_ns(node)
+    assert h.wait_until(lambda: any(conv.stamp_to_ns(t.header.stamp) > t1 for t in rig.tfs))
+    stamps = sorted(conv.stamp_to_ns(t.header.stamp) for t in list(rig.tfs)
+                    if t.child_frame_id == 'odom' and t.header.frame_id == 'map')
+    window = [s for s in stamps if t0 <= s - int(0.2e9) <= t1]   # stamps carry +tolerance
+    assert t1 - t0 > 0.9e9 and len(window) >= 10, (len(window), (t1 - t0) / 1e9)
+    assert max(b - a for a, b in zip(window, window[1:])) < 0.3e9

@@ -338,11 +338,12 @@ class Recorder:
 
 
 class Spinner:
-    """MultiThreadedExecutor in a background thread."""
+    """SingleThreadedExecutor in a background thread (rclpy's MultiThreadedExecutor busy-polls
+    and would take a core from the node it measures)."""
 
-    def __init__(self, context, node, num_threads: int = 2):
-        from rclpy.executors import MultiThreadedExecutor
-        self.executor = MultiThreadedExecutor(num_threads=num_threads, context=context)
+    def __init__(self, context, node):
+        from rclpy.executors import SingleThreadedExecutor
+        self.executor = SingleThreadedExecutor(context=context)
         self.executor.add_node(node)
         self.thread = threading.Thread(target=self._spin, name='nre_live_spin', daemon=True)
         self.thread.start()

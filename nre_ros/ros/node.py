@@ -3,8 +3,10 @@
 Contract: /work/shared/design/ros-interface.md §1-§7 (lifecycle, topics, QoS, frames, TF,
 covariance, parameters, services, diagnostics). Images are paired with camera_info by exact
 stamp on the executor; localization runs on one worker thread (frames arriving while it is
-busy are dropped and counted); a TF timer in its own callback group republishes the latest
-map->odom. Entry point: ``ros2 run nre_ros nre_relocalization`` (``main``).
+busy are dropped and counted); a thread of its own republishes the latest map->odom. ``main``
+spins one SingleThreadedExecutor (see docs/ros.md "Threads"); the callback groups keep the
+node correct in a MultiThreadedExecutor too. Entry point: ``ros2 run nre_ros
+nre_relocalization`` (``main``).
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseWithCovarianceStamped
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
                        qos_profile_sensor_data)
@@ -209,9 +211,10 @@ class RelocalizationNode(LifecycleNode):
                            reliability=qos.reliability, durability=qos.durability),
                 callback_group=self._sensor_group)))
         if cfg.tf_owner != 'none' and cfg.transform_publish_period > 0:
-            self._active_entities.append(('timer', self.create_timer(
-                cfg.transform_publish_period, self._on_tf_timer,
-                callback_group=self._timer_group)))
+            # its own thread, not an executor timer: TF keeps flowing while a callback holds
+            # the executor for seconds (~/load_map, a lifecycle transition)
+            self._active_entities.append(('thread', _Periodic(
+                cfg.transform_publish_period, self._on_tf_timer, 'nre_tf_republish')))
         with self._lock:
             self._active, self._enabled = True, True
             self._requested = cfg.localize_on_startup
@@ -264,6 +267,8 @@ class RelocalizationNode(LifecycleNode):
                 self.destroy_service(entity)
             elif kind == 'timer':
                 self.destroy_timer(entity)
+            elif kind == 'thread':
+                entity.stop()
         self._active_entities = []
 
     def _release(self) -> None:
@@ -670,6 +675,29 @@ class RelocalizationNode(LifecycleNode):
         self._diag_pub.publish(msg)
 
 
+
+class _Periodic:
+    """Calls ``fn`` every ``period_s`` seconds in a daemon thread until ``stop()``."""
+
+    def __init__(self, period_s: float, fn: Callable[[], None], name: str):
+        self._period, self._fn = float(period_s), fn
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._period):
+            try:
+                self._fn()
+            except Exception as exc:  # noqa: BLE001 - keep republishing; say what failed
+                print(f'nre_relocalization: {self._thread.name}: {exc!r}', file=sys.stderr)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout=2.0)
+
+
 def main(argv: list[str] | None = None,
          relocalizer_factory: RelocalizerFactory | None = None) -> int:
     """Run the node; ``-p autostart:=true`` configures and activates it without a manager."""
@@ -678,7 +706,11 @@ def main(argv: list[str] | None = None,
         # `kill -USR1 PID` prints every thread's stack (how a stuck node is diagnosed)
         faulthandler.register(signal.SIGUSR1, all_threads=True)
     node = RelocalizationNode(relocalizer_factory=relocalizer_factory)
-    executor = MultiThreadedExecutor(num_threads=4)
+    # One executor thread: rclpy's MultiThreadedExecutor busy-polls its futures and took a
+    # whole core of 2 on a 30 Hz 640x480 stream (the GT-oracle node: 29 s CPU per 30 s, 391 of
+    # 900 frames reaching the callback; single-threaded: 5 s, 900 of 900). Callbacks only
+    # hand work over (localization runs in the worker thread, TF republishing in its own).
+    executor = SingleThreadedExecutor()
     executor.add_node(node)
     code = 0
     try:
@@ -693,7 +725,7 @@ def main(argv: list[str] | None = None,
         # and exits with status 1 rather than hanging the caller (launch, a test, a bag replay).
         faulthandler.dump_traceback_later(SHUTDOWN_WATCHDOG_S, exit=True)
         # stop callbacks first (without waiting on executor threads forever), then release
-        executor.shutdown(timeout_sec=2.0, wait_for_threads=False)
+        executor.shutdown(timeout_sec=2.0)
         try:
             node.on_shutdown(None)
         except Exception as exc:  # noqa: BLE001 - best effort while shutting down
