@@ -265,8 +265,6 @@ class RelocalizationNode(LifecycleNode):
                 self.destroy_subscription(entity)
             elif kind == 'srv':
                 self.destroy_service(entity)
-            elif kind == 'timer':
-                self.destroy_timer(entity)
             elif kind == 'thread':
                 entity.stop()
         self._active_entities = []
@@ -675,7 +673,6 @@ class RelocalizationNode(LifecycleNode):
         self._diag_pub.publish(msg)
 
 
-
 class _Periodic:
     """Calls ``fn`` every ``period_s`` seconds in a daemon thread until ``stop()``."""
 
@@ -724,7 +721,7 @@ def main(argv: list[str] | None = None,
         # cleanup or interpreter exit stuck for SHUTDOWN_WATCHDOG_S prints every thread's stack
         # and exits with status 1 rather than hanging the caller (launch, a test, a bag replay).
         faulthandler.dump_traceback_later(SHUTDOWN_WATCHDOG_S, exit=True)
-        # stop callbacks first (without waiting on executor threads forever), then release
+        # stop callbacks first, then release
         executor.shutdown(timeout_sec=2.0)
         try:
             node.on_shutdown(None)
