@@ -16,7 +16,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from nre_ros.lossmaps import LossMaps, bilinear_cost
+from nre_ros.lossmaps import LossMaps, argmin_cells, bilinear_cost
 from nre_ros.solver import se3
 from nre_ros.solver.p3p import p3p
 
@@ -74,33 +74,6 @@ class MsacResult:
 def _fail(reason: str, detail: str, n_cand: int, maps: LossMaps, t0: float) -> MsacResult:
     return MsacResult(None, float('inf'), float('inf'), 0, n_cand, 0,
                       n_cand * maps.ln_omega, (time.perf_counter() - t0) * 1e3, reason, detail)
-
-
-def _argmin_uv(cmaps: Tensor, subcell: bool) -> Tensor:
-    """(M, 2) float32 grid coordinates of the minima of (M, h, w) maps (see
-    LossMaps.argmin_uv; same first-occurrence tie-break): the row of the minimum first, then
-    its column, which is cheaper than one argmin over h*w cells."""
-    m, h, w = cmaps.shape
-    ar = torch.arange(m, device=cmaps.device)
-    y = cmaps.amin(dim=2).argmin(dim=1)
-    row = cmaps[ar, y]                                             # (M, w)
-    x = row.argmin(dim=1)
-    uv = torch.stack([x, y], dim=1).to(torch.float32)
-    if not subcell:
-        return uv
-    flat = cmaps.reshape(-1)
-    cell = ar * (h * w) + y * w + x
-    c = flat[cell]
-    step = torch.tensor([1, w], device=cmaps.device)
-    coord = torch.stack([x, y], dim=1)
-    ok = (coord > 0) & (coord < torch.tensor([w - 1, h - 1], device=cmaps.device))
-    s = step * ok
-    lo = flat[cell[:, None] - s]
-    hi = flat[cell[:, None] + s]
-    curv = lo - 2 * c[:, None] + hi
-    ok = ok & (curv > 1e-6)
-    d = 0.5 * (lo - hi) / torch.where(ok, curv, torch.ones_like(curv))
-    return uv + torch.where(ok, d.clamp(-0.5, 0.5), torch.zeros_like(d))
 
 
 def _needed_triplets(support: int, n_cand: int, confidence: float) -> float:
@@ -183,7 +156,7 @@ def msac(points_world: Tensor, maps: LossMaps, K: Tensor,
     flat = cmaps.reshape(-1)
     cpts = points_world[cand]
     cpts_t = cpts.T.float()                   # (3, n)
-    uv = _argmin_uv(cmaps, config.subcell_argmin).to(torch.float64)
+    uv = argmin_cells(cmaps, config.subcell_argmin).to(torch.float64)
     offset = torch.arange(n_cand, device=dev) * (h * w)
     fx, fy, cx, cy = (float(v) for v in (K[0, 0], K[1, 1], K[0, 2], K[1, 2]))
     low = maps.ln_omega - config.support_margin

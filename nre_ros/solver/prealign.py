@@ -20,9 +20,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from nre_ros.lossmaps import LossMaps
+from nre_ros.lossmaps import LossMaps, argmin_cells
 from nre_ros.solver.gnc import _exp_update, _jacobian
-from nre_ros.solver.msac import _argmin_uv
 
 __all__ = ['PrealignConfig', 'prealign']
 
@@ -58,7 +57,7 @@ def prealign(points_world: Tensor, maps: LossMaps, K: Tensor, T_init: Tensor,
     if sel.numel() < config.min_points:
         return T_init
     # minima of all maps read in place (a copy of the peaked ones cost more than the extra rows)
-    uv_min = _argmin_uv(maps.maps, True).index_select(0, sel).double().cpu().numpy()
+    uv_min = argmin_cells(maps.maps, True).index_select(0, sel).double().cpu().numpy()
     X = points_world.index_select(0, sel).double().cpu().numpy()
     fx, fy, cx, cy = (float(v) for v in (K[0, 0], K[1, 1], K[0, 2], K[1, 2]))
     T = T_init.detach().double().cpu().numpy().copy()
