@@ -19,8 +19,8 @@ from torch import Tensor
 
 from nre_ros.errors import ShapeError
 
-__all__ = ['LossMaps', 'argmin_cells', 'bilinear_cost', 'coarse_loss_maps', 'loss_maps_from_logits', 'fine_loss_maps',
-           'fine_loss_maps_from_logits', 'window_logits', 'window_origins']
+__all__ = ['LossMaps', 'argmin_cells', 'bilinear_cost', 'coarse_loss_maps', 'loss_maps_from_logits',
+           'fine_loss_maps', 'fine_loss_maps_from_logits', 'window_logits', 'window_origins']
 
 
 @dataclass(frozen=True)
