@@ -138,10 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     images, infos = [], []
     for rgb, cam, _ in frames:
         images.append(conv.numpy_to_image(np.ascontiguousarray(rgb), 'rgb8'))
-        d = np.zeros(5)
-        d[:cam.dist.size] = cam.dist
         infos.append(CameraInfo(width=cam.width, height=cam.height, k=cam.K.reshape(-1).tolist(),
-                                distortion_model='plumb_bob', d=d.tolist(),
+                                distortion_model=cam.distortion_model,
+                                d=cam.ros_distortion().tolist(),
                                 p=np.hstack([cam.K, np.zeros((3, 1))]).reshape(-1).tolist()))
     h, w = images[0].height, images[0].width
 

@@ -18,9 +18,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import yaml
 
-from nre_ros.camera import Camera
+from nre_ros.camera import Camera, read_yaml_file
 from nre_ros.errors import InputError
 from nre_ros.geometry import pose_to_tum, tum_to_pose
 
@@ -78,8 +77,12 @@ class TumSequence:
         if not self.root.is_dir():
             raise InputError(f'sequence folder {self.root} does not exist')
         self.camera = Camera.from_yaml(self.root / 'camera.yaml')
-        self.depth_scale = float(yaml.safe_load((self.root / 'camera.yaml').read_text())
-                                 .get('depth_scale', 5000.0))
+        scale = read_yaml_file(self.root / 'camera.yaml', 'camera file').get('depth_scale', 5000.0)
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) \
+                or not 0 < scale < float('inf'):
+            raise InputError(f'{self.root / "camera.yaml"}: depth_scale must be a positive '
+                             f'number, got {scale!r}')
+        self.depth_scale = float(scale)
         stamps, poses = read_tum_poses(self.root / 'poses_T_world_cam.txt')
         entries = self._read_entries()
         self.frames: list[Frame] = []

@@ -53,20 +53,25 @@ def check_image_matches_camera(image: np.ndarray, camera: Camera) -> None:
 
 
 @lru_cache(maxsize=8)
-def _undistort_maps(key: bytes, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+def _undistort_maps(key: bytes, width: int, height: int, fisheye: bool
+                    ) -> tuple[np.ndarray, np.ndarray]:
     values = np.frombuffer(key, dtype=np.float64)
     K, dist = values[:9].reshape(3, 3), values[9:]
+    if fisheye:
+        return cv2.fisheye.initUndistortRectifyMap(K, dist, np.eye(3), K, (width, height),
+                                                   cv2.CV_32FC1)
     return cv2.initUndistortRectifyMap(K, dist, None, K, (width, height), cv2.CV_32FC1)
 
 
 def undistort(image: np.ndarray, camera: Camera, nearest: bool = False
               ) -> tuple[np.ndarray, Camera]:
-    """Remove lens distortion; the result is a pinhole image with the same K and size.
+    """Remove lens distortion (OpenCV or fisheye model); the result is a pinhole image with the
+    same K and size (a fisheye image keeps the field of view that K covers as a pinhole).
     ``nearest`` samples without interpolation (depth images: no mixed depths at edges)."""
     if not camera.has_distortion:
         return image, camera
     key = np.concatenate([camera.K.ravel(), camera.dist]).tobytes()
-    map_x, map_y = _undistort_maps(key, camera.width, camera.height)
+    map_x, map_y = _undistort_maps(key, camera.width, camera.height, camera.fisheye)
     if nearest:
         out = cv2.remap(image, map_x, map_y, cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT,
                         borderValue=0)

@@ -20,6 +20,7 @@ import numpy as np
 
 from nre_ros.camera import Camera
 from nre_ros.datasets import load_rgb
+from nre_ros.preprocess import undistort
 from nre_training.data import (CABINET, FR1, MEGADEPTH, SACRE_COEUR, Pair, View,
                                colmap_views_and_pairs, fr1_training_names, lift_depth,
                                mine_pairs, sample_points, synthetic_pair, tum_views,
@@ -44,11 +45,9 @@ def undistort_view(view: View) -> View:
     cam = view.camera
     if not cam.has_distortion:
         return view
-    mx, my = cv2.initUndistortRectifyMap(cam.K, cam.dist, None, cam.K, (cam.width, cam.height),
-                                         cv2.CV_32FC1)
-    image = cv2.remap(view.image, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    depth = None if view.depth is None else cv2.remap(view.depth, mx, my, cv2.INTER_NEAREST)
-    return View(view.key, image, Camera(cam.width, cam.height, cam.K), view.T_cam_world, depth)
+    image, pinhole = undistort(view.image, cam)
+    depth = None if view.depth is None else undistort(view.depth, cam, nearest=True)[0]
+    return View(view.key, image, pinhole, view.T_cam_world, depth)
 
 
 def fr1_train_val_names(val_fraction: float = 0.15) -> tuple[list[str], list[str]]:

@@ -21,7 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('images', nargs='+', help='image files')
     parser.add_argument('--map', required=True, help='map directory (*.nremap)')
     parser.add_argument('--camera', required=True,
-                        help='camera YAML (width, height, fx, fy, cx, cy, distortion)')
+                        help='camera YAML: width, height, fx, fy, cx, cy, distortion[, '
+                             'distortion_model], or the file ROS camera_calibration writes')
     parser.add_argument('--config', default=None, help='pipeline YAML (config/pipeline.yaml)')
     parser.add_argument('--depth', nargs='+', default=None, metavar='DEPTH',
                         help='registered depth images, one per image (16-bit PNG, or .npy float '

@@ -6,8 +6,8 @@ the bag's receive time of a message equals its header stamp):
 | topic | type | frame / meaning |
 |---|---|---|
 | ``/camera/color/image_raw`` | sensor_msgs/Image ``rgb8`` | ``camera_color_optical_frame`` |
-| ``/camera/color/camera_info`` | sensor_msgs/CameraInfo | K, P, ``plumb_bob`` D (5 values) or
-  ``rational_polynomial`` (8) from camera.yaml; the images are NOT undistorted |
+| ``/camera/color/camera_info`` | sensor_msgs/CameraInfo | K, P, ``plumb_bob`` D (5 values),
+  ``rational_polynomial`` (8) or ``equidistant`` (4) from camera.yaml; the images are NOT undistorted |
 | ``/camera/aligned_depth_to_color/image_raw`` | Image ``32FC1`` (metres) or ``16UC1`` (mm,
   REP 118), 0 = invalid | optional; registered to the colour image |
 | ``/ground_truth`` | geometry_msgs/PoseStamped | ``header.frame_id = 'map'``: the pose of the
@@ -144,14 +144,11 @@ def _image_msg(ts, stamp_ns: int, array: np.ndarray, encoding: str):
 def _camera_info_msg(ts, stamp_ns: int, camera: Camera):
     CameraInfo = ts.types['sensor_msgs/msg/CameraInfo']
     Roi = ts.types['sensor_msgs/msg/RegionOfInterest']
-    dist = camera.dist
-    model = 'rational_polynomial' if dist.size == 8 else 'plumb_bob'
-    d = np.zeros(8 if dist.size == 8 else 5)
-    d[:dist.size] = dist
     P = np.zeros((3, 4))
     P[:, :3] = camera.K
     return CameraInfo(header=_header(ts, stamp_ns, FRAME_CAMERA), height=camera.height,
-                      width=camera.width, distortion_model=model, d=d, k=camera.K.reshape(-1),
+                      width=camera.width, distortion_model=camera.distortion_model,
+                      d=camera.ros_distortion(), k=camera.K.reshape(-1),
                       r=np.eye(3).reshape(-1), p=P.reshape(-1), binning_x=0, binning_y=0,
                       roi=Roi(x_offset=0, y_offset=0, height=0, width=0, do_rectify=False))
 
@@ -294,11 +291,7 @@ def image_to_array(msg) -> np.ndarray:
 
 
 def camera_info_to_camera(msg) -> Camera:
-    d = np.asarray(msg.d, dtype=np.float64)
-    if d.size == 5 and not np.any(d):
-        d = np.zeros(0)
-    K = np.asarray(msg.k, dtype=np.float64).reshape(3, 3)
-    return Camera(int(msg.width), int(msg.height), K, d)
+    return Camera.from_ros(int(msg.width), int(msg.height), msg.k, msg.d, msg.distortion_model)
 
 
 def _pose_to_matrix(position, orientation) -> np.ndarray:

@@ -114,6 +114,7 @@ def assemble_map(model: FeatureModel, names: list[str], cams: list[Camera],
     for i, c in enumerate(cams):
         dist[i, :c.dist.size] = c.dist
     K = len(names)
+    fisheye = np.array([c.fisheye for c in cams], np.uint8)
     return Map(
         spec=model.spec, keyframe_names=tuple(names),
         kf_T_cam_world=np.asarray(T_cam_world, np.float64),
@@ -127,7 +128,8 @@ def assemble_map(model: FeatureModel, names: list[str], cams: list[Camera],
         obs_point=remap[obs_point].astype(np.int32), obs_uv=obs_uv.astype(np.float32),
         obs_coarse=obs_coarse, obs_fine=obs_fine,
         metadata=MapMetadata(units=units, global_descriptor=dict(GLOBAL_METHOD),
-                             provenance=prov))
+                             provenance=prov),
+        kf_fisheye=fisheye if fisheye.any() else None)
 
 
 def describe_observations(images: list, cams: list[Camera], T_cam_world: np.ndarray,

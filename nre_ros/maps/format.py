@@ -12,6 +12,8 @@ Tensors (dtype, shape)::
     kf_T_cam_world   F64 (K, 4, 4)   world -> keyframe camera (OpenCV optical frame)
     kf_K             F64 (K, 3, 3)   intrinsics of the image the features were computed on
     kf_dist          F64 (K, 8)      OpenCV distortion, zero-padded to 8
+    kf_fisheye       U8  (K,)        1 where kf_dist[:4] is the fisheye (equidistant) model; only
+                                     in maps with a fisheye keyframe
     kf_image_size    I32 (K, 2)      (width, height) in pixels
     kf_global        F32 (K, G)      L2-normalized global descriptors (retrieval)
     kf_offsets       I64 (K + 1,)    observations of keyframe i: [kf_offsets[i], kf_offsets[i+1])
@@ -57,7 +59,7 @@ _DTYPES = {
     'kf_image_size': (np.int32,), 'kf_global': (np.float32,), 'kf_offsets': (np.int64,),
     'points_world': (np.float32,), 'points_rgb': (np.uint8,), 'obs_point': (np.int32,),
     'obs_uv': (np.float32,), 'obs_coarse': (np.float16, np.float32),
-    'obs_fine': (np.float16, np.float32),
+    'obs_fine': (np.float16, np.float32), 'kf_fisheye': (np.uint8,),
 }
 
 
@@ -124,6 +126,7 @@ class Map:
     obs_coarse: np.ndarray
     obs_fine: np.ndarray | None = None
     metadata: MapMetadata = field(default_factory=MapMetadata)
+    kf_fisheye: np.ndarray | None = None
 
     # ------------------------------------------------------------------ accessors
     @property
@@ -145,6 +148,8 @@ class Map:
 
     def camera(self, i: int) -> Camera:
         w, h = (int(v) for v in self.kf_image_size[i])
+        if self.kf_fisheye is not None and self.kf_fisheye[i]:
+            return Camera(w, h, np.array(self.kf_K[i]), np.array(self.kf_dist[i, :4]), True)
         return Camera(w, h, np.array(self.kf_K[i]), np.array(self.kf_dist[i]))
 
     @cached_property
@@ -171,8 +176,9 @@ class Map:
 
     def tensors(self) -> dict[str, np.ndarray]:
         out = {k: np.ascontiguousarray(getattr(self, k)) for k in REQUIRED_TENSORS}
-        if self.obs_fine is not None:
-            out['obs_fine'] = np.ascontiguousarray(self.obs_fine)
+        for name in ('obs_fine', 'kf_fisheye'):
+            if getattr(self, name) is not None:
+                out[name] = np.ascontiguousarray(getattr(self, name))
         return out
 
     @property
@@ -264,7 +270,8 @@ def load_map(path: str | Path, expected_spec: ModelSpec | None = None,
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise MapFormatError(f'map {path}: metadata keyframe_names must be a list of strings')
     m = Map(spec=spec, keyframe_names=tuple(names), metadata=_metadata_from_meta(meta, path),
-            obs_fine=arrays.get('obs_fine'), **{k: arrays[k] for k in REQUIRED_TENSORS})
+            obs_fine=arrays.get('obs_fine'), kf_fisheye=arrays.get('kf_fisheye'),
+            **{k: arrays[k] for k in REQUIRED_TENSORS})
     validate_map(m, str(path))
     counts = meta.get('counts', {})
     actual = {'keyframes': m.num_keyframes, 'points': m.num_points,
@@ -359,6 +366,10 @@ def validate_map(m: Map, where: str = '<memory>') -> None:
         if m.spec.fine_dim == 0:
             _fail(where, 'tensor obs_fine present but the model spec has no fine level')
         _check_array(where, 'obs_fine', m.obs_fine, (O, m.spec.fine_dim))
+    if m.kf_fisheye is not None:
+        _check_array(where, 'kf_fisheye', m.kf_fisheye, (K,))
+        if np.any(m.kf_fisheye > 1) or np.any(m.kf_dist[m.kf_fisheye == 1, 4:] != 0):
+            _fail(where, 'kf_fisheye must be 0/1, fisheye keyframes have 4 distortion values')
     if K == 0 or P == 0:
         _fail(where, f'empty map ({K} keyframes, {P} points)')
     T = m.kf_T_cam_world
