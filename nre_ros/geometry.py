@@ -11,6 +11,9 @@ The solver has torch twins of the few functions it needs on batches (``nre_ros.s
 """
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import numpy as np
 from scipy.spatial.transform import Rotation
 
@@ -92,6 +95,36 @@ def so3_exp(rotvec: np.ndarray) -> np.ndarray:
     return Rotation.from_rotvec(rotvec.reshape(-1, 3)).as_matrix().reshape(rotvec.shape + (3,))
 
 
+def se3_exp(xi: np.ndarray) -> np.ndarray:
+    """Twists (rho, phi) (..., 6) -> (..., 4, 4) ``expm(hat(xi))`` in closed form (inverse of
+    ``se3_log``); a left increment on ``T_cam_world`` is ``se3_exp(xi) @ T``."""
+    xi = np.asarray(xi, dtype=np.float64)
+    if xi.shape[-1] != 6:
+        raise ShapeError(f'twists must have shape (..., 6), got {xi.shape}')
+    rho, phi = xi[..., :3], xi[..., 3:]
+    th2 = np.sum(phi * phi, axis=-1)[..., None, None]
+    th = np.sqrt(th2)
+    small = th2 < 1e-12
+    safe = np.where(small, 1.0, th)
+    # Taylor series below 1e-6 rad (the closed forms lose all digits there)
+    a = np.where(small, 1 - th2 / 6, np.sin(safe) / safe)
+    b = np.where(small, 0.5 - th2 / 24, (1 - np.cos(safe)) / safe ** 2)
+    c = np.where(small, 1.0 / 6 - th2 / 120, (safe - np.sin(safe)) / safe ** 3)
+    W = skew(phi)
+    W2 = W @ W
+    eye = np.eye(3)
+    R = eye + a * W + b * W2
+    V = eye + b * W + c * W2
+    return make_transform(R, np.einsum('...ij,...j->...i', V, rho))
+
+
+def rotation_angle_deg(R_a: np.ndarray, R_b: np.ndarray) -> np.ndarray:
+    """Angle (deg) of ``R_a R_b^T`` for rotations (..., 3, 3) (broadcast), e.g. the rotation
+    error between two ``R_cam_world``."""
+    tr = np.sum(np.asarray(R_a, np.float64) * np.asarray(R_b, np.float64), axis=(-1, -2))
+    return np.degrees(np.arccos(np.clip((tr - 1.0) / 2.0, -1.0, 1.0)))
+
+
 def so3_log(R: np.ndarray) -> np.ndarray:
     """Rotation matrices (..., 3, 3) -> rotation vectors (..., 3)."""
     R = np.asarray(R, dtype=np.float64)
@@ -133,10 +166,7 @@ def pose_error(T_est: np.ndarray, T_gt: np.ndarray) -> tuple[np.ndarray, np.ndar
     c_est = invert(T_est)[..., :3, 3]
     c_gt = invert(T_gt)[..., :3, 3]
     dt = np.linalg.norm(c_est - c_gt, axis=-1)
-    R_delta = T_est[..., :3, :3] @ np.swapaxes(T_gt[..., :3, :3], -1, -2)
-    cos = (np.trace(R_delta, axis1=-2, axis2=-1) - 1.0) / 2.0
-    dr = np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
-    return dt, dr
+    return dt, rotation_angle_deg(T_est[..., :3, :3], T_gt[..., :3, :3])
 
 
 def is_rigid(T: np.ndarray, atol: float = 1e-5) -> bool:
@@ -161,3 +191,50 @@ def se3_log(T: np.ndarray) -> np.ndarray:
         coef = (1.0 - theta * np.sin(theta) / (2.0 * (1.0 - np.cos(theta)))) / theta**2
         V_inv = np.eye(3) - 0.5 * W + coef * (W @ W)
     return np.concatenate([V_inv @ T[:3, 3], phi])
+
+
+@dataclass(frozen=True)
+class Sim3:
+    """Similarity ``p_map = scale * R @ p_model + t`` (a map's ``map_T_model``): the metric,
+    ROS-facing map frame from the frame the map was built in."""
+
+    rotation: np.ndarray     # (3, 3)
+    translation: np.ndarray  # (3,)
+    scale: float = 1.0
+
+    @staticmethod
+    def identity() -> 'Sim3':
+        return Sim3(np.eye(3), np.zeros(3), 1.0)
+
+    @staticmethod
+    def from_matrix(S: np.ndarray) -> 'Sim3':
+        """(4, 4) ``[s R | t]`` -> Sim3 (the scale is the cube root of det(s R))."""
+        S = _check_transform(S, 'S')
+        s = float(np.cbrt(np.linalg.det(S[:3, :3])))
+        if not math.isfinite(s) or s <= 0:
+            raise ShapeError(f'similarity has a non-positive scale: {S.tolist()}')
+        return Sim3(S[:3, :3] / s, S[:3, 3].copy(), s)
+
+    def matrix(self) -> np.ndarray:
+        """(4, 4) ``[s R | t]``."""
+        return make_transform(self.scale * np.asarray(self.rotation), self.translation)
+
+    def to_dict(self) -> dict:
+        return {'rotation': np.asarray(self.rotation).tolist(),
+                'translation': np.asarray(self.translation).tolist(), 'scale': float(self.scale)}
+
+    def camera_pose_in_map(self, T_cam_model: np.ndarray) -> np.ndarray:
+        """Solver pose ``T_cam_model`` (model units) -> rigid ``T_map_cam`` (map units)."""
+        T_model_cam = invert(T_cam_model)
+        R = self.rotation @ T_model_cam[..., :3, :3]
+        t = self.scale * np.einsum('ij,...j->...i', self.rotation, T_model_cam[..., :3, 3]) \
+            + self.translation
+        return make_transform(R, t)
+
+    def camera_pose_in_model(self, T_map_cam: np.ndarray) -> np.ndarray:
+        """Inverse of ``camera_pose_in_map``: rigid ``T_map_cam`` -> ``T_cam_model``."""
+        T_map_cam = _check_transform(T_map_cam, 'T_map_cam')
+        R_t = np.asarray(self.rotation).T
+        R = R_t @ T_map_cam[..., :3, :3]
+        t = np.einsum('ij,...j->...i', R_t, T_map_cam[..., :3, 3] - self.translation) / self.scale
+        return invert(make_transform(R, t))

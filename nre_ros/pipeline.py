@@ -22,9 +22,10 @@ import torch
 from nre_ros.camera import Camera
 from nre_ros.config import load_config, read_yaml
 from nre_ros.errors import InputError, MapFormatError
-from nre_ros.geometry import se3_log
+from nre_ros.geometry import Sim3, pose_error, se3_log
 from nre_ros.lossmaps import LossMaps, coarse_loss_maps, fine_loss_maps
 from nre_ros.maps import Map, RetrievalIndex, global_descriptor, load_map
+from nre_ros.maps.retrieval import nearest_keyframes
 from nre_ros.models import FeatureModel, load_model
 from nre_ros.preprocess import PreparedImage, prepare, rotated
 from nre_ros.results import Failure, Outcome
@@ -196,9 +197,8 @@ class Relocalizer:
         self.index = RetrievalIndex(map_.global_descriptors)
         self.points_world = torch.as_tensor(np.array(map_.points_world), dtype=torch.float64,
                                             device=self.device)
-        T_world_kf = np.linalg.inv(np.asarray(map_.kf_T_cam_world))
-        self._kf_centres = T_world_kf[:, :3, 3]
-        self._kf_R_cam_world = np.asarray(map_.kf_T_cam_world)[:, :3, :3]
+        self._kf_T_cam_world = np.asarray(map_.kf_T_cam_world, np.float64)
+        self._map_T_model = map_.metadata.map_T_model or Sim3.identity()
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -220,14 +220,10 @@ class Relocalizer:
         return self.map.metadata.map_frame
 
     @property
-    def map_T_model(self) -> np.ndarray | None:
-        sim = self.map.metadata.map_T_model
-        if sim is None:
-            return None
-        T = np.eye(4)
-        T[:3, :3] = sim.scale * np.asarray(sim.rotation)
-        T[:3, 3] = sim.translation
-        return T
+    def map_T_model(self) -> Sim3:
+        """The map frame from the model frame the solver works in (identity when the map
+        has no similarity)."""
+        return self._map_T_model
 
     def warmup(self) -> None:
         """One inference on a blank image so the first real query is not slow."""
@@ -407,16 +403,9 @@ class Relocalizer:
         """Refine from a prior (no MSAC) against the keyframes nearest to it."""
         timings: dict[str, float] = {}
         T_prior = np.asarray(prior.T_cam_world, dtype=np.float64)
-        T_world_prior = np.linalg.inv(T_prior)
-        centre = T_world_prior[:3, 3]
         n_kf = min(self.config.tracking.keyframes, self.map.num_keyframes)
-        # nearest keyframes by view: 1 degree of relative rotation ~ 1 cm between centres. The
-        # full rotation angle, roll included (not just the optical axes): the descriptors are
-        # not rotation invariant, so a keyframe rolled 90 deg is a poor partner.
-        cos = (np.einsum('ij,kij->k', T_prior[:3, :3], self._kf_R_cam_world) - 1.0) / 2.0
-        angle = np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
-        distance = np.linalg.norm(self._kf_centres - centre, axis=1)
-        nearest = np.argsort(angle + 100.0 * distance, kind='stable')[:n_kf]
+        # nearest keyframes by view: 1 degree of relative rotation ~ 1 cm between centres
+        nearest = nearest_keyframes(self._kf_T_cam_world, T_prior)[:n_kf]
         c = self._candidate(prep, timings)
         c.keyframes = nearest
         c.point_idx = self._points_of(nearest)
@@ -429,9 +418,7 @@ class Relocalizer:
                     T_init=T_prior)
         out = self._to_caller_frame(out, c, timings)
         if out.ok:
-            dt = np.linalg.norm(np.linalg.inv(out.T_cam_world)[:3, 3] - centre)
-            R_d = out.T_cam_world[:3, :3] @ T_prior[:3, :3].T
-            dr = np.degrees(np.arccos(np.clip((np.trace(R_d) - 1) / 2, -1, 1)))
+            dt, dr = pose_error(out.T_cam_world, T_prior)
             cfg = self.config.tracking
             if dt > cfg.max_translation_m or dr > cfg.max_rotation_deg:
                 return Failure('disagrees_with_prior', f'{dt:.2f} m / {dr:.1f} deg from the prior',

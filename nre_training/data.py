@@ -27,7 +27,7 @@ import numpy as np
 
 from nre_ros.camera import Camera
 from nre_ros.datasets import TumSequence, load_rgb
-from nre_ros.geometry import invert
+from nre_ros.geometry import invert, rotation_angle_deg
 
 DATA = Path('/work/shared/data')
 FR1 = DATA / 'tum_rgbd_fr1_rpy'
@@ -78,11 +78,6 @@ class Pair:
     covis: float
     split: str = ''
     meta: dict = field(default_factory=dict)
-
-
-def rotation_angle_deg(T_a: np.ndarray, T_b: np.ndarray) -> float:
-    R = T_a[:3, :3] @ T_b[:3, :3].T
-    return float(np.degrees(np.arccos(np.clip((np.trace(R) - 1) / 2, -1.0, 1.0))))
 
 
 # ---------------------------------------------------------------------------- RGB-D sequences
@@ -138,15 +133,6 @@ def grid_pixels(view: View, step: int, offset: float = 0.0) -> np.ndarray:
     return np.stack([xs.ravel(), ys.ravel()], 1).astype(np.float64) + offset
 
 
-def covisibility(src: View, tgt: View, step: int = 16, depth_tol: float = 0.05) -> float:
-    """Fraction of the source's valid-depth grid points (every ``step`` px) visible in tgt."""
-    X, ok = lift_depth(src, grid_pixels(src, step))
-    if not ok.any():
-        return 0.0
-    _, vis = visible_in(tgt, X[ok], depth_tol)
-    return float(vis.mean())
-
-
 def assign_splits(pairs: list[Pair]) -> list[Pair]:
     """Split pairs evenly by viewpoint change (rotation angle terciles)."""
     if not pairs:
@@ -172,7 +158,7 @@ def mine_pairs(views: list[View], min_covis: float = 0.3, min_angle: float = 3.0
         for j, b in enumerate(views):
             if i == j or not len(lifted[i]):
                 continue
-            ang = rotation_angle_deg(a.T_cam_world, b.T_cam_world)
+            ang = float(rotation_angle_deg(a.T_cam_world[:3, :3], b.T_cam_world[:3, :3]))
             if ang < min_angle:
                 continue
             c = float(visible_in(b, lifted[i])[1].mean())
@@ -235,8 +221,8 @@ def colmap_views_and_pairs(model_dir: str | Path, image_dir: str | Path, max_sid
             uv_a, ok_a = visible_in(a, X, margin=8.0)
             uv_b, ok_b = visible_in(b, X, margin=8.0)
             ok = ok_a & ok_b
-            pairs.append(Pair(a.key, b.key, uv_a[ok], uv_b[ok],
-                              rotation_angle_deg(a.T_cam_world, b.T_cam_world),
+            angle = float(rotation_angle_deg(a.T_cam_world[:3, :3], b.T_cam_world[:3, :3]))
+            pairs.append(Pair(a.key, b.key, uv_a[ok], uv_b[ok], angle,
                               len(common) / max(len(tracks[i]), 1)))
     return views, assign_splits(pairs)
 
@@ -296,5 +282,6 @@ def synthetic_pair(texture: View, rng: np.random.Generator, n: int = 256, key: s
     uv_t, ok = visible_in(tgt, X, margin=margin)
     keep = np.nonzero(ok)[0][:n]
     pair = Pair(src.key, tgt.key, uv_s[keep], uv_t[keep],
-                rotation_angle_deg(np.eye(4), T_ts), float(ok.mean()), meta={'H': Hm})
+                float(rotation_angle_deg(np.eye(3), T_ts[:3, :3])), float(ok.mean()),
+                meta={'H': Hm})
     return src, tgt, pair

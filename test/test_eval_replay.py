@@ -145,14 +145,3 @@ def test_oracle_noise_gives_consistent_nees():
     assert m['availability'] == pytest.approx(0.8, abs=0.08)
     assert m['failure_reasons'].keys() == {'oracle_dropout'}
     assert m['ate_rmse_m'] == pytest.approx(0.05 * np.sqrt(3), rel=0.2)
-
-
-def test_oracle_se3_exp_matches_expm():
-    from scipy.linalg import expm
-
-    from nre_ros.eval.fakes import se3_exp
-    from nre_ros.geometry import skew
-    for xi in (np.array([0.3, -0.1, 0.7, 0.4, -0.9, 0.2]), np.array([0.1, 0.2, 0.3, 0, 0, 0])):
-        M = np.zeros((4, 4))
-        M[:3, :3], M[:3, 3] = skew(xi[3:]), xi[:3]
-        np.testing.assert_allclose(se3_exp(xi), expm(M), atol=1e-12)

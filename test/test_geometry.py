@@ -84,3 +84,44 @@ def test_bad_shapes_raise():
         g.quat_to_matrix([0, 0, 0, 0])
     assert not g.is_rigid(np.diag([1, 1, -1, 1.0]))
     assert g.is_rigid(random_transforms(1)[0])
+
+
+def test_se3_exp_matches_expm_and_inverts_se3_log():
+    from scipy.linalg import expm
+    rng = np.random.default_rng(3)
+    xis = np.concatenate([rng.normal(size=(5, 6)), [[0.1, 0.2, 0.3, 0, 0, 0],
+                                                    [0.1, -0.2, 0.3, 1e-9, 0, -2e-9]]])
+    for xi in xis:
+        M = np.zeros((4, 4))
+        M[:3, :3], M[:3, 3] = g.skew(xi[3:]), xi[:3]
+        np.testing.assert_allclose(g.se3_exp(xi), expm(M), atol=1e-12)
+        if np.linalg.norm(xi[3:]) < np.pi:
+            np.testing.assert_allclose(g.se3_log(g.se3_exp(xi)), xi, atol=1e-10)
+    np.testing.assert_allclose(g.se3_exp(xis), np.stack([g.se3_exp(x) for x in xis]), atol=0)
+
+
+def test_rotation_angle_deg_broadcasts():
+    R = g.so3_exp(np.array([[0, 0, np.radians(30.0)], [np.radians(-50.0), 0, 0]]))
+    np.testing.assert_allclose(g.rotation_angle_deg(R, np.eye(3)), [30.0, 50.0], atol=1e-9)
+    np.testing.assert_allclose(g.rotation_angle_deg(R[0], R[0]), 0.0, atol=1e-5)
+
+
+def test_sim3_camera_pose_round_trip_and_matrix():
+    rng = np.random.default_rng(4)
+    sim = g.Sim3(g.so3_exp(rng.normal(size=3)), rng.normal(size=3), 2.5)
+    S = sim.matrix()
+    back = g.Sim3.from_matrix(S)
+    assert back.scale == pytest.approx(2.5)
+    np.testing.assert_allclose(back.rotation, sim.rotation, atol=1e-12)
+    T_cam_model = g.make_transform(g.so3_exp(rng.normal(size=3)), rng.normal(size=3))
+    T_map_cam = sim.camera_pose_in_map(T_cam_model)
+    assert g.is_rigid(T_map_cam)
+    # the camera centre maps like a point through the similarity
+    c_model = g.invert(T_cam_model)[:3, 3]
+    np.testing.assert_allclose(T_map_cam[:3, 3], S[:3, :3] @ c_model + S[:3, 3], atol=1e-10)
+    np.testing.assert_allclose(sim.camera_pose_in_model(T_map_cam), T_cam_model, atol=1e-10)
+    I = g.Sim3.identity()
+    np.testing.assert_allclose(I.camera_pose_in_map(T_cam_model), g.invert(T_cam_model),
+                               atol=1e-15)
+    with pytest.raises(ShapeError, match='non-positive scale'):
+        g.Sim3.from_matrix(np.diag([-1.0, 1.0, 1.0, 1.0]))

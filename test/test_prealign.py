@@ -9,7 +9,7 @@ import torch
 from nre_ros.geometry import pose_error
 from nre_ros.results import Result
 from nre_ros.solver import PrealignConfig, SolverConfig, point_nre, prealign, solve
-from nre_ros.solver.se3 import se3_exp
+from nre_ros.geometry import se3_exp
 from nre_ros.solver.synthetic import random_scene
 
 
@@ -18,7 +18,7 @@ def _perturbed(scene, deg: float, metres: float, seed: int) -> torch.Tensor:
     w = rng.normal(size=3)
     v = rng.normal(size=3)
     xi = np.concatenate([metres * v / np.linalg.norm(v), np.radians(deg) * w / np.linalg.norm(w)])
-    return se3_exp(torch.tensor(xi)) @ scene.T_cam_world
+    return torch.from_numpy(se3_exp(xi)) @ scene.T_cam_world
 
 
 def test_prealign_brings_a_far_prior_to_the_optimum():

@@ -11,7 +11,7 @@ from geometry_msgs.msg import Pose, Transform  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
 
 from nre_ros.errors import InputError  # noqa: E402
-from nre_ros.geometry import invert, make_transform, so3_exp, so3_log  # noqa: E402
+from nre_ros.geometry import Sim3, invert, make_transform, so3_exp, so3_log  # noqa: E402
 from nre_ros.ros import conversions as conv  # noqa: E402
 
 RNG = np.random.default_rng(0)
@@ -151,23 +151,8 @@ def test_stamps():
 
 
 def _similarity(s):
-    S = _random_T()
-    S[:3, :3] *= s
-    return S
-
-
-def test_camera_pose_in_map_and_back():
-    T_cam_model = _random_T()
-    for S in (None, _similarity(2.5)):
-        T_map_cam = conv.camera_pose_in_map(T_cam_model, S)
-        assert np.allclose(T_map_cam[:3, :3] @ T_map_cam[:3, :3].T, np.eye(3))
-        np.testing.assert_allclose(conv.camera_pose_in_model(T_map_cam, S), T_cam_model,
-                                   atol=1e-10)
-    S = _similarity(2.5)
-    # the camera centre maps like a point through the similarity
-    c_model = invert(T_cam_model)[:3, 3]
-    np.testing.assert_allclose(conv.camera_pose_in_map(T_cam_model, S)[:3, 3],
-                               S[:3, :3] @ c_model + S[:3, 3], atol=1e-10)
+    T = _random_T()
+    return Sim3(T[:3, :3], T[:3, 3], s)
 
 
 def _random_spd(scale=1e-3):
@@ -177,13 +162,12 @@ def _random_spd(scale=1e-3):
 
 def _monte_carlo(cov_xi, T_cam_model, T_base_cam, S, n=40000):
     """Sample left increments on T_cam_model, push them through the node's pose chain."""
-    T_map_base0 = conv.camera_pose_in_map(T_cam_model, S) @ invert(T_base_cam)
+    T_map_base0 = S.camera_pose_in_map(T_cam_model) @ invert(T_base_cam)
     xs = RNG.normal(size=(n, 6)) @ np.linalg.cholesky(cov_xi).T
     dT = make_transform(so3_exp(xs[:, 3:]), xs[:, :3])  # first order is all that matters
     T_model_cam = invert(dT @ T_cam_model)              # (n, 4, 4)
-    s, S_rigid = conv.split_similarity(S)
-    R_map_cam = S_rigid[:3, :3] @ T_model_cam[:, :3, :3]
-    t_map_cam = s * T_model_cam[:, :3, 3] @ S_rigid[:3, :3].T + S_rigid[:3, 3]
+    R_map_cam = S.rotation @ T_model_cam[:, :3, :3]
+    t_map_cam = S.scale * T_model_cam[:, :3, 3] @ S.rotation.T + S.translation
     T_map_base = make_transform(R_map_cam, t_map_cam) @ invert(T_base_cam)
     out = np.concatenate([T_map_base[:, :3, 3] - T_map_base0[:3, 3],  # rotations: fixed axes
                           so3_log(T_map_base[:, :3, :3] @ T_map_base0[:3, :3].T)], axis=1)
@@ -194,7 +178,7 @@ def _monte_carlo(cov_xi, T_cam_model, T_base_cam, S, n=40000):
 def test_covariance_matches_monte_carlo(scale):
     cov_xi = _random_spd(1e-5)
     T_cam_model, T_base_cam = _random_T(), _random_T()
-    S = None if scale == 1.0 else _similarity(scale)
+    S = Sim3.identity() if scale == 1.0 else _similarity(scale)
     T_map_base, cov_mc = _monte_carlo(cov_xi, T_cam_model, T_base_cam, S)
     none = conv.CovarianceShaping(min_position_std=0.0, min_rotation_std=0.0)
     cov = conv.covariance_to_ros(cov_xi, T_map_base, T_base_cam, scale, none)

@@ -14,7 +14,7 @@ import numpy as np
 os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
 os.environ.setdefault('ROS_DOMAIN_ID', str(100 + os.getpid() % 100))
 
-from nre_ros.geometry import make_transform, so3_exp  # noqa: E402
+from nre_ros.geometry import Sim3, make_transform, so3_exp  # noqa: E402
 from nre_ros.results import Failure, Result  # noqa: E402
 
 # A camera pose in the map and a solver covariance that the fake relocalizer returns.
@@ -32,7 +32,8 @@ class FakeRelocalizer:
     def __init__(self, T_map_cam=T_MAP_CAM, cov=COV_XI, map_T_model=None, fail: str = '',
                  delay_s: float = 0.0):
         self.T_cam_world = np.linalg.inv(T_map_cam)
-        self.cov, self.map_T_model, self.fail, self.delay_s = cov, map_T_model, fail, delay_s
+        self.cov, self.fail, self.delay_s = cov, fail, delay_s
+        self.map_T_model = map_T_model or Sim3.identity()
         self.map_frame_id = 'map'
         self.calls: list[tuple] = []
         self.depths: list = []           # the depth argument of each call

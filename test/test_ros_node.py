@@ -29,7 +29,7 @@ from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
 from std_srvs.srv import SetBool, Trigger  # noqa: E402
 from tf2_msgs.msg import TFMessage  # noqa: E402
 
-from nre_ros.geometry import invert, make_transform, so3_exp  # noqa: E402
+from nre_ros.geometry import Sim3, invert, make_transform, so3_exp  # noqa: E402
 from nre_ros.ros import conversions as conv  # noqa: E402
 from nre_ros.ros.node import POSE_QOS, RelocalizationNode  # noqa: E402
 from nre_ros.ros.tf import TF_QOS, TfBroadcaster, make_transform_stamped  # noqa: E402
@@ -172,15 +172,14 @@ def test_pose_tf_and_covariance(running):
 
 
 def test_map_to_base_mode_and_similarity(running):
-    S_map_model = make_transform(so3_exp([0, 0, 0.5]), [3.0, -1.0, 0.2])
-    S_map_model[:3, :3] *= 2.0
+    S_map_model = Sim3(so3_exp([0, 0, 0.5]), np.array([3.0, -1.0, 0.2]), 2.0)
     node, rig, factory = running(tf_mode='map_to_base', fake={'map_T_model': S_map_model})
     rig.send_static()
     t_img = now_ns(node) - S // 2
     rig.send_frame(t_img)  # no odometry needed in this mode
     assert h.wait_until(lambda: rig.poses, 5.0), node.stats
     T_map_base = conv.pose_to_matrix(rig.poses[0].pose.pose)
-    expected = conv.camera_pose_in_map(np.linalg.inv(h.T_MAP_CAM), S_map_model) @ \
+    expected = S_map_model.camera_pose_in_map(np.linalg.inv(h.T_MAP_CAM)) @ \
         invert(h.T_BASE_CAM)
     np.testing.assert_allclose(T_map_base, expected, atol=1e-9)
     assert h.wait_until(lambda: any(t.child_frame_id == 'base_link' for t in rig.tfs))

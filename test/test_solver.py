@@ -11,7 +11,7 @@ from nre_ros.results import Failure, Result
 from nre_ros.solver import GncConfig, SolverConfig, msac, refine, solve
 from nre_ros.solver.baselines import (argmax_correspondences, oracle_pnp, re_opencv_magsac,
                                       re_poselib)
-from nre_ros.solver.se3 import se3_exp
+from nre_ros.geometry import se3_exp
 from nre_ros.solver.synthetic import fine_builder, gaussian_logits, random_scene, scene_from_points
 
 DEPTH = 4.0  # mean scene depth of random_scene (2..6 m)
@@ -70,7 +70,7 @@ def test_fine_level_improves_accuracy():
 def test_tracking_mode_skips_msac():
     scene = random_scene(300, 0.3, noise=0.5, seed=5)
     xi = torch.tensor([0.05, -0.03, 0.04, 0.01, -0.02, 0.015], dtype=torch.float64)
-    T0 = se3_exp(xi) @ scene.T_cam_world
+    T0 = torch.from_numpy(se3_exp(xi.numpy())) @ scene.T_cam_world
     res = solve(scene.points_world, scene.maps, scene.K, T_init=T0)
     assert isinstance(res, Result) and 'msac' not in res.timings_ms
     dt, dr = _err(res, scene)

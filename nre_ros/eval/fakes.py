@@ -10,25 +10,12 @@ import hashlib
 import time
 
 import numpy as np
-from nre_ros.geometry import invert, make_transform, skew, so3_exp
+from nre_ros.geometry import Sim3, invert, se3_exp
 from nre_ros.results import Failure, Result
 
 
 def image_key(image: np.ndarray) -> str:
     return hashlib.blake2b(np.ascontiguousarray(image).tobytes(), digest_size=16).hexdigest()
-
-
-def se3_exp(xi: np.ndarray) -> np.ndarray:
-    """Twist (rho, phi) (6,) -> (4, 4) ``expm(hat(xi))`` in closed form (inverse of se3_log)."""
-    rho, phi = np.asarray(xi[:3], float), np.asarray(xi[3:], float)
-    theta = float(np.linalg.norm(phi))
-    W = skew(phi)
-    if theta < 1e-8:
-        V = np.eye(3) + 0.5 * W
-    else:
-        V = (np.eye(3) + (1 - np.cos(theta)) / theta ** 2 * W
-             + (theta - np.sin(theta)) / theta ** 3 * (W @ W))
-    return make_transform(so3_exp(phi), V @ rho)
 
 
 class OracleLocalizer:
@@ -48,7 +35,7 @@ class OracleLocalizer:
         self.covariance = np.diag([sigma_t_m ** 2] * 3 + [sr ** 2] * 3)
         self.fail_rate, self.delay_s = fail_rate, delay_s
         self.rng = np.random.default_rng(seed)
-        self.map_T_model = None          # node interface: the map frame is the model frame
+        self.map_T_model = Sim3.identity()   # node interface: the map frame is the model frame
         self.map_frame_id = 'map'
 
     def warmup(self) -> None:

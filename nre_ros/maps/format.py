@@ -39,6 +39,7 @@ from safetensors.numpy import save_file
 
 from nre_ros.camera import Camera
 from nre_ros.errors import MapFormatError
+from nre_ros.geometry import Sim3
 from nre_ros.maps.safetensors_io import read_safetensors
 from nre_ros.models.base import ModelSpec, file_sha256
 
@@ -61,19 +62,6 @@ _DTYPES = {
     'obs_uv': (np.float32,), 'obs_coarse': (np.float16, np.float32),
     'obs_fine': (np.float16, np.float32), 'kf_fisheye': (np.uint8,),
 }
-
-
-@dataclass(frozen=True)
-class Sim3:
-    """Similarity ``p_map = scale * R @ p_model + t`` (``map_T_model``)."""
-
-    rotation: np.ndarray     # (3, 3)
-    translation: np.ndarray  # (3,)
-    scale: float = 1.0
-
-    def to_dict(self) -> dict:
-        return {'rotation': np.asarray(self.rotation).tolist(),
-                'translation': np.asarray(self.translation).tolist(), 'scale': float(self.scale)}
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ import logging
 import numpy as np
 
 from nre_ros.errors import BackendUnavailable, ShapeError
+from nre_ros.geometry import rotation_angle_deg
 
 logger = logging.getLogger(__name__)
 
@@ -73,3 +74,19 @@ class RetrievalIndex:
             idx = np.take_along_axis(part, order, axis=1).astype(np.int64)
             scores = np.take_along_axis(ps, order, axis=1)
         return (idx[0], scores[0]) if single else (idx, scores)
+
+
+def nearest_keyframes(kf_T_cam_world: np.ndarray, T_cam_world: np.ndarray,
+                      metres_per_degree: float = 0.01) -> np.ndarray:
+    """(K,) keyframe indices sorted by view distance to a pose ``T_cam_world`` (4, 4).
+
+    Distance = full relative rotation angle (deg, roll included: the descriptors are not
+    rotation invariant) + distance between camera centres / metres_per_degree.
+    """
+    kf = np.asarray(kf_T_cam_world, np.float64)
+    T = np.asarray(T_cam_world, np.float64)
+    angle = rotation_angle_deg(kf[:, :3, :3], T[:3, :3])
+    centres = -np.einsum('kji,kj->ki', kf[:, :3, :3], kf[:, :3, 3])
+    centre = -T[:3, :3].T @ T[:3, 3]
+    dist = angle + np.linalg.norm(centres - centre, axis=1) / metres_per_degree
+    return np.argsort(dist, kind='stable')

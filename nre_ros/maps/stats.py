@@ -1,16 +1,11 @@
-"""Map statistics and consistency checks: summary, reprojection errors, retrieval recall."""
+"""Map statistics and consistency checks: summary, reprojection errors."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
 
-from nre_ros.datasets import Frame, TumSequence
-from nre_ros.geometry import invert
-from nre_ros.maps.features import global_descriptor
 from nre_ros.maps.format import Map, map_size_bytes
-from nre_ros.maps.retrieval import RetrievalIndex
-from nre_ros.models.base import FeatureModel
 
 
 def reprojection_errors(m: Map) -> np.ndarray:
@@ -60,32 +55,3 @@ def map_summary(m: Map, path: str | Path | None = None) -> dict:
 def format_summary(s: dict) -> str:
     return '\n'.join(f'{k:<26} {round(v, 3) if isinstance(v, float) else v}'
                      for k, v in s.items())
-
-
-def closest_keyframes(m: Map, T_world_cam: np.ndarray, metres_per_degree: float = 0.01
-                      ) -> np.ndarray:
-    """(K,) keyframe indices sorted by pose distance to a query pose.
-
-    Distance = rotation angle (deg) + translation (m) / metres_per_degree (1 cm ~ 1 deg).
-    """
-    T_cam_world_q = invert(T_world_cam)
-    R_rel = m.kf_T_cam_world[:, :3, :3] @ T_cam_world_q[:3, :3].T
-    ang = np.degrees(np.arccos(np.clip((np.trace(R_rel, axis1=1, axis2=2) - 1) / 2, -1, 1)))
-    centres = -np.einsum('kji,kj->ki', m.kf_T_cam_world[:, :3, :3], m.kf_T_cam_world[:, :3, 3])
-    dist = ang + np.linalg.norm(centres - T_world_cam[:3, 3], axis=1) / metres_per_degree
-    return np.argsort(dist, kind='stable')
-
-
-def retrieval_recall(m: Map, seq: TumSequence, queries: list[Frame], model: FeatureModel,
-                     ks: tuple[int, ...] = (1, 3, 5, 10), image_max_size: int | None = None
-                     ) -> dict[int, float]:
-    """Fraction of queries whose pose-closest keyframe is among the top-k retrieved."""
-    from nre_ros.maps.build_common import prepare_image
-    index = RetrievalIndex(m.global_descriptors)
-    hits = np.zeros((len(queries), len(ks)), bool)
-    for qi, frame in enumerate(queries):
-        rgb, _ = prepare_image(seq.load_rgb(frame), seq.camera, image_max_size)
-        idx, _ = index.query(global_descriptor(model.extract(rgb)), max(ks))
-        best = closest_keyframes(m, frame.T_world_cam)[0]
-        hits[qi] = [best in idx[:k] for k in ks]
-    return {k: float(hits[:, j].mean()) for j, k in enumerate(ks)}

@@ -19,7 +19,7 @@ from sensor_msgs.msg import CameraInfo, Image
 
 from nre_ros.camera import Camera
 from nre_ros.errors import InputError
-from nre_ros.geometry import adjoint, invert, make_transform, matrix_to_quat, quat_to_matrix
+from nre_ros.geometry import adjoint, make_transform, matrix_to_quat, quat_to_matrix
 
 # encoding -> (dtype, channels)
 ENCODINGS: dict[str, tuple[type, int]] = {
@@ -247,39 +247,6 @@ def matrix_to_transform(T: np.ndarray) -> Transform:
     t = T[:3, 3]
     return Transform(translation=Vector3(x=float(t[0]), y=float(t[1]), z=float(t[2])),
                      rotation=_quat_msg(T[:3, :3]))
-
-
-def split_similarity(map_T_model: np.ndarray | None) -> tuple[float, np.ndarray]:
-    """Similarity (4, 4) [s R | t] -> (s, rigid T with R and t). None -> (1, identity)."""
-    if map_T_model is None:
-        return 1.0, np.eye(4)
-    S = np.asarray(map_T_model, dtype=np.float64)
-    s = float(np.cbrt(np.linalg.det(S[:3, :3])))
-    if not np.isfinite(s) or s <= 0:
-        raise InputError(f'map_T_model has a non-positive scale: {S.tolist()}')
-    return s, make_transform(S[:3, :3] / s, S[:3, 3])
-
-
-def camera_pose_in_map(T_cam_model: np.ndarray, map_T_model: np.ndarray | None) -> np.ndarray:
-    """Solver pose (model frame, model units) -> rigid (4, 4) T_map_cam in metres."""
-    T_model_cam = invert(T_cam_model)
-    if map_T_model is None:
-        return T_model_cam
-    s, T_rigid = split_similarity(map_T_model)
-    R = T_rigid[:3, :3] @ T_model_cam[:3, :3]
-    t = s * (T_rigid[:3, :3] @ T_model_cam[:3, 3]) + T_rigid[:3, 3]
-    return make_transform(R, t)
-
-
-def camera_pose_in_model(T_map_cam: np.ndarray, map_T_model: np.ndarray | None) -> np.ndarray:
-    """Inverse of ``camera_pose_in_map``: rigid T_map_cam -> solver T_cam_model."""
-    if map_T_model is None:
-        return invert(T_map_cam)
-    s, T_rigid = split_similarity(map_T_model)
-    R_mm, t_mm = T_rigid[:3, :3], T_rigid[:3, 3]
-    R = R_mm.T @ T_map_cam[:3, :3]
-    t = R_mm.T @ (T_map_cam[:3, 3] - t_mm) / s
-    return invert(make_transform(R, t))
 
 
 # ----------------------------------------------------------------------------- covariance

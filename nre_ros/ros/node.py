@@ -553,7 +553,7 @@ class RelocalizationNode(LifecycleNode):
                             f'image {rgb.shape[1]}x{rgb.shape[0]} (must be registered to it)')
                 except conv.InputError as exc:
                     return self._reject('bad_input', f'depth: {exc}', 'bad_inputs')
-        s, _ = conv.split_similarity(reloc.map_T_model)
+        s = reloc.map_T_model.scale
         prior = self._take_prior(T_base_cam, T_odom_base, s)
         outcome = reloc.localize(rgb, camera, prior=prior, depth=depth)
         with self.stats.lock:
@@ -576,8 +576,7 @@ class RelocalizationNode(LifecycleNode):
         if pending is None:
             return None
         T_map_base, cov = pending
-        T_cam_model = conv.camera_pose_in_model(T_map_base @ T_base_cam,
-                                                self.reloc.map_T_model)
+        T_cam_model = self.reloc.map_T_model.camera_pose_in_model(T_map_base @ T_base_cam)
         cov_xi = conv.covariance_from_ros(cov, T_map_base, T_base_cam, scale,
                                           cfg.min_position_std, cfg.min_rotation_std)
         return _prior_class()(T_cam_model, cov_xi)
@@ -586,7 +585,7 @@ class RelocalizationNode(LifecycleNode):
                        reloc) -> None:
         cfg = self.cfg
         stamp_ns = conv.stamp_to_ns(image.header.stamp)
-        T_map_cam = conv.camera_pose_in_map(result.T_cam_world, reloc.map_T_model)
+        T_map_cam = reloc.map_T_model.camera_pose_in_map(result.T_cam_world)
         T_map_base = T_map_cam @ invert(T_base_cam)
         T_map_odom = None if T_odom_base is None else T_map_base @ invert(T_odom_base)
         reason = quality_reason(result, self._gate.cfg)

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from nre_ros.geometry import se3_exp
 from nre_ros.lossmaps import LossMaps
 
 __all__ = ['GncConfig', 'RefineResult', 'refine', 'smoothed_terms', 'information']
@@ -372,8 +373,8 @@ def _point_curvature(m: np.ndarray, sigma: float, newton: bool
 
 def _jacobian(points_cam: np.ndarray, fx: float, fy: float, min_depth: float
               ) -> tuple[np.ndarray, np.ndarray]:
-    """(6, N) float64 d u / d xi and d v / d xi (left increment, xi = (rho, phi)); see
-    se3.project_jacobian."""
+    """(6, N) float64 d u / d xi and d v / d xi (left increment, xi = (rho, phi): camera
+    points move by ``p <- p + rho + phi x p``)."""
     x, y, z = points_cam.T
     iz = 1 / np.maximum(z, min_depth)
     u, v = x * iz, y * iz
@@ -483,25 +484,6 @@ class _Problem:
         return ev['H'], ev['g']
 
 
-def _exp_update(T: np.ndarray, xi: np.ndarray) -> np.ndarray:
-    """``exp(xi) @ T`` (left SE(3) increment, xi = (rho, phi)) in float64 numpy."""
-    rho, phi = xi[:3], xi[3:]
-    th2 = float(phi @ phi)
-    th = math.sqrt(th2)
-    W = np.array([[0.0, -phi[2], phi[1]], [phi[2], 0.0, -phi[0]], [-phi[1], phi[0], 0.0]])
-    W2 = W @ W
-    if th2 < 1e-12:
-        a, b, c = 1 - th2 / 6, 0.5 - th2 / 24, 1.0 / 6 - th2 / 120
-    else:
-        a, b, c = math.sin(th) / th, (1 - math.cos(th)) / th2, (th - math.sin(th)) / (th2 * th)
-    R = np.eye(3) + a * W + b * W2
-    V = np.eye(3) + b * W + c * W2
-    out = np.eye(4)
-    out[:3, :3] = R @ T[:3, :3]
-    out[:3, 3] = R @ T[:3, 3] + V @ rho
-    return out
-
-
 def refine(points_world: Tensor, maps: LossMaps, K: Tensor, T_init: Tensor,
            config: GncConfig = GncConfig()) -> RefineResult:
     """Refine a pose on loss maps by GNC over ``config.sigmas``.
@@ -560,9 +542,9 @@ def refine(points_world: Tensor, maps: LossMaps, K: Tensor, T_init: Tensor,
                 # stages take it unverified (the next stage re-evaluates); the last stage
                 # stops where cost and information were evaluated.
                 if si != last:
-                    T = _exp_update(T, delta)
+                    T = se3_exp(delta) @ T
                 break
-            T_new = _exp_update(T, delta)
+            T_new = se3_exp(delta) @ T
             if not np.isfinite(T_new).all():
                 lam *= 10
                 rejected = True

@@ -20,8 +20,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from nre_ros.geometry import se3_exp
 from nre_ros.lossmaps import LossMaps, argmin_cells
-from nre_ros.solver.gnc import _exp_update, _jacobian
+from nre_ros.solver.gnc import _jacobian
 
 __all__ = ['PrealignConfig', 'prealign']
 
@@ -79,7 +80,7 @@ def prealign(points_world: Tensor, maps: LossMaps, K: Tensor, T_init: Tensor,
                 delta = np.linalg.solve(H, g)
             except np.linalg.LinAlgError:
                 return torch.from_numpy(T).to(T_init.device)
-            T_new = _exp_update(T, delta)
+            T_new = se3_exp(delta) @ T
             if not np.isfinite(T_new).all():
                 return torch.from_numpy(T).to(T_init.device)
             T = T_new

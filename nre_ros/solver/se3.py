@@ -1,50 +1,11 @@
-"""Torch SE(3) / pinhole helpers for the solver (batched, any device; float64 for poses).
-
-Twists are ordered (rho, phi): translation first, then rotation, as in nre_ros.results. Pose
-updates are left increments on T_cam_world: ``T <- exp(xi) T``.
-"""
+"""Torch rigid-transform / pinhole helpers for the solver (batched, any device; float64 for
+poses). Pose algebra on single (4, 4) arrays (exp, log, angles) is in ``nre_ros.geometry``."""
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-__all__ = ['skew', 'so3_exp', 'se3_exp', 'left_update', 'transform', 'project',
-           'project_jacobian', 'make_T', 'rotation_angle_deg']
-
-
-def skew(v: Tensor) -> Tensor:
-    """(..., 3) -> (..., 3, 3) cross-product matrices [v]x."""
-    z = torch.zeros_like(v[..., 0])
-    x, y, w = v[..., 0], v[..., 1], v[..., 2]
-    return torch.stack([z, -w, y, w, z, -x, -y, x, z], dim=-1).reshape(v.shape[:-1] + (3, 3))
-
-
-def so3_exp(phi: Tensor) -> Tensor:
-    """(..., 3) rotation vectors -> (..., 3, 3) rotation matrices (Rodrigues, stable near 0)."""
-    theta2 = (phi * phi).sum(-1, keepdim=True)[..., None]
-    theta = theta2.sqrt()
-    small = theta2 < 1e-12
-    a = torch.where(small, 1 - theta2 / 6, torch.sin(theta) / theta.clamp(min=1e-12))
-    b = torch.where(small, 0.5 - theta2 / 24, (1 - torch.cos(theta)) / theta2.clamp(min=1e-24))
-    W = skew(phi)
-    eye = torch.eye(3, dtype=phi.dtype, device=phi.device).expand_as(W)
-    return eye + a * W + b * (W @ W)
-
-
-def se3_exp(xi: Tensor) -> Tensor:
-    """(..., 6) twists (rho, phi) -> (..., 4, 4) transforms (exact SE(3) exponential)."""
-    rho, phi = xi[..., :3], xi[..., 3:]
-    R = so3_exp(phi)
-    theta2 = (phi * phi).sum(-1, keepdim=True)[..., None]
-    theta = theta2.sqrt()
-    small = theta2 < 1e-12
-    b = torch.where(small, 0.5 - theta2 / 24, (1 - torch.cos(theta)) / theta2.clamp(min=1e-24))
-    c = torch.where(small, 1.0 / 6 - theta2 / 120,
-                    (theta - torch.sin(theta)) / (theta2 * theta).clamp(min=1e-36))
-    W = skew(phi)
-    eye = torch.eye(3, dtype=xi.dtype, device=xi.device).expand_as(W)
-    V = eye + b * W + c * (W @ W)
-    return make_T(R, (V @ rho[..., None])[..., 0])
+__all__ = ['transform', 'project', 'project_in_grid', 'make_T']
 
 
 def make_T(R: Tensor, t: Tensor) -> Tensor:
@@ -54,14 +15,6 @@ def make_T(R: Tensor, t: Tensor) -> Tensor:
     T[..., :3, 3] = t
     T[..., 3, 3] = 1
     return T
-
-
-def left_update(T: Tensor, xi: Tensor) -> Tensor:
-    """``exp(xi) @ T`` for (4, 4) T and (6,) xi, re-orthonormalised."""
-    T_new = se3_exp(xi) @ T
-    U, _, Vh = torch.linalg.svd(T_new[:3, :3])
-    T_new[:3, :3] = U @ Vh
-    return T_new
 
 
 def transform(points: Tensor, R: Tensor, t: Tensor) -> Tensor:
@@ -95,28 +48,3 @@ def project_in_grid(points_world: Tensor, T_cam_world: Tensor, K: Tensor,
     w, h = size
     inside = valid & (uv[:, 0] >= 0) & (uv[:, 0] <= w - 1) & (uv[:, 1] >= 0) & (uv[:, 1] <= h - 1)
     return uv, torch.nonzero(inside).reshape(-1)
-
-
-def project_jacobian(points_cam: Tensor, K: Tensor, min_depth: float = 1e-4) -> Tensor:
-    """(N, 2, 6) d uv / d xi for a left increment xi = (rho, phi) on T_cam_world.
-
-    A left increment moves camera-frame points by ``p <- p + rho + phi x p``, so
-    ``dp/dxi = [I | -[p]x]``.
-    """
-    x, y, z = points_cam.unbind(-1)
-    z = z.clamp(min=min_depth)
-    iz = 1 / z
-    fx, fy = K[0, 0], K[1, 1]
-    zero = torch.zeros_like(z)
-    # d uv / d p  (N, 2, 3)
-    Jp = torch.stack([fx * iz, zero, -fx * x * iz * iz,
-                      zero, fy * iz, -fy * y * iz * iz], dim=-1).reshape(-1, 2, 3)
-    Jxi = torch.cat([torch.eye(3, dtype=points_cam.dtype, device=points_cam.device
-                               ).expand(points_cam.shape[0], 3, 3), -skew(points_cam)], dim=-1)
-    return Jp @ Jxi
-
-
-def rotation_angle_deg(R_a: Tensor, R_b: Tensor) -> Tensor:
-    """(..., 3, 3) x2 -> (...) angle of R_a R_b^T in degrees."""
-    tr = (R_a * R_b).sum(dim=(-1, -2))
-    return torch.rad2deg(torch.arccos(((tr - 1) / 2).clamp(-1, 1)))
