@@ -53,9 +53,9 @@ class Result:
 class Failure:
     """No trustworthy pose. ``reason`` is a short stable code, ``detail`` a sentence for humans.
 
-    Reason codes in use: 'too_few_points', 'too_few_peaked_maps', 'no_hypothesis',
-    'degenerate_geometry', 'diverged', 'cost_too_high', 'ambiguous', 'too_few_supported',
-    'covariance_too_large', 'bad_input', 'no_keyframes'.
+    Reason codes the relocalizer produces: 'bad_input', 'no_keyframes', 'too_few_points',
+    'too_few_peaked_maps', 'no_hypothesis', 'diverged', 'too_few_supported', 'cost_too_high',
+    'degenerate_geometry', 'disagrees_with_prior' (tracking, before the global fallback).
     """
 
     reason: str

@@ -25,11 +25,11 @@ from nre_ros.results import Result
 from nre_ros.solver import FineLevel, SolverConfig, solve
 from nre_ros.solver import se3
 from nre_training.data import lift_depth
-from nre_training.features import (FINE_STRIDE, FeatureCache, dense_coarse, grid_coords,
-                                   sample_bilinear, sample_fine_points)
+from nre_training.features import (COARSE_STRIDE, FINE_STRIDE, FeatureCache, dense_coarse,
+                                   grid_coords, sample_bilinear, sample_fine_points)
+from nre_training.pairs import PairLoss, cached_features, to_train_pairs
 from nre_training.sets import PairSet
 
-COARSE_STRIDE = 8
 
 
 @dataclass
@@ -161,17 +161,15 @@ def held_out_eval(weights: str | None, cache_dir: str = '~/.cache/nre_training',
     pairs (fr3 cabinet, NRE MegaDepth pair), same points, solver and settings, one run."""
     from nre_ros.models.xfeat_nre import WEIGHTS_FILE, load_heads
     from nre_training.sets import cabinet_set, megadepth_set, validation_set
-    from nre_training.train import TrainConfig, cached_features
-    cfg = TrainConfig(cache_dir=cache_dir)
     cab = cabinet_set(per_split, seed)
-    cab_cache = cached_features(f'test-cabinet-s{seed}-{per_split}', cab, cfg)
+    cab_cache = cached_features(f'test-cabinet-s{seed}-{per_split}', cab, cache_dir)
     md, md_points = megadepth_set()
-    md_cache = cached_features('test-megadepth', md, cfg)
+    md_cache = cached_features('test-megadepth', md, cache_dir)
     datasets = {'fr3_cabinet': (eval_pairs(cab, cab_cache), cab_cache),
                 'megadepth_pair': (eval_pairs(md, md_cache, points_world=md_points), md_cache)}
     if include_val:
         vset = validation_set(4, seed)
-        vcache = cached_features(f'val-s{seed}-4', vset, cfg)
+        vcache = cached_features(f'val-s{seed}-4', vset, cache_dir)
         datasets['fr1_val'] = (eval_pairs(vset, vcache), vcache)
     loss_sets = {'fr3_cabinet': (_with_points(cab), cab_cache),
                  'megadepth_pair': (_megadepth_points(md, md_points), md_cache)}
@@ -194,7 +192,6 @@ def held_out_eval(weights: str | None, cache_dir: str = '~/.cache/nre_training',
 def _with_points(ps: PairSet, n: int = 256, seed: int = 0) -> list:
     """TrainPairs (occlusion-checked co-visible points) of a held-out RGB-D PairSet."""
     from nre_training.data import sample_points
-    from nre_training.train import to_train_pairs
     rng = np.random.default_rng(seed)
     for p in ps.pairs:
         sample_points(p, ps.views[p.src], ps.views[p.tgt], n, rng)
@@ -203,7 +200,6 @@ def _with_points(ps: PairSet, n: int = 256, seed: int = 0) -> list:
 
 def _megadepth_points(ps: PairSet, points_world: np.ndarray) -> list:
     from nre_training.data import visible_in
-    from nre_training.train import to_train_pairs
     p = ps.pairs[0]
     uv_s, ok_s = visible_in(ps.views[p.src], points_world, margin=8.0)
     uv_t, ok_t = visible_in(ps.views[p.tgt], points_world, margin=8.0)
@@ -216,7 +212,6 @@ def mean_losses(heads: NreHeads, pairs: list, cache: FeatureCache, window: int =
                 ) -> tuple[float, float]:
     """Mean Eq. 10 (coarse full grid, fine windows centred on the truth) over all points of
     the pairs, averaged per pair."""
-    from nre_training.train import PairLoss
     module = PairLoss(heads.eval(), cache, window)
     items = [(p, torch.arange(len(p.uv_src)), torch.zeros(len(p.uv_src), 2)) for p in pairs
              if len(p.uv_src)]

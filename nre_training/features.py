@@ -19,6 +19,7 @@ from tqdm import tqdm
 from nre_ros.models.xfeat import (PAD_MULTIPLE, STRIDE, load_xfeat_net, pad_image,
                                   xfeat_forward)
 
+COARSE_STRIDE = 8
 FINE_STRIDE = 2
 
 

@@ -57,3 +57,50 @@ def test_only_the_train_command_names_nre_training_in_an_import():
                     top = {n.lineno for n in ast.parse(path.read_text()).body}
                     assert lineno not in top, f'{rel}:{lineno} imports {mod} at module level'
     assert not offenders, offenders
+
+
+def _module_graph(package: str) -> dict[str, set[str]]:
+    """Module -> modules of the same package it imports anywhere (function bodies too)."""
+    graph = {}
+    for path in sorted((ROOT / package).rglob('*.py')):
+        name = '.'.join(path.relative_to(ROOT).with_suffix('').parts)
+        name = name.removesuffix('.__init__')
+        graph[name] = {mod for _, mod in _imports(path) if mod.startswith(package + '.')}
+    return graph
+
+
+def test_no_import_cycle_between_modules():
+    """A cycle is a strongly connected component of more than one module; package
+    ``__init__`` re-exports of their own submodules are not edges back."""
+    for package in ('nre_ros', 'nre_training'):
+        graph = _module_graph(package)
+        edges = {m: {d for d in deps if d in graph and not m.startswith(d + '.')}
+                 for m, deps in graph.items()}
+        index, low, stack, on, cycles = {}, {}, [], set(), []
+
+        def visit(v, counter=[0]):
+            index[v] = low[v] = counter[0]
+            counter[0] += 1
+            stack.append(v)
+            on.add(v)
+            for w in edges[v]:
+                if w not in index:
+                    visit(w)
+                    low[v] = min(low[v], low[w])
+                elif w in on:
+                    low[v] = min(low[v], index[w])
+            if low[v] == index[v]:
+                comp = []
+                while True:
+                    w = stack.pop()
+                    on.discard(w)
+                    comp.append(w)
+                    if w == v:
+                        break
+                if len(comp) > 1:
+                    cycles.append(sorted(comp))
+
+        for v in graph:
+            if v not in index:
+                visit(v)
+        assert not cycles, f'{package}: import cycles {cycles}'

@@ -16,8 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from nre_ros.errors import BackendUnavailable, MapFormatError
-from nre_ros.models.base import ModelSpec
+from nre_ros.errors import BackendUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -77,16 +76,6 @@ def export_onnx(model, out_dir: str | Path) -> dict[str, Path]:
                                      'levels': sorted(paths)}, indent=2, sort_keys=True))
     paths['spec'] = spec_path
     return paths
-
-
-def read_spec(spec_path: str | Path) -> tuple[ModelSpec, int, list[str]]:
-    """(spec, pad_multiple, levels) from a spec JSON written by ``export_onnx``."""
-    try:
-        data = json.loads(Path(spec_path).read_text())
-        return ModelSpec.from_dict(data['spec']), int(data['pad_multiple']), list(data['levels'])
-    except (OSError, KeyError, TypeError, ValueError) as exc:
-        raise MapFormatError(f'cannot read model spec {spec_path}: {exc!r}; re-run '
-                             f'`nre-ros export`') from exc
 
 
 class OnnxRunner:

@@ -19,7 +19,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -273,10 +273,6 @@ def write_outputs(out_dir: str | Path, records: list[FrameRecord], metrics: dict
     write_report(out / 'report.html', records, metrics, meta, baselines or {})
     return {'csv': out / 'frames.csv', 'estimate': est, 'ground_truth': gt,
             'summary': out / 'summary.json', 'report': out / 'report.html'}
-
-
-def mode_dict(mode: ReplayMode) -> dict:
-    return asdict(mode)
 
 
 def evaluate_bag(bag: str | Path, localizer: Localizer, out_dir: str | Path,
