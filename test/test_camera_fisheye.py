@@ -101,10 +101,11 @@ def test_fisheye_image_undistorts_to_the_pinhole_image():
 
 def test_fisheye_camera_info_round_trip_through_a_bag_message():
     pytest.importorskip('rosbags')
+    from nre_ros import messages
     from nre_ros.eval import bags
-    msg = bags._camera_info_msg(bags._typestore(), 123, FISHEYE)
+    msg = bags._camera_info_msg(bags.typestore(), 123, FISHEYE)
     assert msg.distortion_model == 'equidistant' and len(msg.d) == 4
-    back = bags.camera_info_to_camera(msg)
+    back = messages.camera_info_to_camera(msg)
     assert back.fisheye
     np.testing.assert_array_equal(back.K, FISHEYE.K)
     np.testing.assert_array_equal(back.dist, FISHEYE.dist)

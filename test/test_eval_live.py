@@ -81,7 +81,8 @@ def test_build_records_matches_and_checks_tf():
     from geometry_msgs.msg import PoseWithCovarianceStamped
 
     from nre_ros.eval.bags import T_BASE_CAM
-    from nre_ros.eval.live import BagTruth, Recording, TfSample, build_records
+    from nre_ros.eval.bags import BagTruth
+    from nre_ros.eval.live import Recording, TfSample, build_records
     from nre_ros.geometry import invert, make_transform, so3_exp
     from nre_ros.ros import conversions as conv
 

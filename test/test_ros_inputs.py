@@ -14,6 +14,7 @@ import test_ros_helpers as h  # noqa: E402  (sets ROS_DOMAIN_ID before rclpy.ini
 from rclpy.qos import qos_profile_sensor_data  # noqa: E402
 from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 
+from nre_ros import messages as msgs  # noqa: E402
 from nre_ros.ros import conversions as conv  # noqa: E402
 from test_ros_node import CAM_FRAME, H, S, W, ctx, now_ns, running  # noqa: E402,F401,F811
 
@@ -127,10 +128,10 @@ def test_compressed_to_rgb_colours():
     rgb = np.zeros((8, 8, 3), np.uint8)
     rgb[..., 2] = 255            # blue
     png = cv2.imencode('.png', np.ascontiguousarray(rgb[:, :, ::-1]))[1].tobytes()
-    out = conv.compressed_to_rgb(_compressed(1, png, 'png'))
+    out = msgs.compressed_to_rgb(_compressed(1, png, 'png'))
     np.testing.assert_array_equal(out, rgb)
     with pytest.raises(conv.InputError, match='not supported'):
-        conv.compressed_to_rgb(_compressed(1, png, 'tiff'))
+        msgs.compressed_to_rgb(_compressed(1, png, 'tiff'))
 
 
 def test_without_interfaces_no_load_map_service(running, monkeypatch):
@@ -170,5 +171,5 @@ def test_image_before_the_previous_camera_info_is_still_paired(running):
     assert h.wait_until(lambda: len(rig.poses) == 1, 3.0), node.stats
     rig.info_pub.publish(infos[1])
     assert h.wait_until(lambda: len(rig.poses) == 2, 3.0), node.stats
-    assert [conv.stamp_to_ns(p.header.stamp) for p in rig.poses] == [t1, t2]
+    assert [msgs.stamp_to_ns(p.header.stamp) for p in rig.poses] == [t1, t2]
     assert node.stats.frames_unpaired == 0

@@ -34,6 +34,7 @@ def test_real_pipeline_localizes_tum_queries(pipeline):
 
     from nre_ros.camera import Camera
     from nre_ros.geometry import pose_error, tum_to_pose
+    from nre_ros import messages as msgs
     from nre_ros.ros import conversions as conv
     from nre_ros.ros.node import RelocalizationNode
     from test_ros_node import Rig
@@ -69,8 +70,8 @@ def test_real_pipeline_localizes_tum_queries(pipeline):
             assert h.wait_until(lambda: len(rig.poses) > i or node.stats.failures, 120.0)
             assert len(rig.poses) == i + 1, node.stats
             pose = rig.poses[i]
-            assert conv.stamp_to_ns(pose.header.stamp) == stamp_ns
-            T_map_cam = conv.pose_to_matrix(pose.pose.pose)
+            assert msgs.stamp_to_ns(pose.header.stamp) == stamp_ns
+            T_map_cam = msgs.pose_to_matrix(pose.pose.pose)
             T_gt = tum_to_pose(np.array([float(x) for x in row[1:]]))
             dt, dr = pose_error(np.linalg.inv(T_map_cam), np.linalg.inv(T_gt))
             assert dt < 0.10 and dr < 3.0, (dt, dr)

@@ -16,6 +16,7 @@ import test_ros_helpers as h  # noqa: E402
 from nre_ros_interfaces.srv import LoadMap  # noqa: E402
 
 from nre_ros.geometry import invert, make_transform  # noqa: E402
+from nre_ros import messages as msgs  # noqa: E402
 from nre_ros.ros import conversions as conv  # noqa: E402
 from test_ros_node import S, ctx, now_ns, running  # noqa: E402,F401,F811
 
@@ -81,8 +82,8 @@ def test_tf_keeps_flowing_while_load_map_holds_the_executor(running):
     t0 = now_ns(node)
     assert _call(client, LoadMap.Request(map_path='other.nremap')).success
     t1 = now_ns(node)
-    assert h.wait_until(lambda: any(conv.stamp_to_ns(t.header.stamp) > t1 for t in rig.tfs))
-    stamps = sorted(conv.stamp_to_ns(t.header.stamp) for t in list(rig.tfs)
+    assert h.wait_until(lambda: any(msgs.stamp_to_ns(t.header.stamp) > t1 for t in rig.tfs))
+    stamps = sorted(msgs.stamp_to_ns(t.header.stamp) for t in list(rig.tfs)
                     if t.child_frame_id == 'odom' and t.header.frame_id == 'map')
     window = [s for s in stamps if t0 <= s - int(0.2e9) <= t1]   # stamps carry +tolerance
     assert t1 - t0 > 0.9e9 and len(window) >= 10, (len(window), (t1 - t0) / 1e9)

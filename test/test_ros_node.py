@@ -29,6 +29,7 @@ from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
 from std_srvs.srv import SetBool, Trigger  # noqa: E402
 from tf2_msgs.msg import TFMessage  # noqa: E402
 
+from nre_ros import messages as msgs  # noqa: E402
 from nre_ros.geometry import Sim3, invert, make_transform, so3_exp  # noqa: E402
 from nre_ros.ros import conversions as conv  # noqa: E402
 from nre_ros.ros.node import POSE_QOS, RelocalizationNode  # noqa: E402
@@ -148,8 +149,8 @@ def test_pose_tf_and_covariance(running):
     rig.send_frame(t_img)
     assert h.wait_until(lambda: rig.poses, 5.0), node.stats
     pose = rig.poses[0]
-    assert conv.stamp_to_ns(pose.header.stamp) == t_img and pose.header.frame_id == 'map'
-    T_map_base = conv.pose_to_matrix(pose.pose.pose)
+    assert msgs.stamp_to_ns(pose.header.stamp) == t_img and pose.header.frame_id == 'map'
+    T_map_base = msgs.pose_to_matrix(pose.pose.pose)
     np.testing.assert_allclose(T_map_base, h.T_MAP_CAM @ invert(h.T_BASE_CAM), atol=1e-9)
     # the relocalizer got RGB of the right size and the camera from camera_info
     shape, dtype, camera, prior = factory.made[0].calls[0]
@@ -163,9 +164,9 @@ def test_pose_tf_and_covariance(running):
     assert h.wait_until(lambda: len([t for t in rig.tfs if t.child_frame_id == 'odom']) >= 4)
     tfs = [t for t in rig.tfs if t.child_frame_id == 'odom']
     assert all(t.header.frame_id == 'map' for t in tfs)
-    T_map_odom = conv.transform_to_matrix(tfs[-1].transform)
+    T_map_odom = msgs.transform_to_matrix(tfs[-1].transform)
     np.testing.assert_allclose(T_map_odom @ T_ODOM_BASE_MID, T_map_base, atol=1e-6)
-    stamps = [conv.stamp_to_ns(t.header.stamp) for t in tfs]
+    stamps = [msgs.stamp_to_ns(t.header.stamp) for t in tfs]
     assert all(b > a for a, b in zip(stamps, stamps[1:])) and stamps[0] > 0
     assert stamps[0] == t_img + S // 5  # the correction itself: t_img + transform_tolerance
     assert h.wait_until(lambda: rig.last_diag() == 'Localized', 3.0), rig.last_diag()
@@ -178,13 +179,13 @@ def test_map_to_base_mode_and_similarity(running):
     t_img = now_ns(node) - S // 2
     rig.send_frame(t_img)  # no odometry needed in this mode
     assert h.wait_until(lambda: rig.poses, 5.0), node.stats
-    T_map_base = conv.pose_to_matrix(rig.poses[0].pose.pose)
+    T_map_base = msgs.pose_to_matrix(rig.poses[0].pose.pose)
     expected = S_map_model.camera_pose_in_map(np.linalg.inv(h.T_MAP_CAM)) @ \
         invert(h.T_BASE_CAM)
     np.testing.assert_allclose(T_map_base, expected, atol=1e-9)
     assert h.wait_until(lambda: any(t.child_frame_id == 'base_link' for t in rig.tfs))
     tf = next(t for t in rig.tfs if t.child_frame_id == 'base_link')
-    np.testing.assert_allclose(conv.transform_to_matrix(tf.transform), T_map_base, atol=1e-6)
+    np.testing.assert_allclose(msgs.transform_to_matrix(tf.transform), T_map_base, atol=1e-6)
 
 
 def test_bad_inputs_publish_nothing(running):

@@ -33,9 +33,10 @@ from pathlib import Path
 
 import numpy as np
 
+from nre_ros import messages as msgs
 from nre_ros.camera import Camera
 from nre_ros.errors import InputError
-from nre_ros.geometry import invert, make_transform, matrix_to_quat, quat_to_matrix, so3_exp
+from nre_ros.geometry import invert, make_transform, matrix_to_quat, so3_exp
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ def seconds_to_ns(t: float) -> int:
     return int(round(float(t) * 1e6)) * 1000
 
 
-def _typestore(distro: str = 'humble'):
+def typestore(distro: str = 'humble'):
     from rosbags.typesys import Stores, get_typestore
     stores = {'humble': Stores.ROS2_HUMBLE, 'jazzy': Stores.ROS2_JAZZY}
     if distro not in stores:
@@ -128,29 +129,23 @@ def simulate_odometry(stamps_ns: np.ndarray, T_map_base: np.ndarray, drift: Odom
 def _header(ts, stamp_ns: int, frame_id: str):
     Time = ts.types['builtin_interfaces/msg/Time']
     Header = ts.types['std_msgs/msg/Header']
-    sec, nanosec = divmod(int(stamp_ns), 1_000_000_000)
+    sec, nanosec = msgs.ns_to_sec_nanosec(stamp_ns)
     return Header(stamp=Time(sec=sec, nanosec=nanosec), frame_id=frame_id)
 
 
 def _image_msg(ts, stamp_ns: int, array: np.ndarray, encoding: str):
-    Image = ts.types['sensor_msgs/msg/Image']
-    array = np.ascontiguousarray(array)
-    h, w = array.shape[:2]
-    step = array.strides[0]
-    return Image(header=_header(ts, stamp_ns, FRAME_CAMERA), height=h, width=w, encoding=encoding,
-                 is_bigendian=0, step=step, data=array.view(np.uint8).reshape(-1))
+    f = msgs.encode_image(array, encoding, bigendian=False)
+    return ts.types['sensor_msgs/msg/Image'](
+        header=_header(ts, stamp_ns, FRAME_CAMERA), height=f.height, width=f.width,
+        encoding=f.encoding, is_bigendian=f.is_bigendian, step=f.step, data=f.data)
 
 
 def _camera_info_msg(ts, stamp_ns: int, camera: Camera):
     CameraInfo = ts.types['sensor_msgs/msg/CameraInfo']
     Roi = ts.types['sensor_msgs/msg/RegionOfInterest']
-    P = np.zeros((3, 4))
-    P[:, :3] = camera.K
-    return CameraInfo(header=_header(ts, stamp_ns, FRAME_CAMERA), height=camera.height,
-                      width=camera.width, distortion_model=camera.distortion_model,
-                      d=camera.ros_distortion(), k=camera.K.reshape(-1),
-                      r=np.eye(3).reshape(-1), p=P.reshape(-1), binning_x=0, binning_y=0,
-                      roi=Roi(x_offset=0, y_offset=0, height=0, width=0, do_rectify=False))
+    return CameraInfo(header=_header(ts, stamp_ns, FRAME_CAMERA), binning_x=0, binning_y=0,
+                      roi=Roi(x_offset=0, y_offset=0, height=0, width=0, do_rectify=False),
+                      **msgs.camera_info_fields(camera))
 
 
 def _pose_msg(ts, T: np.ndarray):
@@ -210,7 +205,7 @@ def write_bag(samples: Iterable[BagSample], camera: Camera, out: str | Path, *,
         raise InputError('frame stamps must be strictly increasing')
     T_map_base = np.stack([s.T_world_cam for s in samples]) @ invert(T_BASE_CAM)
     T_odom_base, _ = simulate_odometry(stamps, T_map_base, drift, seed)
-    ts = _typestore(distro)
+    ts = typestore(distro)
     plugin = StoragePlugin.MCAP if storage == 'mcap' else StoragePlugin.SQLITE3
     with Writer(out, version=version, storage_plugin=plugin) as writer:
         def conn(topic, msgtype, **kw):
@@ -260,46 +255,7 @@ def write_sequence_bag(seq, out: str | Path, *, every: int = 1, split: str | Non
 
 
 # ----------------------------------------------------------------------------- reading
-def _stamp_ns(header) -> int:
-    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
-
-
-def image_to_array(msg) -> np.ndarray:
-    """rosbags sensor_msgs/Image -> (H, W, 3) uint8 RGB or (H, W) float32 depth in metres."""
-    enc = msg.encoding
-    layouts = {'rgb8': (np.uint8, 3), 'bgr8': (np.uint8, 3), 'mono8': (np.uint8, 1),
-               '32FC1': (np.float32, 1), '16UC1': (np.uint16, 1)}
-    if enc not in layouts:
-        raise InputError(f'unsupported image encoding {enc!r}; supported: {sorted(layouts)}')
-    dtype, ch = layouts[enc]
-    h, w, step = int(msg.height), int(msg.width), int(msg.step)
-    row = w * ch * np.dtype(dtype).itemsize
-    data = np.asarray(msg.data, dtype=np.uint8)
-    if step < row or data.size < h * step:
-        raise InputError(f'image data too short: {w}x{h} {enc} step {step}, {data.size} bytes')
-    rows = data[:h * step].reshape(h, step)[:, :row]
-    dt = np.dtype(dtype).newbyteorder('>' if msg.is_bigendian else '<')
-    arr = np.ascontiguousarray(rows).view(dt).astype(dtype).reshape(h, w, ch)
-    if enc == 'rgb8':
-        return arr
-    if enc == 'bgr8':
-        return np.ascontiguousarray(arr[..., ::-1])
-    if enc == 'mono8':
-        return np.repeat(arr, 3, axis=2)
-    depth = arr[..., 0].astype(np.float32)
-    return depth / 1000.0 if enc == '16UC1' else depth
-
-
-def camera_info_to_camera(msg) -> Camera:
-    return Camera.from_ros(int(msg.width), int(msg.height), msg.k, msg.d, msg.distortion_model)
-
-
-def _pose_to_matrix(position, orientation) -> np.ndarray:
-    q = [orientation.x, orientation.y, orientation.z, orientation.w]
-    return make_transform(quat_to_matrix(q), [position.x, position.y, position.z])
-
-
-def _topics(reader) -> dict[str, list]:
+def topic_connections(reader) -> dict[str, list]:
     out: dict[str, list] = {}
     for c in reader.connections:
         out.setdefault(c.topic, []).append(c)
@@ -313,6 +269,42 @@ def count_images(path: str | Path, image_topic: str = TOPIC_IMAGE) -> int:
         return sum(c.msgcount for c in reader.connections if c.topic == image_topic)
 
 
+@dataclass
+class BagTruth:
+    """Ground truth and odometry of a bag by header stamp (ns), and the static base -> camera."""
+
+    T_map_cam: dict[int, np.ndarray]
+    T_odom_base: dict[int, np.ndarray]
+    T_base_cam: np.ndarray | None
+    start_ns: int = 0                    # first message time of the bag
+
+
+def read_truth(path: str | Path, gt_topic: str = TOPIC_GROUND_TRUTH) -> BagTruth:
+    """Ground truth (``gt_topic``), odom -> base (/tf) and base -> camera (/tf_static) of a bag;
+    small topics only, no image decoding."""
+    from rosbags.rosbag2 import Reader
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f'bag {path} does not exist')
+    ts = typestore('humble')
+    gts: dict[int, np.ndarray] = {}
+    odom: dict[int, np.ndarray] = {}
+    with Reader(path) as reader:
+        start_ns = int(reader.start_time)
+        topics = topic_connections(reader)
+        conns = topics.get(gt_topic, []) + topics.get('/tf', [])
+        for conn, _, raw in reader.messages(connections=conns):
+            msg = ts.deserialize_cdr(raw, conn.msgtype)
+            if conn.topic == gt_topic:
+                gts[msgs.stamp_to_ns(msg.header.stamp)] = msgs.pose_to_matrix(msg.pose)
+                continue
+            for tf in msg.transforms:
+                if tf.header.frame_id == FRAME_ODOM and tf.child_frame_id == FRAME_BASE:
+                    odom[msgs.stamp_to_ns(tf.header.stamp)] = \
+                        msgs.transform_to_matrix(tf.transform)
+    return BagTruth(gts, odom, read_static_tf(path, FRAME_BASE, FRAME_CAMERA), start_ns)
+
+
 def read_bag(path: str | Path, *, image_topic: str = TOPIC_IMAGE,
              camera_info_topic: str = TOPIC_CAMERA_INFO, depth_topic: str = TOPIC_DEPTH,
              gt_topic: str = TOPIC_GROUND_TRUTH, with_depth: bool = True) -> Iterator[BagFrame]:
@@ -322,44 +314,31 @@ def read_bag(path: str | Path, *, image_topic: str = TOPIC_IMAGE,
     are read first, then images are streamed (one image in memory at a time).
     """
     from rosbags.rosbag2 import Reader
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f'bag {path} does not exist')
-    ts = _typestore('humble')
+    truth = read_truth(path, gt_topic)
+    ts = typestore('humble')
     with Reader(path) as reader:
-        topics = _topics(reader)
+        topics = topic_connections(reader)
         if image_topic not in topics:
             raise InputError(f'bag {path} has no topic {image_topic}; topics: {sorted(topics)}')
         cams: dict[int, Camera] = {}
-        gts: dict[int, np.ndarray] = {}
-        odom: dict[int, np.ndarray] = {}
-        small = [c for t in (camera_info_topic, gt_topic, '/tf') for c in topics.get(t, [])]
-        for conn, _, raw in reader.messages(connections=small):
+        for conn, _, raw in reader.messages(connections=topics.get(camera_info_topic, [])):
             msg = ts.deserialize_cdr(raw, conn.msgtype)
-            if conn.topic == camera_info_topic:
-                cams[_stamp_ns(msg.header)] = camera_info_to_camera(msg)
-            elif conn.topic == gt_topic:
-                gts[_stamp_ns(msg.header)] = _pose_to_matrix(msg.pose.position,
-                                                             msg.pose.orientation)
-            else:
-                for tf in msg.transforms:
-                    if tf.header.frame_id == FRAME_ODOM and tf.child_frame_id == FRAME_BASE:
-                        odom[_stamp_ns(tf.header)] = _pose_to_matrix(tf.transform.translation,
-                                                                     tf.transform.rotation)
+            cams[msgs.stamp_to_ns(msg.header.stamp)] = msgs.camera_info_to_camera(msg)
+        gts, odom = truth.T_map_cam, truth.T_odom_base
         depth_conns = topics.get(depth_topic, []) if with_depth else []
         depths: dict[int, np.ndarray] = {}
         pending = None   # image waiting for a depth image of the same stamp
         stream = reader.messages(connections=topics[image_topic] + depth_conns)
         for conn, _, raw in stream:
             msg = ts.deserialize_cdr(raw, conn.msgtype)
-            stamp = _stamp_ns(msg.header)
+            stamp = msgs.stamp_to_ns(msg.header.stamp)
             if pending is not None and pending[0] != stamp:
                 yield _frame(pending, cams, gts, depths, odom)
                 pending = None
             if conn.topic == depth_topic:
-                depths[stamp] = image_to_array(msg)
+                depths[stamp] = msgs.depth_to_metres(msg)
             else:
-                pending = (stamp, image_to_array(msg))
+                pending = (stamp, msgs.image_to_rgb(msg))
             if pending is not None and (not depth_conns or pending[0] in depths):
                 yield _frame(pending, cams, gts, depths, odom)
                 pending = None
@@ -377,11 +356,11 @@ def read_static_tf(path: str | Path, parent: str = FRAME_BASE,
                    child: str = FRAME_CAMERA) -> np.ndarray | None:
     """``T_parent_child`` from /tf_static, or None if the bag has none."""
     from rosbags.rosbag2 import Reader
-    ts = _typestore('humble')
+    ts = typestore('humble')
     with Reader(path) as reader:
-        conns = _topics(reader).get('/tf_static', [])
+        conns = topic_connections(reader).get('/tf_static', [])
         for conn, _, raw in reader.messages(connections=conns):
             for tf in ts.deserialize_cdr(raw, conn.msgtype).transforms:
                 if tf.header.frame_id == parent and tf.child_frame_id == child:
-                    return _pose_to_matrix(tf.transform.translation, tf.transform.rotation)
+                    return msgs.transform_to_matrix(tf.transform)
     return None

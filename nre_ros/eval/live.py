@@ -38,10 +38,11 @@ from pathlib import Path
 
 import numpy as np
 
+from nre_ros import messages as msgs
 from nre_ros.errors import InputError, NreError
 from nre_ros.eval.bags import (FRAME_BASE, FRAME_CAMERA, FRAME_MAP, FRAME_ODOM, TOPIC_CAMERA_INFO,
-                               TOPIC_DEPTH, TOPIC_GROUND_TRUTH, TOPIC_IMAGE, _pose_to_matrix,
-                               _stamp_ns, _topics, _typestore, read_static_tf)
+                               TOPIC_DEPTH, TOPIC_IMAGE, BagTruth, read_truth, topic_connections,
+                               typestore)
 from nre_ros.eval.evaluate import FAILURE, FIX, FrameRecord
 from nre_ros.geometry import invert, pose_error
 from nre_ros.ros.dds import ensure_isolation, ensure_large_image_profile
@@ -252,9 +253,8 @@ class Recorder:
 
     # ------------------------------------------------------------------ callbacks
     def _on_pose(self, msg) -> None:
-        from nre_ros.ros.conversions import stamp_to_ns
         now = time.monotonic()
-        stamp = stamp_to_ns(msg.header.stamp)
+        stamp = msgs.stamp_to_ns(msg.header.stamp)
         with self._lock:
             if stamp not in self.rec.sent:
                 self.rec.unmatched_poses += 1     # e.g. a latched pose of an earlier run
@@ -264,14 +264,13 @@ class Recorder:
                 self.rec.poses[stamp] = (now, msg)
 
     def _on_tf(self, msg) -> None:
-        from nre_ros.ros.conversions import stamp_to_ns, transform_to_matrix
         now = time.monotonic()
         for t in msg.transforms:
             if t.header.frame_id.lstrip('/') == self.map_frame:
                 with self._lock:
                     self.rec.tf.append(TfSample(now, self.map_frame, t.child_frame_id.lstrip('/'),
-                                                stamp_to_ns(t.header.stamp),
-                                                transform_to_matrix(t.transform)))
+                                                msgs.stamp_to_ns(t.header.stamp),
+                                                msgs.transform_to_matrix(t.transform)))
 
     def _on_diag(self, msg) -> None:
         for st in msg.status:
@@ -369,39 +368,6 @@ class Spinner:
 
 
 # ============================================================================= bag side
-@dataclass
-class BagTruth:
-    """Ground truth and odometry of a bag by image stamp, and the static base -> camera."""
-
-    T_map_cam: dict[int, np.ndarray]
-    T_odom_base: dict[int, np.ndarray]
-    T_base_cam: np.ndarray | None
-    start_ns: int = 0                    # first message time of the bag
-
-
-def read_truth(bag: str | Path) -> BagTruth:
-    """Small topics only (no image decoding)."""
-    from rosbags.rosbag2 import Reader
-    ts = _typestore('humble')
-    gts: dict[int, np.ndarray] = {}
-    odom: dict[int, np.ndarray] = {}
-    with Reader(bag) as reader:
-        start_ns = int(reader.start_time)
-        topics = _topics(reader)
-        conns = topics.get(TOPIC_GROUND_TRUTH, []) + topics.get('/tf', [])
-        for conn, _, raw in reader.messages(connections=conns):
-            msg = ts.deserialize_cdr(raw, conn.msgtype)
-            if conn.topic == TOPIC_GROUND_TRUTH:
-                gts[_stamp_ns(msg.header)] = _pose_to_matrix(msg.pose.position,
-                                                             msg.pose.orientation)
-                continue
-            for tf in msg.transforms:
-                if tf.header.frame_id == FRAME_ODOM and tf.child_frame_id == FRAME_BASE:
-                    odom[_stamp_ns(tf.header)] = _pose_to_matrix(tf.transform.translation,
-                                                                 tf.transform.rotation)
-    return BagTruth(gts, odom, read_static_tf(bag, FRAME_BASE, FRAME_CAMERA), start_ns)
-
-
 def create_publishers(recorder: Recorder, bag: str | Path, use_depth: bool = False) -> list:
     """Publishers of every bag topic ``play_bag`` will send, created before playing so that
     discovery can match them first (a publisher created at its first message loses that message
@@ -410,7 +376,7 @@ def create_publishers(recorder: Recorder, bag: str | Path, use_depth: bool = Fal
     wanted = {TOPIC_IMAGE, TOPIC_CAMERA_INFO, '/tf', '/tf_static'} | (
         {TOPIC_DEPTH} if use_depth else set())
     with Reader(bag) as reader:
-        topics = _topics(reader)
+        topics = topic_connections(reader)
         return [recorder.publisher(t, conns[0].msgtype) for t, conns in sorted(topics.items())
                 if t in wanted and conns]
 
@@ -427,11 +393,11 @@ def play_bag(recorder: Recorder, bag: str | Path, *, rate: float = 1.0, use_dept
     from rosbags.rosbag2 import Reader
     if rate <= 0:
         raise InputError(f'--rate must be > 0, got {rate}')
-    ts = _typestore('humble')
+    ts = typestore('humble')
     wanted = {TOPIC_IMAGE, TOPIC_CAMERA_INFO, '/tf', '/tf_static'} | (
         {TOPIC_DEPTH} if use_depth else set())
     with Reader(bag) as reader:
-        topics = _topics(reader)
+        topics = topic_connections(reader)
         if TOPIC_IMAGE not in topics:
             raise InputError(f'bag {bag} has no topic {TOPIC_IMAGE}; topics: {sorted(topics)}')
         if use_depth and TOPIC_DEPTH not in topics:
@@ -451,7 +417,7 @@ def play_bag(recorder: Recorder, bag: str | Path, *, rate: float = 1.0, use_dept
                     break
                 time.sleep(min(clock_period_s if clock else 1.0, target - now))
             if conn.topic == TOPIC_IMAGE:
-                stamp = _stamp_ns(ts.deserialize_cdr(raw, conn.msgtype).header)
+                stamp = msgs.stamp_to_ns(ts.deserialize_cdr(raw, conn.msgtype).header.stamp)
                 recorder.mark_sent(stamp)
                 if progress:
                     progress()
@@ -490,7 +456,7 @@ def build_records(rec: Recording, truth: BagTruth, *, odom_frame: str = FRAME_OD
         if stamp not in rec.poses:
             continue
         recv_s, msg = rec.poses[stamp]
-        T_map_base = conv.pose_to_matrix(msg.pose.pose)
+        T_map_base = msgs.pose_to_matrix(msg.pose.pose)
         cov_ros = np.asarray(msg.pose.covariance, dtype=np.float64).reshape(6, 6)
         r.status, r.reason = FIX, ''
         r.T_est = invert(T_map_base @ T_bc)

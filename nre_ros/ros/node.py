@@ -33,6 +33,8 @@ from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityP
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_srvs.srv import SetBool, Trigger
 
+from nre_ros import messages as msgs
+from nre_ros.errors import InputError
 from nre_ros.geometry import invert, make_transform, so3_exp
 from nre_ros.ros import conversions as conv
 from nre_ros.ros.diagnostics import NodeStats, to_status
@@ -315,7 +317,7 @@ class RelocalizationNode(LifecycleNode):
     def _on_depth(self, msg: Image) -> None:
         """Keep the last few depth images by stamp; the worker takes the one of its image."""
         with self._lock:
-            self._depths[conv.stamp_to_ns(msg.header.stamp)] = msg
+            self._depths[msgs.stamp_to_ns(msg.header.stamp)] = msg
             while len(self._depths) > 10:
                 self._depths.popitem(last=False)
             self._wake.notify_all()
@@ -333,7 +335,7 @@ class RelocalizationNode(LifecycleNode):
 
     def _on_image(self, msg: Image | CompressedImage) -> None:
         self.stats.count('frames_received')
-        stamp = conv.stamp_to_ns(msg.header.stamp)
+        stamp = msgs.stamp_to_ns(msg.header.stamp)
         with self._lock:
             info = self._infos.get(stamp)
             if info is None:
@@ -346,7 +348,7 @@ class RelocalizationNode(LifecycleNode):
             self._submit(msg, info)
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
-        stamp = conv.stamp_to_ns(msg.header.stamp)
+        stamp = msgs.stamp_to_ns(msg.header.stamp)
         with self._lock:
             self._infos[stamp] = msg
             while len(self._infos) > 10:
@@ -369,7 +371,7 @@ class RelocalizationNode(LifecycleNode):
         cfg = self.cfg
         if not (self._active and self._enabled and (cfg.continuous or self._requested)):
             return
-        stamp = conv.stamp_to_ns(image.header.stamp)
+        stamp = msgs.stamp_to_ns(image.header.stamp)
         last = self._last_start_stamp_ns
         if cfg.continuous and cfg.max_rate > 0 and last is not None and \
                 0 <= stamp - last < 1e9 / cfg.max_rate:
@@ -390,8 +392,8 @@ class RelocalizationNode(LifecycleNode):
                                       f'not map_frame {cfg.map_frame!r}')
             return
         try:
-            T = conv.pose_to_matrix(msg.pose.pose)
-        except conv.InputError as exc:
+            T = msgs.pose_to_matrix(msg.pose.pose)
+        except InputError as exc:
             self.get_logger().warning(f'/initialpose ignored: {exc}')
             return
         cov = np.asarray(msg.pose.covariance, dtype=np.float64).reshape(6, 6)
@@ -444,8 +446,8 @@ class RelocalizationNode(LifecycleNode):
             hint = None
             if request.use_hint:
                 try:
-                    hint = conv.pose_to_matrix(request.hint)
-                except conv.InputError as exc:
+                    hint = msgs.pose_to_matrix(request.hint)
+                except InputError as exc:
                     response.success, response.message = False, f'bad hint: {exc}'
                     return response
             t0 = time.perf_counter()
@@ -511,18 +513,18 @@ class RelocalizationNode(LifecycleNode):
     def _process(self, image: Image | CompressedImage, info: CameraInfo) -> None:
         with self._lock:
             cfg, reloc, self._inflight_gen = self.cfg, self.reloc, self._map_gen
-        stamp_ns = conv.stamp_to_ns(image.header.stamp)
+        stamp_ns = msgs.stamp_to_ns(image.header.stamp)
         self.stats.count('frames_processed')
         try:
-            camera = conv.camera_info_to_camera(info)
-            rgb = conv.compressed_to_rgb(image) if isinstance(image, CompressedImage) \
-                else conv.image_to_rgb(image)
-            conv.check_image_matches_camera(rgb.shape[:2], camera)
+            camera = msgs.camera_info_to_camera(info)
+            rgb = msgs.compressed_to_rgb(image) if isinstance(image, CompressedImage) \
+                else msgs.image_to_rgb(image)
+            msgs.check_image_matches_camera(rgb.shape[:2], camera)
             cam_frame = cfg.camera_frame or info.header.frame_id or image.header.frame_id
             if not cam_frame:
-                raise conv.InputError('no camera frame: camera_info.header.frame_id is empty '
+                raise InputError('no camera frame: camera_info.header.frame_id is empty '
                                       'and camera_frame is not set')
-        except conv.InputError as exc:
+        except InputError as exc:
             return self._reject('bad_input', str(exc), 'bad_inputs')
         deadline = time.monotonic() + cfg.tf_lookup_timeout
         need_odom = cfg.tf_owner == 'map_to_odom' or cfg.use_initial_guess
@@ -546,12 +548,12 @@ class RelocalizationNode(LifecycleNode):
                                           'without depth', throttle_duration_sec=5.0)
             else:
                 try:
-                    depth = conv.depth_to_metres(depth_msg)
+                    depth = msgs.depth_to_metres(depth_msg)
                     if depth.shape != rgb.shape[:2]:
-                        raise conv.InputError(
+                        raise InputError(
                             f'depth image {depth.shape[1]}x{depth.shape[0]} does not match the '
                             f'image {rgb.shape[1]}x{rgb.shape[0]} (must be registered to it)')
-                except conv.InputError as exc:
+                except InputError as exc:
                     return self._reject('bad_input', f'depth: {exc}', 'bad_inputs')
         s = reloc.map_T_model.scale
         prior = self._take_prior(T_base_cam, T_odom_base, s)
@@ -584,7 +586,7 @@ class RelocalizationNode(LifecycleNode):
     def _handle_result(self, result, image: Image, T_base_cam, T_odom_base, scale,
                        reloc) -> None:
         cfg = self.cfg
-        stamp_ns = conv.stamp_to_ns(image.header.stamp)
+        stamp_ns = msgs.stamp_to_ns(image.header.stamp)
         T_map_cam = reloc.map_T_model.camera_pose_in_map(result.T_cam_world)
         T_map_base = T_map_cam @ invert(T_base_cam)
         T_map_odom = None if T_odom_base is None else T_map_base @ invert(T_odom_base)
@@ -631,7 +633,7 @@ class RelocalizationNode(LifecycleNode):
         now_ns = self.get_clock().now().nanoseconds
         with self.stats.lock:
             self.stats.fixes_published += 1
-            self.stats.latencies_ms.append((now_ns - conv.stamp_to_ns(stamp)) * 1e-6)
+            self.stats.latencies_ms.append((now_ns - msgs.stamp_to_ns(stamp)) * 1e-6)
 
     def _publish_tf(self, stamp_ns: int) -> None:
         cfg = self.cfg

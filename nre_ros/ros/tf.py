@@ -21,8 +21,8 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from scipy.spatial.transform import Rotation, Slerp
 
 from nre_ros.geometry import invert, make_transform
-from nre_ros.ros.conversions import (matrix_to_transform, ns_to_stamp, stamp_to_ns,
-                                     transform_to_matrix)
+from nre_ros.messages import stamp_to_ns, transform_to_matrix
+from nre_ros.ros.conversions import matrix_to_transform, ns_to_stamp
 
 try:  # a real ROS install
     import tf2_ros  # type: ignore[import-not-found]
