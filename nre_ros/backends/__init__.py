@@ -127,7 +127,8 @@ def load_backend(config: BackendConfig = BackendConfig(), model=None) -> Backend
                                      f'{graph_digest()}')
         spec_file = onnx_dir / f'{model.spec.name}.spec.json'
         if not spec_file.exists():
-            logger.info('exporting %s to ONNX in %s (once; ~10-40 s)', model.spec.name, onnx_dir)
+            logger.warning('exporting %s networks to ONNX, this takes 10-40 s (first run with '
+                           'these weights; cached in %s)', model.spec.name, onnx_dir)
             _export_atomically(model, onnx_dir, export_onnx)
         paths = {level: onnx_dir / f'{model.spec.name}-{level}.onnx' for level in model.networks()}
         if config.backend == 'onnxruntime':

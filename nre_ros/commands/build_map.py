@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
+from nre_ros.errors import InputError
 from nre_ros.maps.build_common import BuildOptions
+from nre_ros.maps.format import METADATA_FILE
 from nre_ros.maps.stats import format_summary, map_summary
 
 NAME = 'build-map'
@@ -16,7 +19,10 @@ BUILDERS = ('rgbd', 'posed', 'colmap', 'sfm')
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('source', help='sequence folder (TUM layout) for rgbd/posed, image '
                         'folder for colmap/sfm')
-    parser.add_argument('output', help='map directory to write, e.g. maps/lab.nremap')
+    parser.add_argument('output', help='map directory to write, e.g. maps/lab.nremap (must not '
+                        'exist unless --force)')
+    parser.add_argument('--force', action='store_true',
+                        help='overwrite an existing map directory (never another folder)')
     parser.add_argument('--builder', choices=BUILDERS, default='rgbd')
     parser.add_argument('--model', default=None,
                         help='feature model (default: nre_ros.models.DEFAULT_MODEL)')
@@ -38,7 +44,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--work-dir', default=None, help='sfm builder: where SfM files go')
 
 
+def check_output(path: str | Path, force: bool) -> None:
+    """InputError unless ``path`` is free, or ``force`` and it holds an nre_ros map (a map is
+    replaced as a whole folder: another folder is never deleted)."""
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        return
+    if not force:
+        raise InputError(f'{path} exists; pass --force to overwrite it')
+    if path.is_symlink() or not path.is_dir() or not (path / METADATA_FILE).is_file():
+        raise InputError(f'{path} exists and is not an nre_ros map folder (no {METADATA_FILE}); '
+                         'refusing to replace it even with --force')
+
+
 def run(args: argparse.Namespace) -> int:
+    check_output(args.output, args.force)
     from nre_ros import maps
     from nre_ros.models import load_model
     opts = BuildOptions(split=args.split, keyframe_step=args.step,

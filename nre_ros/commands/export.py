@@ -10,6 +10,7 @@ from nre_ros.models import DEFAULT_MODEL, MODEL_NAMES, load_model
 NAME = 'export'
 HELP = 'export the feature networks to ONNX (one file per level) with a model-spec JSON'
 ORDER = 70
+DEFAULT_OUTPUT = 'out/onnx'
 
 logger = logging.getLogger(__name__)
 
@@ -21,8 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--weights', default=None,
                         help='trained weight file (nre-paper: default random init; xfeat-ms-nre: '
                              'default the shipped heads)')
-    parser.add_argument('--output', '-o', default='export',
-                        help='output folder (default ./export)')
+    parser.add_argument('--output', '-o', default=DEFAULT_OUTPUT,
+                        help=f'output folder (default {DEFAULT_OUTPUT}, git-ignored in the '
+                             'repository)')
     parser.add_argument('--check', action='store_true',
                         help='run ONNX Runtime on a random 480x640 image and report the max '
                              'difference to torch')
@@ -31,6 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from nre_ros.backends.onnx_backend import export_onnx
     model = load_model(args.model, weights=args.weights)
+    print(f'exporting {model.spec.name} networks to ONNX in {args.output} (this takes 10-40 s)',
+          flush=True)
     paths = export_onnx(model, Path(args.output))
     for level, path in paths.items():
         print(f'{level:>6}: {path}  ({path.stat().st_size / 1e6:.1f} MB)')

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import re
+import sys
 from pathlib import Path
 
 import numpy as np
-from scipy.spatial.transform import Rotation
 
 from nre_ros.camera import Camera
 from nre_ros.datasets import load_depth, load_rgb, write_tum_poses
@@ -13,8 +14,14 @@ from nre_ros.errors import InputError
 from nre_ros.pipeline import PipelineConfig, Relocalizer
 
 NAME = 'localize'
-HELP = 'relocalize images against a map; prints status, position, yaw, sigma, ms per image'
+HELP = ('relocalize images against a map; prints status, position and yaw in the map frame, '
+        'sigma, ms per image; exits 1 when no image localized')
 ORDER = 20
+
+# A file name that is a timestamp: Unix seconds with a fraction (TUM: 1305031102.175304) or
+# integer nanoseconds (16 or more digits).
+_SECONDS = re.compile(r'^\d{9,10}\.\d+$')
+_NANOSECONDS = re.compile(r'^\d{16,19}$')
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,15 +38,76 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='raw depth units per metre for 16-bit images (default 1000 = mm; '
                              'TUM RGB-D uses 5000)')
     parser.add_argument('--out', default=None,
-                        help='write camera-to-world poses of localized images (TUM format; the '
-                             'timestamp is the file name when numeric, else the index)')
+                        help='write map-frame camera poses (T_map_cam) of localized images in '
+                             'the TUM format, stamped from --stamps or, without it, from file '
+                             'names that are timestamps (1305031102.175304.png)')
+    parser.add_argument('--stamps', default=None, metavar='FILE',
+                        help='timestamps for --out: one line per image, "STAMP" in the order '
+                             'of the images or "STAMP NAME" (as TUM rgb.txt); # comments')
 
 
-def _stamp(path: str, i: int) -> float:
+def image_stamps(images: list[str], stamps_file: str | None) -> list[float]:
+    """Timestamps (s) of ``images``: from ``stamps_file`` or from names that are timestamps.
+
+    Raises:
+        InputError: a stamp missing or unreadable, or a file name that is not a timestamp
+            (``0002.jpg`` is a frame number, not 2 s) without a stamps file.
+    """
+    if stamps_file is None:
+        out = []
+        for path in images:
+            stem = Path(path).stem
+            if _SECONDS.match(stem):
+                out.append(float(stem))
+            elif _NANOSECONDS.match(stem):
+                out.append(int(stem) * 1e-9)
+            else:
+                raise InputError(f'--out needs a timestamp per image: the name {Path(path).name} '
+                                 'is not one (seconds like 1305031102.175304 or nanoseconds); '
+                                 'give --stamps FILE')
+        return out
     try:
-        return float(Path(path).stem)
-    except ValueError:
-        return float(i)
+        lines = Path(stamps_file).read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f'cannot read --stamps {stamps_file}: {exc}') from None
+    rows = [ln.split() for ln in lines if ln.strip() and not ln.lstrip().startswith('#')]
+    try:
+        values = [float(r[0]) for r in rows]
+    except ValueError as exc:
+        raise InputError(f'--stamps {stamps_file}: {exc}') from None
+    if rows and all(len(r) >= 2 for r in rows):
+        by_name = {Path(r[1]).name: v for r, v in zip(rows, values)}
+        missing = [Path(p).name for p in images if Path(p).name not in by_name]
+        if missing:
+            raise InputError(f'--stamps {stamps_file} has no line for {missing[:3]}')
+        return [by_name[Path(p).name] for p in images]
+    if len(values) != len(images):
+        raise InputError(f'--stamps {stamps_file} has {len(values)} stamps for '
+                         f'{len(images)} images')
+    return values
+
+
+def base_yaw_deg(T_map_cam: np.ndarray) -> float:
+    """Yaw (deg, about map z, counter-clockwise from map x) of the base the camera looks
+    forward from: the heading of the optical axis (REP 103: base x = optical z)."""
+    forward = T_map_cam[:3, 2]
+    return float(np.degrees(np.arctan2(forward[1], forward[0])))
+
+
+def pose_in_map(T_cam_model: np.ndarray, map_T_model: np.ndarray | None) -> np.ndarray:
+    """Solver pose T_cam_model -> rigid T_map_cam in metres (``map_T_model`` may scale)."""
+    from nre_ros.geometry import invert, make_transform
+    T = invert(T_cam_model)
+    if map_T_model is None:
+        return T
+    s = float(np.cbrt(np.linalg.det(map_T_model[:3, :3])))
+    R = map_T_model[:3, :3] / s
+    return make_transform(R @ T[:3, :3], map_T_model[:3, :3] @ T[:3, 3] + map_T_model[:3, 3])
+
+
+def _failure_line(name: str, reason: str, detail: str, ms: float | None) -> str:
+    text = f'{name:<32} failed ({reason}): {detail or "no detail"}'
+    return text + (f' [{ms:.0f} ms]' if ms is not None and np.isfinite(ms) else '')
 
 
 def run(args: argparse.Namespace) -> int:
@@ -48,33 +116,40 @@ def run(args: argparse.Namespace) -> int:
                          f'{len(args.images)} images')
     if args.depth_scale <= 0:
         raise InputError(f'--depth-scale must be > 0, got {args.depth_scale}')
+    if args.stamps and not args.out:
+        raise InputError('--stamps is only used with --out')
+    stamps_all = image_stamps(args.images, args.stamps) if args.out else None
     camera = Camera.from_yaml(args.camera)
     config = PipelineConfig.from_yaml(args.config) if args.config else PipelineConfig()
     reloc = Relocalizer.from_config(args.map, config)
     reloc.warmup()
-    print(f'{"image":<32} {"status":<24} {"x":>7} {"y":>7} {"z":>7} {"yaw":>6} {"sigma m":>7} '
-          f'{"ms":>6}')
+    print(f'{"image":<32} {"status":<10} {"x":>7} {"y":>7} {"z":>7} {"yaw":>6} {"sigma m":>7} '
+          f'{"ms":>6}   (map frame {reloc.map_frame_id!r}, yaw of a forward-looking base)')
     stamps, poses = [], []
     for i, path in enumerate(args.images):
+        name = Path(path).name
         try:
             depth = None if args.depth is None else load_depth(args.depth[i], args.depth_scale)
             out = reloc.localize(load_rgb(path), camera, depth=depth)
         except InputError as exc:
-            print(f'{Path(path).name:<32} failed: {exc}')
+            print(_failure_line(name, 'bad_input', str(exc), None))
             continue
-        ms = out.timings_ms.get('total', float('nan'))
+        ms = out.timings_ms.get('total')
         if not out.ok:
-            print(f'{Path(path).name:<32} {"failed: " + out.reason:<24} {"":>37} {ms:6.0f}')
+            print(_failure_line(name, out.reason, out.detail, ms))
             continue
-        T = out.T_world_cam
-        yaw = Rotation.from_matrix(T[:3, :3]).as_euler('ZYX', degrees=True)[0]
+        T = pose_in_map(out.T_cam_world, reloc.map_T_model)
         sigma = float(np.sqrt(np.trace(out.covariance[:3, :3])))
-        print(f'{Path(path).name:<32} {"localized":<24} {T[0, 3]:7.3f} {T[1, 3]:7.3f} '
-              f'{T[2, 3]:7.3f} {yaw:6.1f} {sigma:7.3f} {ms:6.0f}')
-        stamps.append(_stamp(path, i))
+        print(f'{name:<32} {"localized":<10} {T[0, 3]:7.3f} {T[1, 3]:7.3f} '
+              f'{T[2, 3]:7.3f} {base_yaw_deg(T):6.1f} {sigma:7.3f} {ms or float("nan"):6.0f}')
+        if stamps_all is not None:
+            stamps.append(stamps_all[i])
         poses.append(T)
     if args.out:
         write_tum_poses(args.out, np.array(stamps), np.array(poses).reshape(-1, 4, 4),
-                        header='timestamp tx ty tz qx qy qz qw (T_world_cam, nre-ros localize)')
+                        header='timestamp tx ty tz qx qy qz qw (T_map_cam, nre-ros localize)')
         print(f'wrote {len(poses)} poses to {args.out}')
+    if not poses:
+        print(f'nre-ros localize: no image localized ({len(args.images)} failed)', file=sys.stderr)
+        return 1
     return 0

@@ -38,13 +38,26 @@ def _figure(*args, **kwargs):
     return plt.subplots(*args, layout='constrained', **kwargs)
 
 
+def top_view_axes(R_world_cam: np.ndarray) -> tuple[int, int, int]:
+    """(a, b, up): the map axes of a top view and the up axis, from (N, 3, 3) camera rotations.
+
+    Up is the map axis most opposed to the cameras' mean image-down direction (optical +y),
+    i.e. z for a z-up map (REP 103) with level cameras; (a, b) follow it right-handed
+    (x, y for z up), so the plot is seen from above."""
+    down = np.asarray(R_world_cam, np.float64).reshape(-1, 3, 3)[:, :, 1].mean(axis=0)
+    up = int(np.argmax(np.abs(down))) if np.any(down) else 2
+    return (up + 1) % 3, (up + 2) % 3, up
+
+
 def plot_trajectory(records) -> str:
-    """Top view on the two axes along which the ground truth spreads most."""
-    gt = np.array([rm.camera_centres(r.T_gt)[0] for r in records if r.T_gt is not None])
+    """Top view of the camera centres: the map's ground plane, seen from its up axis."""
+    with_gt = [r for r in records if r.T_gt is not None]
+    gt = np.array([rm.camera_centres(r.T_gt)[0] for r in with_gt])
     fixes = [r for r in records if r.status == 'fix']
     fig, ax = _figure(figsize=(6.5, 5.5))
+    up = 2
     if gt.size:
-        a, b = np.sort(np.argsort(gt.std(axis=0))[-2:])
+        a, b, up = top_view_axes(np.array([_R_world_cam(r.T_gt) for r in with_gt]))
         ax.plot(gt[:, a], gt[:, b], '-o', color=GT_COLOR, ms=3, lw=1.5, label='ground truth')
         misses = np.array([rm.camera_centres(r.T_gt)[0] for r in records
                            if r.T_gt is not None and r.status != 'fix']).reshape(-1, 3)
@@ -61,10 +74,15 @@ def plot_trajectory(records) -> str:
         ax.set_xlabel(f'map {names[a]} (m)')
         ax.set_ylabel(f'map {names[b]} (m)')
         ax.set_aspect('equal', adjustable='datalim')
-    ax.set_title('Camera centres, top view (unaligned)')
+    ax.set_title(f'Camera centres, top view (map {"xyz"[up]} up, unaligned)')
     ax.legend(loc='best', fontsize=8)
     ax.grid(alpha=0.3)
     return _png(fig)
+
+
+def _R_world_cam(T_cam_world: np.ndarray) -> np.ndarray:
+    """(3, 3) camera-to-world rotation of a world-to-camera pose."""
+    return np.asarray(T_cam_world)[:3, :3].T
 
 
 def plot_error_cdfs(records) -> str:
@@ -215,6 +233,9 @@ def render_html(records, metrics: dict, meta: dict, baselines: dict[str, dict]) 
         for s, v in metrics.get('stage_latency_ms', {}).items())
     reason_rows = ''.join(f'<tr><td>{html.escape(str(k))}</td><td>{v}</td></tr>'
                           for k, v in sorted(metrics.get('failure_reasons', {}).items()))
+    failures_html = (f'<h2>Failure reasons</h2><table><tr><th>reason</th><th>frames</th></tr>'
+                     f'{reason_rows}</table>' if reason_rows
+                     else '<h2>Failure reasons</h2><p>No failures.</p>')
     meta_rows = ''.join(f'<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>'
                         for k, v in meta.items())
     live_html = _live_section(metrics.get('live'))
@@ -232,7 +253,7 @@ def render_html(records, metrics: dict, meta: dict, baselines: dict[str, dict]) 
 availability and fixes/s over all frames. Errors are unaligned (absolute map frame).</p>
 <h2>Per-stage latency (ms)</h2><table><tr><th>stage</th><th>p50</th><th>p90</th><th>p99</th>
 </tr>{stage_rows}</table>
-<h2>Failure reasons</h2><table><tr><th>reason</th><th>frames</th></tr>{reason_rows}</table>
+{failures_html}
 {live_html}{imgs}</body></html>
 '''
 
