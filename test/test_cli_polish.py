@@ -59,19 +59,6 @@ def test_printed_yaw_is_the_base_yaw_in_the_map(yaw_deg):
     assert abs((optical - yaw_deg + 180) % 360 - 180) > 45     # what used to be printed
 
 
-def test_pose_in_map_applies_the_similarity():
-    rng = np.random.default_rng(0)
-    T_cam_model = make_transform(so3_exp(rng.normal(size=3)), rng.normal(size=3))
-    R = so3_exp(np.array([0.1, -0.2, 0.3]))
-    map_T_model = np.eye(4)
-    map_T_model[:3, :3], map_T_model[:3, 3] = 2.5 * R, [1.0, -2.0, 0.5]
-    T = localize.pose_in_map(T_cam_model, map_T_model)
-    centre_model = invert(T_cam_model)[:3, 3]
-    np.testing.assert_allclose(T[:3, 3], 2.5 * R @ centre_model + [1.0, -2.0, 0.5], atol=1e-12)
-    np.testing.assert_allclose(T[:3, :3], R @ invert(T_cam_model)[:3, :3], atol=1e-12)
-    np.testing.assert_allclose(localize.pose_in_map(T_cam_model, None), invert(T_cam_model))
-
-
 def test_localize_exits_non_zero_with_a_reason_per_failure(tmp_path, capsys):
     """Nothing localized: exit 1, and each failure has one line with its reason in words."""
     import cv2

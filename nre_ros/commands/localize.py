@@ -94,17 +94,6 @@ def base_yaw_deg(T_map_cam: np.ndarray) -> float:
     return float(np.degrees(np.arctan2(forward[1], forward[0])))
 
 
-def pose_in_map(T_cam_model: np.ndarray, map_T_model: np.ndarray | None) -> np.ndarray:
-    """Solver pose T_cam_model -> rigid T_map_cam in metres (``map_T_model`` may scale)."""
-    from nre_ros.geometry import invert, make_transform
-    T = invert(T_cam_model)
-    if map_T_model is None:
-        return T
-    s = float(np.cbrt(np.linalg.det(map_T_model[:3, :3])))
-    R = map_T_model[:3, :3] / s
-    return make_transform(R @ T[:3, :3], map_T_model[:3, :3] @ T[:3, 3] + map_T_model[:3, 3])
-
-
 def _failure_line(name: str, reason: str, detail: str, ms: float | None) -> str:
     text = f'{name:<32} failed ({reason}): {detail or "no detail"}'
     return text + (f' [{ms:.0f} ms]' if ms is not None and np.isfinite(ms) else '')
@@ -138,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
         if not out.ok:
             print(_failure_line(name, out.reason, out.detail, ms))
             continue
-        T = pose_in_map(out.T_cam_world, reloc.map_T_model)
+        T = reloc.map_T_model.camera_pose_in_map(out.T_cam_world)
         sigma = float(np.sqrt(np.trace(out.covariance[:3, :3])))
         print(f'{name:<32} {"localized":<10} {T[0, 3]:7.3f} {T[1, 3]:7.3f} '
               f'{T[2, 3]:7.3f} {base_yaw_deg(T):6.1f} {sigma:7.3f} {ms or float("nan"):6.0f}')
