@@ -109,6 +109,15 @@ def test_fisheye_camera_info_round_trip_through_a_bag_message():
     assert back.fisheye
     np.testing.assert_array_equal(back.K, FISHEYE.K)
     np.testing.assert_array_equal(back.dist, FISHEYE.dist)
+    # binned 2x2 and cropped to a region of interest: still the fisheye model, same rays
+    msg.binning_x = msg.binning_y = 2
+    msg.roi.x_offset, msg.roi.y_offset, msg.roi.width, msg.roi.height = 100, 80, 600, 600
+    small = messages.camera_info_to_camera(msg)
+    assert small.fisheye and (small.width, small.height) == (300, 300)
+    pts = _directions(100, 40, seed=5)
+    uv_full, _ = FISHEYE.project(pts)
+    uv_small, _ = small.project(pts)
+    np.testing.assert_allclose(uv_small, (uv_full - [100, 80] + 0.5) / 2 - 0.5, atol=1e-9)
 
 
 def _synthetic_map(cams: list[Camera]):
