@@ -15,6 +15,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from nre_ros.camera import Camera
@@ -26,8 +27,19 @@ ENCODINGS: dict[str, tuple[type, int]] = {
     'rgb8': (np.uint8, 3), 'bgr8': (np.uint8, 3), 'rgba8': (np.uint8, 4), 'bgra8': (np.uint8, 4),
     'mono8': (np.uint8, 1), '8UC1': (np.uint8, 1), 'mono16': (np.uint16, 1),
     '16UC1': (np.uint16, 1), '32FC1': (np.float32, 1),
+    'bayer_rggb8': (np.uint8, 1), 'bayer_bggr8': (np.uint8, 1), 'bayer_gbrg8': (np.uint8, 1),
+    'bayer_grbg8': (np.uint8, 1), 'bayer_rggb16': (np.uint16, 1),
+    'bayer_bggr16': (np.uint16, 1), 'bayer_gbrg16': (np.uint16, 1),
+    'bayer_grbg16': (np.uint16, 1), 'yuv422': (np.uint8, 2), 'yuv422_yuy2': (np.uint8, 2),
 }
-COLOR_ENCODINGS = ('rgb8', 'bgr8', 'rgba8', 'bgra8', 'mono8', '8UC1', 'mono16')
+# Bayer pattern (ROS: colours of the top-left 2x2 block, row by row) -> OpenCV demosaicing code
+# (OpenCV names the pattern by the second row's middle pair: ROS rggb = OpenCV BayerBG).
+_BAYER_TO_RGB = {'rggb': cv2.COLOR_BayerBG2RGB, 'bggr': cv2.COLOR_BayerRG2RGB,
+                 'gbrg': cv2.COLOR_BayerGR2RGB, 'grbg': cv2.COLOR_BayerGB2RGB}
+# ROS yuv422 is UYVY (U0 Y0 V0 Y1), yuv422_yuy2 is YUYV (Y0 U0 Y1 V0); BT.601, as cv_bridge.
+_YUV_TO_RGB = {'yuv422': cv2.COLOR_YUV2RGB_UYVY, 'yuv422_yuy2': cv2.COLOR_YUV2RGB_YUY2}
+COLOR_ENCODINGS = ('rgb8', 'bgr8', 'rgba8', 'bgra8', 'mono8', '8UC1', 'mono16',
+                   *(k for k in ENCODINGS if k.startswith('bayer_')), *_YUV_TO_RGB)
 DEPTH_ENCODINGS = ('16UC1', '32FC1')
 COMPRESSED_FORMATS = ('jpeg', 'jpg', 'png')
 
@@ -108,18 +120,27 @@ def encode_image(arr: np.ndarray, encoding: str, *, padding: int = 0,
 
 
 def image_to_rgb(msg) -> np.ndarray:
-    """sensor_msgs/Image -> (H, W, 3) uint8 RGB (mono is replicated, mono16 keeps the high byte).
+    """sensor_msgs/Image -> (H, W, 3) uint8 RGB (mono is replicated, 16-bit keeps the high byte,
+    Bayer is demosaiced and YUV 4:2:2 converted with OpenCV).
 
     Raises:
-        InputError: depth encodings (16UC1, 32FC1) or anything ``image_to_numpy`` rejects.
+        InputError: depth encodings (16UC1, 32FC1), an odd width for YUV 4:2:2, or anything
+            ``image_to_numpy`` rejects.
     """
     if msg.encoding in DEPTH_ENCODINGS:
         raise InputError(f'image encoding {msg.encoding!r} is a depth encoding; the image topic '
                          f'needs one of {list(COLOR_ENCODINGS)}')
     arr = image_to_numpy(msg)
     enc = msg.encoding
-    if enc == 'mono16':
+    if arr.dtype == np.uint16:
         arr = (arr >> 8).astype(np.uint8)
+    if enc.startswith('bayer_'):
+        return cv2.cvtColor(arr, _BAYER_TO_RGB[enc[6:10]])
+    if enc in _YUV_TO_RGB:
+        if arr.shape[1] % 2:
+            raise InputError(f'{enc} image has an odd width ({arr.shape[1]}); 4:2:2 pixels come '
+                             'in pairs')
+        return cv2.cvtColor(arr, _YUV_TO_RGB[enc])
     if arr.ndim == 2:
         return np.repeat(arr[:, :, None], 3, axis=2)
     if enc in ('bgr8', 'bgra8'):

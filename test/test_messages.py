@@ -96,8 +96,8 @@ def test_depth_encodings(encoding):
 
 
 def test_bad_images_rejected():
-    with pytest.raises(InputError, match="unsupported image encoding 'yuv422'"):
-        msgs.image_to_numpy(_image(2, 2, 'yuv422', 4))
+    with pytest.raises(InputError, match="unsupported image encoding 'nv21'"):
+        msgs.image_to_numpy(_image(2, 2, 'nv21', 4))
     with pytest.raises(InputError, match='zero size'):
         msgs.image_to_numpy(_image(0, 4, 'rgb8', 12))
     with pytest.raises(InputError, match='step'):
