@@ -194,7 +194,7 @@ def test_bad_inputs_publish_nothing(running):
     base = now_ns(node) - 5 * S
     zero = Image(height=0, width=0, encoding='rgb8', step=0)
     cases = [
-        (dict(encoding='yuv422'), 'Bad input: unsupported image encoding'),
+        (dict(encoding='nv21'), 'Bad input: unsupported image encoding'),
         (dict(image=zero), 'Bad input: image has zero size'),
         (dict(info_w=32, info_h=24), 'Bad input: image is 64x48 but camera_info describes'),
         (dict(k=[0.0] * 9), 'Bad input: camera_info K is not a valid'),
