@@ -447,4 +447,6 @@ class Relocalizer:
         A = np.zeros((6, 6))
         A[:3, :3] = A[3:, 3:] = c.prep.R_img_cam.T
         cov = A @ out.covariance @ A.T
-        return replace(out, T_cam_world=T, covariance=cov, timings_ms=timings, info=info)
+        support = None if out.support is None else replace(out.support, point_idx=c.point_idx)
+        return replace(out, T_cam_world=T, covariance=cov, timings_ms=timings, info=info,
+                       support=support)

@@ -12,6 +12,27 @@ import numpy as np
 
 
 @dataclass(frozen=True)
+class PointSupport:
+    """Per-point evidence behind a Result (for visualization and debugging).
+
+    Attributes:
+        nre: (N,) float32 NRE of each point at the verdict's (coarse) level, nats.
+        threshold: a point is supported when its NRE is below this (ln|Omega| - margin).
+        point_idx: (N,) int64 map point of each entry (set by the pipeline; None from the bare
+            solver, whose points are in the order it was given them).
+    """
+
+    nre: np.ndarray
+    threshold: float
+    point_idx: np.ndarray | None = None
+
+    @property
+    def supported(self) -> np.ndarray:
+        """(N,) bool."""
+        return self.nre < self.threshold
+
+
+@dataclass(frozen=True)
 class Result:
     """A pose the verdict trusts.
 
@@ -26,6 +47,7 @@ class Result:
         iterations: total solver iterations (all stages).
         timings_ms: per-stage wall times, e.g. {'lossmaps': .., 'msac': .., 'coarse': ..}.
         info: free-form diagnostics (stage costs, runner-up margin, ...), JSON-serializable.
+        support: per-point NRE and support of the points behind the pose, or None.
     """
 
     T_cam_world: np.ndarray
@@ -37,6 +59,7 @@ class Result:
     iterations: int
     timings_ms: dict[str, float] = field(default_factory=dict)
     info: dict = field(default_factory=dict)
+    support: PointSupport | None = None
 
     ok: bool = field(default=True, init=False)
 

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from nre_ros.errors import ShapeError
 from nre_ros.lossmaps import LossMaps
-from nre_ros.results import Failure, Result
+from nre_ros.results import Failure, PointSupport, Result
 from nre_ros.solver import se3
 from nre_ros.solver.gnc import GncConfig, information, refine
 from nre_ros.solver.msac import MsacConfig, MsacResult, msac
@@ -193,6 +193,8 @@ def _verdict(support_level: tuple, level: tuple, T: Tensor, cfg: VerdictConfig,
     cost = float(nre.sum())
     n = int(nre.numel())
     supported = int((nre < maps.ln_omega - cfg.support_margin).sum())
+    support = PointSupport(nre.detach().cpu().numpy().astype(np.float32),
+                           float(maps.ln_omega - cfg.support_margin))
     # Expected support of a pose that explains nothing: sum over maps of the fraction of
     # cells that would count as support. Optimising 6 DoF finds a few times more by chance.
     # Counting it reads every cell of every map; when an upper bound already decides the
@@ -243,7 +245,7 @@ def _verdict(support_level: tuple, level: tuple, T: Tensor, cfg: VerdictConfig,
     logger.debug('solve: %s level, cost %.1f, %d/%d supported, %d iterations', name, cost,
                  supported, n, iterations)
     return Result(T.cpu().numpy(), cov, cost, mean_cost, n, supported, iterations,
-                  timings, info)
+                  timings, info, support)
 
 
 def _information(level: tuple, T: Tensor, kind: str) -> np.ndarray:
