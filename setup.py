@@ -33,6 +33,7 @@ setup(
         ('share/' + PACKAGE, ['package.xml']),
         ('share/' + PACKAGE + '/launch', glob('launch/*.py')),
         ('share/' + PACKAGE + '/config', glob('config/*.yaml')),
+        ('share/' + PACKAGE + '/rviz', glob('rviz/*.rviz')),
     ] + data_tree('maps'),
     install_requires=requirements(),
     extras_require={'test': ['pytest', 'transforms3d', 'catkin-pkg']},

@@ -104,3 +104,45 @@ def test_pipeline_result_carries_the_support_it_was_judged_on(fr1_rpy):
     assert visible.mean() > 0.95
     img = viz.debug_image(fr1_rpy.load_rgb(frame), fr1_rpy.camera, out, reloc.map.points_world)
     assert np.mean(np.any(img != fr1_rpy.load_rgb(frame), axis=2)) > 0.01
+
+
+def _rviz_displays():
+    import yaml
+    from pathlib import Path
+    cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / 'rviz' / 'nre_ros.rviz')
+                         .read_text())
+    return cfg, {d['Name']: d for d in cfg['Visualization Manager']['Displays']}
+
+
+def test_rviz_file_shows_the_node_topics_with_their_qos():
+    cfg, displays = _rviz_displays()
+    assert cfg['Visualization Manager']['Global Options']['Fixed Frame'] == 'map'
+    node = '/nre_relocalization/'
+    expected = {  # display -> (class, topic, durability)
+        'Map points': ('PointCloud2', node + viz.MAP_POINTS_TOPIC[2:], 'Transient Local'),
+        'Keyframes': ('PoseArray', node + viz.KEYFRAMES_TOPIC[2:], 'Transient Local'),
+        'Pose': ('PoseWithCovariance', node + 'pose', 'Transient Local'),
+        'Debug image': ('Image', node + viz.DEBUG_IMAGE_TOPIC[2:], 'Volatile'),
+        'Camera image': ('Image', '/camera/color/image_raw', 'Volatile'),
+    }
+    for name, (cls, topic, durability) in expected.items():
+        d = displays[name]
+        assert d['Class'] == f'rviz_default_plugins/{cls}', name
+        assert d['Topic']['Value'] == topic and d['Topic']['Durability Policy'] == durability
+    assert displays['TF']['Class'] == 'rviz_default_plugins/TF'
+    assert displays['Map points']['Color Transformer'] == 'RGB8'
+
+
+def test_rviz_file_is_installed_with_the_package(monkeypatch):
+    import runpy
+    from pathlib import Path
+
+    import setuptools
+    repo = Path(__file__).resolve().parents[1]
+    captured = {}
+    monkeypatch.setattr(setuptools, 'setup', lambda **kw: captured.update(kw))
+    monkeypatch.chdir(repo)
+    runpy.run_path(str(repo / 'setup.py'), run_name='__main__')
+    installed = {f for folder, files in captured['data_files'] for f in files
+                 if folder == 'share/nre_ros/rviz'}
+    assert installed == {'rviz/nre_ros.rviz'}

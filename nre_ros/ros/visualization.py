@@ -16,6 +16,11 @@ from nre_ros.camera import Camera
 from nre_ros.geometry import Sim3
 from nre_ros.results import Failure, Result
 
+# the node's topics (relative to its name; latched = transient local, depth 1)
+MAP_POINTS_TOPIC = '~/map_points'      # sensor_msgs/PointCloud2, latched, map frame
+KEYFRAMES_TOPIC = '~/keyframes'        # geometry_msgs/PoseArray, latched, T_map_cam
+DEBUG_IMAGE_TOPIC = '~/debug_image'    # sensor_msgs/Image rgb8, with publish_debug_image
+
 FLOAT32 = 7          # sensor_msgs/PointField.FLOAT32
 # x, y, z and RViz's packed colour (0x00RRGGBB in the bytes of a float32), 16 bytes a point
 CLOUD_FIELDS = (('x', 0, FLOAT32, 1), ('y', 4, FLOAT32, 1), ('z', 8, FLOAT32, 1),
@@ -167,3 +172,48 @@ def image_msg(rgb: np.ndarray, frame_id: str, stamp):
     msg = numpy_to_image(np.ascontiguousarray(rgb, np.uint8), 'rgb8')
     msg.header.frame_id, msg.header.stamp = frame_id, stamp
     return msg
+
+
+class VisualizationPublisher:
+    """The node's RViz outputs: latched map points and keyframes (published when the node
+    activates and after ``~/load_map``) and, if ``debug_image``, a debug image per processed
+    frame. Uses lifecycle publishers: nothing goes out while the node is inactive."""
+
+    def __init__(self, node, map_frame: str, debug_image: bool) -> None:
+        from geometry_msgs.msg import PoseArray
+        from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+        from sensor_msgs.msg import Image, PointCloud2
+        latched = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST,
+                             reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        self.node, self.map_frame = node, map_frame
+        self._cloud = node.create_lifecycle_publisher(PointCloud2, MAP_POINTS_TOPIC, latched)
+        self._keyframes = node.create_lifecycle_publisher(PoseArray, KEYFRAMES_TOPIC, latched)
+        self._debug = node.create_lifecycle_publisher(Image, DEBUG_IMAGE_TOPIC, 1) \
+            if debug_image else None
+
+    def publish_map(self, reloc) -> None:
+        """Map points and keyframe poses of ``reloc.map`` (skipped if it has no map)."""
+        m = getattr(reloc, 'map', None)
+        if m is None:
+            return
+        stamp = self.node.get_clock().now().to_msg()
+        sim = reloc.map_T_model
+        cloud = point_cloud_fields(map_points_in_map(m.points_world, sim), m.points_rgb)
+        self._cloud.publish(point_cloud_msg(cloud, self.map_frame, stamp))
+        self._keyframes.publish(pose_array_msg(keyframe_poses_in_map(m.kf_T_cam_world, sim),
+                                               self.map_frame, stamp))
+
+    def publish_debug(self, rgb: np.ndarray, camera: Camera, outcome, header, reloc) -> None:
+        """Debug image of one processed frame, with the image's stamp and frame."""
+        if self._debug is None:
+            return
+        m = getattr(reloc, 'map', None)
+        image = debug_image(rgb, camera, outcome, None if m is None else m.points_world)
+        self._debug.publish(image_msg(image, header.frame_id, header.stamp))
+
+    def destroy(self) -> None:
+        for pub in (self._cloud, self._keyframes, self._debug):
+            if pub is not None:
+                self.node.destroy_lifecycle_publisher(pub)
+        self._cloud = self._keyframes = self._debug = None
