@@ -13,6 +13,7 @@ Layout (see ``shared/data/tum_rgbd_*/README.md``)::
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,13 @@ import numpy as np
 from nre_ros.camera import Camera, read_yaml_file
 from nre_ros.errors import InputError
 from nre_ros.geometry import pose_to_tum, tum_to_pose
+from nre_ros.trajectory import Trajectory
+
+logger = logging.getLogger(__name__)
+
+LAYOUT = ('the TUM layout: camera.yaml, poses_T_world_cam.txt ("t tx ty tz qx qy qz qw", '
+          'camera-to-world) and associations.txt ("t rgb/NAME [t depth/NAME]" rows) or rgb.txt '
+          '("t rgb/NAME" rows), images under rgb/ and depth under depth/')
 
 
 def read_tum_poses(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
@@ -32,7 +40,11 @@ def read_tum_poses(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         T: (N, 4, 4) poses as written in the file (camera-to-world for TUM ground truth).
     """
     rows = []
-    for lineno, line in enumerate(Path(path).read_text().splitlines(), 1):
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise InputError(f'cannot read trajectory file {path}: {exc.strerror or exc}') from exc
+    for lineno, line in enumerate(text.splitlines(), 1):
         line = line.strip()
         if not line or line.startswith('#'):
             continue
@@ -72,10 +84,15 @@ class Frame:
 class TumSequence:
     """A posed RGB(-D) sequence in the TUM layout."""
 
-    def __init__(self, root: str | Path, pose_tolerance_s: float = 1e-3) -> None:
+    def __init__(self, root: str | Path, pose_tolerance_s: float = 0.02) -> None:
+        """Read the layout; a frame's pose is interpolated from the trajectory when one is
+        within ``pose_tolerance_s`` (frames without are dropped, with a warning)."""
         self.root = Path(root)
         if not self.root.is_dir():
             raise InputError(f'sequence folder {self.root} does not exist')
+        for required in ('camera.yaml', 'poses_T_world_cam.txt'):
+            if not (self.root / required).is_file():
+                raise InputError(f'{self.root}: {required} is missing; expected {LAYOUT}')
         self.camera = Camera.from_yaml(self.root / 'camera.yaml')
         scale = read_yaml_file(self.root / 'camera.yaml', 'camera file').get('depth_scale', 5000.0)
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) \
@@ -85,35 +102,50 @@ class TumSequence:
         self.depth_scale = float(scale)
         stamps, poses = read_tum_poses(self.root / 'poses_T_world_cam.txt')
         entries = self._read_entries()
-        self.frames: list[Frame] = []
-        for stamp, rgb, depth in entries:
-            i = int(np.argmin(np.abs(stamps - stamp))) if stamps.size else -1
-            if i < 0 or abs(stamps[i] - stamp) > pose_tolerance_s:
-                continue  # no ground truth for this image
-            self.frames.append(Frame(rgb, stamp, self.root / rgb,
-                                     None if depth is None else self.root / depth, poses[i]))
+        traj = Trajectory.from_seconds(stamps, poses)
+        T, ok = traj.interpolate(np.round(np.array([e[0] for e in entries]) * 1e9)
+                                 .astype(np.int64), pose_tolerance_s)
+        self.frames: list[Frame] = [
+            Frame(rgb, stamp, self.root / rgb, None if depth is None else self.root / depth, T_i)
+            for (stamp, rgb, depth), T_i, has in zip(entries, T, ok) if has]
         if not self.frames:
-            raise InputError(f'{self.root}: no image has a pose in poses_T_world_cam.txt')
+            raise InputError(f'{self.root}: no image has a pose within {pose_tolerance_s} s in '
+                             'poses_T_world_cam.txt')
+        if len(self.frames) < len(entries):
+            logger.warning('%s: %d of %d images have no pose within %.3f s in '
+                           'poses_T_world_cam.txt and are left out', self.root,
+                           len(entries) - len(self.frames), len(entries), pose_tolerance_s)
         self._by_name = {f.name: f for f in self.frames}
 
     def _read_entries(self) -> list[tuple[float, str, str | None]]:
         assoc = self.root / 'associations.txt'
         if assoc.exists():
             out = []
-            for line in assoc.read_text().splitlines():
+            for lineno, line in enumerate(assoc.read_text().splitlines(), 1):
                 tokens = line.split()
                 if not tokens or tokens[0].startswith('#'):
                     continue
-                rgb_i = next(i for i, t in enumerate(tokens) if t.startswith('rgb/'))
+                rgb_i = next((i for i, t in enumerate(tokens) if t.startswith('rgb/')), None)
+                if rgb_i is None or rgb_i == 0:
+                    raise InputError(f'{assoc}:{lineno}: no "timestamp rgb/NAME" pair in '
+                                     f'{line.strip()!r}; expected {LAYOUT}')
                 depth = next((t for t in tokens if t.startswith('depth/')), None)
-                out.append((float(tokens[rgb_i - 1]), tokens[rgb_i], depth))
+                out.append((_float(tokens[rgb_i - 1], assoc, lineno), tokens[rgb_i], depth))
             return out
         rgb_list = self.root / 'rgb.txt'
         if rgb_list.exists():
-            return [(float(t), f, None) for t, f in
-                    (ln.split()[:2] for ln in rgb_list.read_text().splitlines()
-                     if ln.strip() and not ln.startswith('#'))]
-        raise InputError(f'{self.root}: neither associations.txt nor rgb.txt found')
+            out = []
+            for lineno, line in enumerate(rgb_list.read_text().splitlines(), 1):
+                tokens = line.split()
+                if not tokens or tokens[0].startswith('#'):
+                    continue
+                if len(tokens) < 2 or not tokens[1].startswith('rgb/'):
+                    raise InputError(f'{rgb_list}:{lineno}: expected "timestamp rgb/NAME", got '
+                                     f'{line.strip()!r}; expected {LAYOUT}')
+                out.append((_float(tokens[0], rgb_list, lineno), tokens[1], None))
+            return out
+        raise InputError(f'{self.root}: neither associations.txt nor rgb.txt found; expected '
+                         f'{LAYOUT}')
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -142,6 +174,14 @@ class TumSequence:
         if frame.depth_path is None:
             raise InputError(f'frame {frame.name} has no depth image')
         return load_depth(frame.depth_path, self.depth_scale)
+
+
+def _float(token: str, path: Path, lineno: int) -> float:
+    try:
+        return float(token)
+    except ValueError:
+        raise InputError(f'{path}:{lineno}: {token!r} is not a timestamp; expected '
+                         f'{LAYOUT}') from None
 
 
 def load_depth(path: str | Path, units_per_metre: float) -> np.ndarray:

@@ -5,20 +5,22 @@ import argparse
 import time
 from pathlib import Path
 
+from nre_ros.commands import _bag_options
 from nre_ros.errors import InputError
 from nre_ros.maps.build_common import BuildOptions
 from nre_ros.maps.format import METADATA_FILE
 from nre_ros.maps.stats import format_summary, map_summary
 
 NAME = 'build-map'
-HELP = 'build a map (rgbd: posed RGB-D; posed: posed RGB; colmap: COLMAP model; sfm: images)'
+HELP = ('build a map (rgbd: posed RGB-D; posed: posed RGB; colmap: COLMAP model; sfm: images; '
+        'bag: a rosbag2 recording with poses)')
 ORDER = 10
-BUILDERS = ('rgbd', 'posed', 'colmap', 'sfm')
+BUILDERS = ('rgbd', 'posed', 'colmap', 'sfm', 'bag')
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('source', help='sequence folder (TUM layout) for rgbd/posed, image '
-                        'folder for colmap/sfm')
+                        'folder for colmap/sfm, rosbag2 for bag')
     parser.add_argument('output', help='map directory to write, e.g. maps/lab.nremap (must not '
                         'exist unless --force)')
     parser.add_argument('--force', action='store_true',
@@ -42,6 +44,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--exclude', nargs='*', default=(),
                         help='colmap/sfm builders: image names to leave out (held-out queries)')
     parser.add_argument('--work-dir', default=None, help='sfm builder: where SfM files go')
+    parser.add_argument('--align-to', default=None, metavar='POSES',
+                        help='fit a similarity (Umeyama on camera centres) to these poses of the '
+                        'same images and store it as map_T_model: TUM file (times in the '
+                        'image names), "name tx ty tz qx qy qz qw" file or TUM folder')
+    _bag_options.add_bag_arguments(parser)
 
 
 def check_output(path: str | Path, force: bool) -> None:
@@ -75,9 +82,16 @@ def run(args: argparse.Namespace) -> int:
     elif args.builder == 'colmap':
         m = maps.build_colmap_map(args.colmap_model, args.source, model, opts,
                                   exclude=args.exclude, progress=True)
+    elif args.builder == 'bag':
+        m, counts = _bag_options.build_bag(args, model, opts)
+        print('bag: ' + ', '.join(f'{k} {v}' for k, v in counts.items()))
     else:
         m = maps.build_sfm_map(args.source, model, opts, exclude=args.exclude,
                                work_dir=args.work_dir, progress=True)
+    if args.align_to:
+        from nre_ros.maps.align import align_map, read_reference_poses
+        m, alignment = align_map(m, read_reference_poses(args.align_to, args.pose_tolerance))
+        print(alignment.describe())
     m = maps.with_command(m, _command(args))
     path = m.save(args.output)
     s = map_summary(m, path)
@@ -94,7 +108,9 @@ def _command(args: argparse.Namespace) -> str:
     flags = {'builder': args.builder, 'model': args.model, 'split': args.split,
              'step': args.step, 'max-keyframes': args.max_keyframes,
              'max-points': args.max_points, 'keypoints': args.keypoints,
-             'max-size': args.max_size, 'colmap-model': args.colmap_model}
+             'max-size': args.max_size, 'colmap-model': args.colmap_model,
+             'align-to': args.align_to,
+             **_bag_options.bag_flags(args)}
     parts = ['nre-ros', NAME, str(args.source), str(args.output)]
     parts += [f'--{k} {v}' for k, v in flags.items() if v is not None]
     parts += ['--float32'] * bool(args.float32)

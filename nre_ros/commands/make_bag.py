@@ -26,6 +26,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='random-walk drift of the simulated odom->base_link per sqrt(s) '
                         '(default: %(default)s)')
     parser.add_argument('--seed', type=int, default=0, help='seed of the odometry drift')
+    parser.add_argument('--image-format', choices=bags.IMAGE_FORMATS, default='raw',
+                        help='raw sensor_msgs/Image, or CompressedImage (jpeg / png) on '
+                        '<image topic>/compressed')
+    parser.add_argument('--poses-as', choices=bags.POSES_AS, default='topic',
+                        help='ground truth as PoseStamped on /ground_truth, as the TF map -> odom '
+                        '(chains to the camera), or both')
+    parser.add_argument('--pose-offset-ms', type=float, default=0.0,
+                        help='stamp the ground-truth messages this much after their images')
     parser.add_argument('--distro', choices=('humble', 'jazzy'), default='humble',
                         help='message definitions to record (default humble; both replay there)')
 
@@ -36,6 +44,8 @@ def run(args: argparse.Namespace) -> int:
     n = bags.write_sequence_bag(seq, args.out, every=args.every, split=args.split,
                                 depth_encoding=args.depth, storage=args.storage,
                                 drift=bags.OdomDrift(*args.odom_drift), seed=args.seed,
-                                distro=args.distro)
+                                distro=args.distro, image_format=args.image_format,
+                                poses_as=args.poses_as,
+                                pose_offset_ns=int(round(args.pose_offset_ms * 1e6)))
     print(f'wrote {n} frames to {args.out} ({args.storage})')
     return 0

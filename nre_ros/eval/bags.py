@@ -48,6 +48,8 @@ FRAME_MAP, FRAME_ODOM, FRAME_BASE = 'map', 'odom', 'base_link'
 FRAME_CAMERA = 'camera_color_optical_frame'
 STORAGES = ('mcap', 'sqlite3')
 DEPTH_ENCODINGS = ('32FC1', '16UC1')
+IMAGE_FORMATS = ('raw', 'jpeg', 'png')   # raw: sensor_msgs/Image; else CompressedImage
+POSES_AS = ('topic', 'tf', 'both')       # ground truth on /ground_truth, as TF map -> odom, both
 
 # base_link (x forward, y left, z up) -> optical (x right, y down, z forward), REP 103.
 R_BASE_CAM = np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])
@@ -140,6 +142,16 @@ def _image_msg(ts, stamp_ns: int, array: np.ndarray, encoding: str):
         encoding=f.encoding, is_bigendian=f.is_bigendian, step=f.step, data=f.data)
 
 
+def _compressed_msg(ts, stamp_ns: int, rgb: np.ndarray, fmt: str):
+    import cv2
+    ok, data = cv2.imencode('.jpg' if fmt == 'jpeg' else '.png', rgb[:, :, ::-1],
+                            [cv2.IMWRITE_JPEG_QUALITY, 95] if fmt == 'jpeg' else [])
+    if not ok:
+        raise InputError(f'cannot encode an image as {fmt}')
+    return ts.types['sensor_msgs/msg/CompressedImage'](
+        header=_header(ts, stamp_ns, FRAME_CAMERA), format=fmt, data=data.reshape(-1))
+
+
 def _camera_info_msg(ts, stamp_ns: int, camera: Camera):
     CameraInfo = ts.types['sensor_msgs/msg/CameraInfo']
     Roi = ts.types['sensor_msgs/msg/RegionOfInterest']
@@ -181,12 +193,20 @@ def _static_qos():
 def write_bag(samples: Iterable[BagSample], camera: Camera, out: str | Path, *,
               storage: str = 'mcap', depth_encoding: str | None = None,
               drift: OdomDrift = OdomDrift(), seed: int = 0, distro: str = 'humble',
-              version: int = 8) -> int:
+              version: int = 8, image_format: str = 'raw', poses_as: str = 'topic',
+              pose_offset_ns: int = 0) -> int:
     """Write samples (increasing stamps) to a new bag directory ``out``; returns the frame count.
 
     Args:
         depth_encoding: None (no depth topic), '32FC1' (metres) or '16UC1' (millimetres).
         version: rosbag2 metadata version (8 is read by Humble and Jazzy).
+        image_format: 'raw' (Image rgb8 on TOPIC_IMAGE) or 'jpeg' / 'png' (CompressedImage on
+            TOPIC_IMAGE + '/compressed', as image_transport names it).
+        poses_as: ground truth as PoseStamped on TOPIC_GROUND_TRUTH ('topic'), as the TF
+            ``map -> odom`` (= the true correction, so map -> camera chains to the ground truth)
+            on /tf ('tf'), or both.
+        pose_offset_ns: stamp (header and receive time) of each ground-truth message relative
+            to its image: a pose source on another clock, for interpolation tests.
     """
     from rosbags.rosbag2 import StoragePlugin, Writer
     if storage not in STORAGES:
@@ -194,6 +214,9 @@ def write_bag(samples: Iterable[BagSample], camera: Camera, out: str | Path, *,
     if depth_encoding not in (None, *DEPTH_ENCODINGS):
         raise InputError(f'depth encoding must be one of {DEPTH_ENCODINGS}, '
                          f'got {depth_encoding!r}')
+    if image_format not in IMAGE_FORMATS or poses_as not in POSES_AS:
+        raise InputError(f'image format must be one of {IMAGE_FORMATS} and poses one of '
+                         f'{POSES_AS}, got {image_format!r}, {poses_as!r}')
     out = Path(out)
     if out.exists():
         raise InputError(f'bag {out} already exists; remove it or pick another name')
@@ -204,16 +227,18 @@ def write_bag(samples: Iterable[BagSample], camera: Camera, out: str | Path, *,
     if np.any(np.diff(stamps) <= 0):
         raise InputError('frame stamps must be strictly increasing')
     T_map_base = np.stack([s.T_world_cam for s in samples]) @ invert(T_BASE_CAM)
-    T_odom_base, _ = simulate_odometry(stamps, T_map_base, drift, seed)
+    T_odom_base, T_map_odom = simulate_odometry(stamps, T_map_base, drift, seed)
     ts = typestore(distro)
     plugin = StoragePlugin.MCAP if storage == 'mcap' else StoragePlugin.SQLITE3
     with Writer(out, version=version, storage_plugin=plugin) as writer:
         def conn(topic, msgtype, **kw):
             return writer.add_connection(topic, msgtype, typestore=ts, **kw)
-        c_img = conn(TOPIC_IMAGE, 'sensor_msgs/msg/Image')
+        c_img = conn(TOPIC_IMAGE, 'sensor_msgs/msg/Image') if image_format == 'raw' else \
+            conn(TOPIC_IMAGE + '/compressed', 'sensor_msgs/msg/CompressedImage')
         c_info = conn(TOPIC_CAMERA_INFO, 'sensor_msgs/msg/CameraInfo')
         c_depth = conn(TOPIC_DEPTH, 'sensor_msgs/msg/Image') if depth_encoding else None
-        c_gt = conn(TOPIC_GROUND_TRUTH, 'geometry_msgs/msg/PoseStamped')
+        c_gt = conn(TOPIC_GROUND_TRUTH, 'geometry_msgs/msg/PoseStamped') \
+            if poses_as != 'tf' else None
         c_static = conn('/tf_static', 'tf2_msgs/msg/TFMessage', offered_qos_profiles=_static_qos())
         c_tf = conn('/tf', 'tf2_msgs/msg/TFMessage')
 
@@ -222,12 +247,16 @@ def write_bag(samples: Iterable[BagSample], camera: Camera, out: str | Path, *,
 
         put(c_static, stamps[0], _tf_msg(ts, stamps[0], FRAME_BASE, FRAME_CAMERA, T_BASE_CAM))
         PoseStamped = ts.types['geometry_msgs/msg/PoseStamped']
-        for s, T_ob in zip(samples, T_odom_base):
+        for s, T_ob, T_mo in zip(samples, T_odom_base, T_map_odom):
             t = s.stamp_ns
             put(c_tf, t, _tf_msg(ts, t, FRAME_ODOM, FRAME_BASE, T_ob))
+            if poses_as != 'topic':
+                put(c_tf, t, _tf_msg(ts, t, FRAME_MAP, FRAME_ODOM, T_mo))
             put(c_info, t, _camera_info_msg(ts, t, camera))
-            put(c_gt, t, PoseStamped(header=_header(ts, t, FRAME_MAP),
-                                     pose=_pose_msg(ts, s.T_world_cam)))
+            if c_gt is not None:
+                tg = t + int(pose_offset_ns)
+                put(c_gt, tg, PoseStamped(header=_header(ts, tg, FRAME_MAP),
+                                          pose=_pose_msg(ts, s.T_world_cam)))
             if c_depth is not None:
                 if s.depth_m is None:
                     raise InputError(f'frame at {t} ns has no depth but depth was requested')
@@ -237,7 +266,8 @@ def write_bag(samples: Iterable[BagSample], camera: Camera, out: str | Path, *,
             rgb = np.asarray(s.rgb)
             if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
                 raise InputError(f'rgb must be (H, W, 3) uint8, got {rgb.shape} {rgb.dtype}')
-            put(c_img, t, _image_msg(ts, t, rgb, 'rgb8'))
+            put(c_img, t, _image_msg(ts, t, rgb, 'rgb8') if image_format == 'raw' else
+                _compressed_msg(ts, t, rgb, image_format))
     logger.info('wrote %d frames to %s (%s)', len(samples), out, storage)
     return len(samples)
 

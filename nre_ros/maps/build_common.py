@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -59,6 +60,27 @@ class BuildOptions:
                               f'{self.descriptor_dtype!r}')
 
 
+@dataclass(frozen=True)
+class PosedImage:
+    """One image to map, whatever it was read from (TUM folder, bag).
+
+    ``camera`` describes the image ``load_rgb()`` returns ((H, W, 3) uint8 RGB);
+    ``load_depth()`` gives (H, W) float32 metres registered to it (0 = invalid) or is None.
+    """
+
+    name: str
+    camera: Camera
+    T_world_cam: np.ndarray
+    load_rgb: Callable[[], np.ndarray]
+    load_depth: Callable[[], np.ndarray] | None = None
+
+
+def sequence_images(seq: TumSequence, frames: list[Frame], depth: bool) -> list[PosedImage]:
+    """The frames of a TUM sequence as PosedImages (loaded lazily)."""
+    return [PosedImage(f.name, seq.camera, f.T_world_cam, lambda f=f: seq.load_rgb(f),
+                       (lambda f=f: seq.load_depth(f)) if depth else None) for f in frames]
+
+
 def select_frames(seq: TumSequence, opts: BuildOptions) -> list[Frame]:
     """Frames of the split, every ``keyframe_step``-th, at most ``max_keyframes``."""
     frames = seq.split(opts.split) if opts.split else list(seq.frames)
@@ -101,7 +123,7 @@ def assemble_map(model: FeatureModel, names: list[str], cams: list[Camera],
                  T_cam_world: np.ndarray, global_desc: np.ndarray, points_world: np.ndarray,
                  points_rgb: np.ndarray, obs_kf: np.ndarray, obs_point: np.ndarray,
                  obs_uv: np.ndarray, obs_coarse: np.ndarray, obs_fine: np.ndarray | None,
-                 prov: dict, units: str = 'm') -> Map:
+                 prov: dict, units: str = 'm', map_frame: str = 'map') -> Map:
     """Sort observations by keyframe, drop unobserved points, build the Map (arrays (O, ...))."""
     order = np.argsort(obs_kf, kind='stable')
     obs_kf, obs_point, obs_uv = obs_kf[order], obs_point[order], obs_uv[order]
@@ -127,8 +149,8 @@ def assemble_map(model: FeatureModel, names: list[str], cams: list[Camera],
         points_rgb=np.asarray(points_rgb[used], np.uint8),
         obs_point=remap[obs_point].astype(np.int32), obs_uv=obs_uv.astype(np.float32),
         obs_coarse=obs_coarse, obs_fine=obs_fine,
-        metadata=MapMetadata(units=units, global_descriptor=dict(GLOBAL_METHOD),
-                             provenance=prov),
+        metadata=MapMetadata(map_frame=map_frame, units=units,
+                             global_descriptor=dict(GLOBAL_METHOD), provenance=prov),
         kf_fisheye=fisheye if fisheye.any() else None)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import cv2
@@ -18,9 +19,11 @@ import numpy as np
 from tqdm import tqdm
 
 from nre_ros.datasets import TumSequence
+from nre_ros.errors import InputError
 from nre_ros.geometry import invert, transform_points
-from nre_ros.maps.build_common import (BuildOptions, assemble_map, observation_descriptors,
-                                       prepare_image, provenance, select_frames)
+from nre_ros.maps.build_common import (BuildOptions, PosedImage, assemble_map,
+                                       observation_descriptors, prepare_image, provenance,
+                                       select_frames, sequence_images)
 from nre_ros.maps.features import global_descriptor, select_keypoints
 from nre_ros.maps.format import Map
 from nre_ros.models.base import FeatureModel
@@ -33,36 +36,57 @@ DEPTH_AGREEMENT = 0.05     # relative depth difference for fusion and for smooth
 def build_rgbd_map(root: str | Path, model: FeatureModel, opts: BuildOptions = BuildOptions(),
                    progress: bool = False) -> Map:
     """Build a map from a posed RGB-D sequence in the TUM layout (depth/ required)."""
-    t0 = time.perf_counter()
     seq = TumSequence(root)
-    frames = select_frames(seq, opts)
+    images = sequence_images(seq, select_frames(seq, opts), depth=True)
+    return rgbd_map_from_images(images, model, opts, provenance('rgbd', root, opts), progress)
+
+
+def rgbd_map_from_images(images: Iterable[PosedImage], model: FeatureModel,
+                         opts: BuildOptions, prov: dict, progress: bool = False,
+                         total: int | None = None, map_frame: str = 'map') -> Map:
+    """Build a map from posed RGB-D images (each with ``load_depth``), one image at a time."""
+    t0 = time.perf_counter()
     state = _FusionState()
     names, cams, poses, globals_ = [], [], [], []
-    for kf, frame in enumerate(tqdm(frames, desc='rgbd map', unit='kf', disable=not progress)):
-        rgb, cam = prepare_image(seq.load_rgb(frame), seq.camera, opts.image_max_size)
-        depth = seq.load_depth(frame)
+    bar = tqdm(images, desc='rgbd map', unit='kf', disable=not progress,
+               total=total if total is not None else _len(images))
+    for kf, im in enumerate(bar):
+        if im.load_depth is None:
+            raise InputError(f'image {im.name} has no depth; the RGB-D builder needs depth')
+        rgb, cam = prepare_image(im.load_rgb(), im.camera, opts.image_max_size)
+        depth = im.load_depth()
         if depth.shape != (cam.height, cam.width):
             depth = cv2.resize(depth, (cam.width, cam.height), interpolation=cv2.INTER_NEAREST)
         feats = model.extract(rgb)
-        T_cam_world = invert(frame.T_world_cam)
+        T_cam_world = invert(im.T_world_cam)
         uv, z = _keypoints_with_depth(feats.keypoint_scores, depth, opts)
         point_idx = state.associate(cam, T_cam_world, uv, z, opts.fuse_radius_px)
         new = point_idx < 0
-        pts_world = transform_points(frame.T_world_cam, cam.unproject(uv[new], z[new]))
+        pts_world = transform_points(im.T_world_cam, cam.unproject(uv[new], z[new]))
         point_idx[new] = state.add(pts_world, rgb[uv[new, 1].astype(int), uv[new, 0].astype(int)])
         uv_proj, _ = cam.project(transform_points(T_cam_world, state.points[point_idx]))
         coarse, fine = observation_descriptors(feats, model, uv_proj, opts.descriptor_dtype)
         state.observe(kf, point_idx, uv, coarse, fine)
-        names.append(frame.name)
+        names.append(im.name)
         cams.append(cam)
         poses.append(T_cam_world)
         globals_.append(global_descriptor(feats))
+        bar.set_postfix(points=len(state.points), refresh=False)
+    if not names:
+        raise InputError('no image to map')
     o = state.observations()
     m = assemble_map(model, names, cams, np.stack(poses), np.stack(globals_), state.points,
-                     state.colors, *o, prov=provenance('rgbd', root, opts))
+                     state.colors, *o, prov=prov, map_frame=map_frame)
     logger.info('rgbd map: %d keyframes, %d points, %d observations in %.1f s',
                 m.num_keyframes, m.num_points, m.num_observations, time.perf_counter() - t0)
     return m
+
+
+def _len(items) -> int | None:
+    try:
+        return len(items)
+    except TypeError:
+        return None
 
 
 def _keypoints_with_depth(scores, depth: np.ndarray, opts: BuildOptions

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -23,9 +24,11 @@ from tqdm import tqdm
 
 from nre_ros.camera import Camera
 from nre_ros.datasets import TumSequence
+from nre_ros.errors import InputError
 from nre_ros.geometry import invert, skew
-from nre_ros.maps.build_common import (BuildOptions, assemble_map, describe_observations,
-                                       prepare_image, provenance, select_frames)
+from nre_ros.maps.build_common import (BuildOptions, PosedImage, assemble_map,
+                                       describe_observations, prepare_image, provenance,
+                                       select_frames, sequence_images)
 from nre_ros.maps.features import global_descriptor, sample_descriptors, select_keypoints
 from nre_ros.maps.format import Map
 from nre_ros.maps.retrieval import RetrievalIndex
@@ -44,17 +47,26 @@ MIN_ANGLE_DEG = 1.5
 def build_posed_map(root: str | Path, model: FeatureModel, opts: BuildOptions = BuildOptions(),
                     progress: bool = False) -> Map:
     """Build a map from posed RGB images in the TUM layout (no depth used)."""
-    t0 = time.perf_counter()
     seq = TumSequence(root)
-    frames = select_frames(seq, opts)
-    images = [lambda f=f: prepare_image(seq.load_rgb(f), seq.camera, opts.image_max_size)[0]
-              for f in frames]
-    cams = [prepare_image(np.zeros((seq.camera.height, seq.camera.width, 3), np.uint8),
-                          seq.camera, opts.image_max_size)[1]] * len(frames)
-    T_cam_world = np.stack([invert(f.T_world_cam) for f in frames])
+    images = sequence_images(seq, select_frames(seq, opts), depth=False)
+    return posed_map_from_images(images, model, opts, provenance('posed', root, opts), progress)
+
+
+def posed_map_from_images(images: Sequence[PosedImage], model: FeatureModel,
+                          opts: BuildOptions, prov: dict, progress: bool = False,
+                          map_frame: str = 'map') -> Map:
+    """Build a map from posed RGB images by matching and triangulation (two passes)."""
+    t0 = time.perf_counter()
+    if not images:
+        raise InputError('no image to map')
+    loaders = [lambda im=im: prepare_image(im.load_rgb(), im.camera, opts.image_max_size)[0]
+               for im in images]
+    cams = [prepare_image(np.zeros((im.camera.height, im.camera.width, 3), np.uint8),
+                          im.camera, opts.image_max_size)[1] for im in images]
+    T_cam_world = np.stack([invert(im.T_world_cam) for im in images])
     kps, descs, colors, globals_ = [], [], [], []
-    for img in tqdm(images, desc='keypoints', unit='kf', disable=not progress):
-        rgb = img()
+    for load in tqdm(loaders, desc='keypoints', unit='kf', disable=not progress):
+        rgb = load()
         feats = model.extract(rgb)
         uv, _ = select_keypoints(feats.keypoint_scores, opts.max_points_per_keyframe,
                                  mode=opts.keypoint_mode)
@@ -64,17 +76,19 @@ def build_posed_map(root: str | Path, model: FeatureModel, opts: BuildOptions = 
         globals_.append(global_descriptor(feats))
     pairs = _pairs(np.stack(globals_))
     pts, obs_point, obs_kf, obs_kp = triangulate_tracks(kps, descs, cams, T_cam_world, pairs)
+    if not len(pts):
+        raise InputError(f'triangulation of {len(images)} posed images found no point')
     offsets = np.concatenate([[0], np.cumsum([len(k) for k in kps])]).astype(np.int64)
     flat = offsets[obs_kf] + obs_kp
     obs_uv = np.concatenate(kps)[flat]
     first = np.unique(obs_point, return_index=True)[1]
     pts_rgb = np.concatenate(colors)[flat[first]]
-    coarse, fine, glob = describe_observations(images, cams, T_cam_world, pts, obs_kf, obs_point,
-                                               model, opts.descriptor_dtype, progress,
-                                               'descriptors')
-    m = assemble_map(model, [f.name for f in frames], cams, T_cam_world, glob, pts, pts_rgb,
+    coarse, fine, glob = describe_observations(loaders, cams, T_cam_world, pts, obs_kf,
+                                               obs_point, model, opts.descriptor_dtype,
+                                               progress, 'descriptors')
+    m = assemble_map(model, [im.name for im in images], cams, T_cam_world, glob, pts, pts_rgb,
                      obs_kf, obs_point, obs_uv, coarse, fine,
-                     prov=provenance('posed', root, opts, pairs=int(len(pairs))))
+                     prov={**prov, 'pairs': int(len(pairs))}, map_frame=map_frame)
     logger.info('posed map: %d keyframes, %d points, %d observations in %.1f s',
                 m.num_keyframes, m.num_points, m.num_observations, time.perf_counter() - t0)
     return m
