@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from nre_ros.errors import InputError
-from nre_ros.geometry import invert, make_transform, pose_to_tum, quat_to_matrix, so3_exp
+from nre_ros.geometry import Sim3, invert, make_transform, pose_to_tum, quat_to_matrix, so3_exp
 from nre_ros.maps.align import read_reference_poses, umeyama
-from nre_ros.maps.format import Sim3
+
 
 MOVE = Sim3(so3_exp(np.array([0.3, -1.2, 0.5])), np.array([12.0, -3.5, 40.0]), 0.0731)
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from nre_ros.errors import InputError
-from nre_ros.geometry import invert, tum_to_pose
-from nre_ros.maps.format import Map, Sim3
+from nre_ros.geometry import Sim3, invert, tum_to_pose
+from nre_ros.maps.format import Map
 from nre_ros.trajectory import DEFAULT_TOLERANCE_S, Trajectory
 
 MIN_KEYFRAMES = 3
