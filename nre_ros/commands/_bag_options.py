@@ -1,4 +1,4 @@
-"""Command-line options for reading a recording: topics and the pose source (build-map, evaluate)."""
+"""Command-line options for reading a recording: topics and pose source (build-map, evaluate)."""
 from __future__ import annotations
 
 import argparse
