@@ -12,11 +12,11 @@ $(BIN)/python:
 
 install: $(BIN)/python
 	@echo "[make] installing nre_ros and its pinned dependencies into $(VENV) (about 1 minute)"
-	$(PIP) install -r requirements.txt 2> >(grep -v '^WARNING: Location' >&2)
+	$(PIP) install -r requirements.txt -c constraints.txt 2> >(grep -v '^WARNING: Location' >&2)
 	$(PIP) install --no-deps -e .
 
 install-dev: install
-	$(PIP) install -r requirements-dev.txt 2> >(grep -v '^WARNING: Location' >&2)
+	$(PIP) install -r requirements-dev.txt -c constraints.txt 2> >(grep -v '^WARNING: Location' >&2)
 
 install-ros: $(BIN)/python
 	PYTHON=$(BIN)/python scripts/install_ros.sh

@@ -73,6 +73,7 @@ from nre_ros.geometry import transform_points  # noqa: E402
 from nre_ros.maps import (BuildOptions, build_rgbd_map, load_map,  # noqa: E402
                           with_command)
 from nre_ros.models import DEFAULT_MODEL, load_model  # noqa: E402
+from nre_ros.paths import shared_data_dir  # noqa: E402
 from nre_ros.pipeline import (FineConfig, PipelineConfig, Prior, Relocalizer,  # noqa: E402
                               load_configured_model)
 from nre_ros.results import Result  # noqa: E402
@@ -80,16 +81,15 @@ from nre_ros.solver.baselines import (argmax_correspondences, re_opencv_magsac, 
                                       re_poselib)
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / 'shared' / 'data'
-if not DATA.exists():
-    DATA = Path('/work/shared/data')
+DATA = shared_data_dir()
 FR1 = DATA / 'tum_rgbd_fr1_rpy'
 CABINET = DATA / 'tum_rgbd_fr3_cabinet_keyframes'
 MEGADEPTH = DATA / 'nre_megadepth_pair'
-# maps built elsewhere with the same options; copied into the cache when their model matches
-PREBUILT = {'fr1_hard': Path('/tmp/evalrun/fr1_hard.nremap'),
-            'cabinet': Path('/tmp/evalrun/cabinet.nremap'),
-            'fr1_easy': Path('/tmp/nre_accuracy_cache/fr1_easy.nremap')}
+# maps built elsewhere with the same options ($NRE_PREBUILT_MAPS/<name>.nremap); copied into the
+# cache when their model matches
+PREBUILT = ({name: Path(os.environ['NRE_PREBUILT_MAPS']) / f'{name}.nremap'
+             for name in ('fr1_hard', 'cabinet', 'fr1_easy')}
+            if os.environ.get('NRE_PREBUILT_MAPS') else {})
 # map name -> (sequence, split, step, max points per keyframe); 'megadepth' is built from the npz
 MAPS = {'fr1_hard': (FR1, 'hard_map', 3, 600), 'fr1_easy': (FR1, 'map', 3, 600),
         'cabinet': (CABINET, 'map', 1, 600), 'megadepth': (MEGADEPTH, None, 1, 707)}

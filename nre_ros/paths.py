@@ -1,11 +1,14 @@
 """Where the package's shared files (maps/, config/, launch/) are, whatever the install.
 
-Order: the ament share directory (colcon install, or ``pip install .`` with
+Real data sets (tests, benchmarks, training) are looked up in ``shared_data_dir()``.
+
+Order of the share directories: the ament share directory (colcon install, or ``pip install .`` with
 AMENT_PREFIX_PATH set), ``<sys.prefix>/share/nre_ros`` (plain ``pip install .``), then the
 source checkout next to this package (``pip install -e .`` or running from the repo).
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -35,3 +38,9 @@ def shared_file(relative: str) -> Path:
             return path
     raise NreError(f'shipped file {relative!r} not found in {[str(d) for d in share_dirs()]}; '
                    'is nre_ros installed (pip install . / colcon build)?')
+
+
+def shared_data_dir() -> Path:
+    """Real data sets: ``$NRE_SHARED_DATA``, else ``shared/data`` beside the checkout."""
+    default = Path(__file__).resolve().parents[2] / 'shared' / 'data'
+    return Path(os.environ.get('NRE_SHARED_DATA', default))

@@ -28,8 +28,9 @@ import numpy as np
 from nre_ros.camera import Camera
 from nre_ros.datasets import TumSequence, load_rgb
 from nre_ros.geometry import invert, rotation_angle_deg
+from nre_ros.paths import shared_data_dir
 
-DATA = Path('/work/shared/data')
+DATA = shared_data_dir()
 FR1 = DATA / 'tum_rgbd_fr1_rpy'
 CABINET = DATA / 'tum_rgbd_fr3_cabinet_keyframes'
 MEGADEPTH = DATA / 'nre_megadepth_pair'

@@ -1,4 +1,4 @@
-"""The NRE training loss (Germain et al. CVPR 2021, Eq. 10; design/nre-method.md §7).
+"""The NRE training loss (Germain et al. CVPR 2021, Eq. 10, §6, App. D.2).
 
 For a source point n with descriptor h_n, the predicted correspondence map over the target grid
 is C_n = softmax_p(tau * h_n . H_T(p)) and the target pmf q_n is the bilinear splat of the

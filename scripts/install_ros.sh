@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install the ROS 2 Python pieces nre_ros uses into the active venv, without a ROS distro:
 # rclpy + messages from PyPI wheels, and tf2_msgs built from its definitions when the
-# recipe in ../shared/ros is available (needs cmake and g++). Idempotent.
+# recipe in ../shared/ros is available (needs cmake and g++), launch / launch_ros /
+# launch_testing from the same recipe folder. Idempotent.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="${PYTHON:-${VIRTUAL_ENV:-$HERE/.venv}/bin/python}"
@@ -35,4 +36,13 @@ else
     "$PY" -m pip install -q --no-deps "$WHEEL" 2> >(grep -v "^WARNING: Location" >&2)
     echo "[install_ros] nre_ros_interfaces installed from $WHEEL"
   fi
+fi
+# launch, launch_ros, launch_testing (not on PyPI: built from the sources next to the recipe).
+if (cd / && "$PY" -c 'import launch_ros, launch_testing') 2>/dev/null; then
+  echo "[install_ros] launch / launch_ros / launch_testing already installed"
+elif [[ -x "$SHARED_ROS/install_launch.sh" ]]; then
+  echo "[install_ros] installing launch, launch_ros, launch_testing (about 30 s, cached afterwards)"
+  PYTHON="$PY" "$SHARED_ROS/install_launch.sh"
+else
+  echo "[install_ros] WARNING: launch not installed (no recipe at $SHARED_ROS); launch tests will skip"
 fi

@@ -1,13 +1,14 @@
 """Shared fixtures: real data from ../shared/data (skipped with a reason when absent)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
+from nre_ros.paths import shared_data_dir
+
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get('NRE_SHARED_DATA', REPO.parent / 'shared' / 'data'))
+SHARED_DATA = shared_data_dir()
 
 
 def shared_dataset(name: str) -> Path:

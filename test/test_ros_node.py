@@ -1,4 +1,4 @@
-"""The lifecycle node with a fake relocalizer, over real DDS (ros-interface.md §11 checks)."""
+"""The lifecycle node with a fake relocalizer, over real DDS (docs/ros.md checks)."""
 from __future__ import annotations
 
 import os

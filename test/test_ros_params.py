@@ -32,7 +32,8 @@ def _flatten(d, prefix=''):
 
 def test_yaml_repeats_declared_defaults():
     data = yaml.safe_load((REPO / 'config' / 'nre_ros.yaml').read_text())
-    params = _flatten(data['nre_relocalization']['ros__parameters'])
+    assert list(data) == ['/**']  # wildcard: the file also applies under a namespace
+    params = _flatten(data['/**']['ros__parameters'])
     assert params == defaults()
     for name, value in params.items():  # same types as declared (ROS rejects int for double)
         assert type(value) is type(defaults()[name]), name

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import shared_dataset
 from nre_ros.camera import Camera
 from nre_training.data import (FR1, SACRE_COEUR, SACRE_COEUR_HELD_OUT, Pair, View,
                                assign_splits, fr1_training_names, mine_pairs, sample_points,
@@ -20,6 +21,7 @@ def textured(seed: int = 0) -> np.ndarray:
 
 
 def test_fr1_training_frames_exclude_every_query_split():
+    shared_dataset(FR1.name)
     names = set(fr1_training_names())
     assert names and not names & set(split_names(FR1, 'query'))
     assert not names & set(split_names(FR1, 'hard_query'))
@@ -76,6 +78,7 @@ def test_assign_splits_terciles():
 
 def test_colmap_pairs_skip_held_out_images_and_reproject():
     pytest.importorskip('pycolmap')
+    shared_dataset(SACRE_COEUR.name)
     from nre_training.data import colmap_views_and_pairs
     views, pairs = colmap_views_and_pairs(SACRE_COEUR / 'reference_sfm_pycolmap',
                                           SACRE_COEUR / 'images')

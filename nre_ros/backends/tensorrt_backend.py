@@ -6,8 +6,8 @@ hashes the ONNX file, the TensorRT version, the GPU name and the profile, so a n
 or GPU rebuilds instead of loading an incompatible engine. Building takes minutes and is
 logged loudly; later start-ups only deserialize.
 
-TensorRT cannot be installed on the project's CPU machines (dependencies.md section 5): the
-import is guarded and raises BackendUnavailable with the reason.
+TensorRT cannot be installed on the project's CPU machines (no libnvinfer wheel on PyPI or
+Debian): the import is guarded and raises BackendUnavailable with the reason.
 """
 from __future__ import annotations
 

@@ -143,7 +143,7 @@ def replay(frames: Iterable[BagFrame], localizer: Localizer, mode: ReplayMode = 
 
 # ----------------------------------------------------------------------------- summary
 def summarize_run(records: list[FrameRecord]) -> dict:
-    """Every run metric (JSON-serializable dict), see ros-interface.md §10.
+    """Every run metric (JSON-serializable dict), see docs/ros.md "Evaluation metrics".
 
     Recall, medians and false-fix rate are over *processed* frames with ground truth (the
     relocalizer's accuracy); availability and fixes per second over all frames (the system's).

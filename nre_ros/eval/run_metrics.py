@@ -2,7 +2,7 @@
 
 Conventions: ``stamps_s`` are image stamps in seconds; ``fixed`` marks frames for which a pose was
 published; errors are ``inf`` where nothing was published. All poses are unaligned (the map frame
-is absolute, ros-interface.md §10).
+is absolute, docs/ros.md "Evaluation metrics").
 """
 from __future__ import annotations
 

@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 STRIDE = 8
 PAD_MULTIPLE = 32        # XFeat's pyramid needs sides divisible by 32
-INV_TEMPERATURE = 20.0   # /work/shared/design/nre-feasibility.md: tau 10-20 best
+INV_TEMPERATURE = 20.0   # loss-map inverse temperature (MODELS.md)
 FINE_UPSAMPLE = 4        # fine stride = STRIDE / FINE_UPSAMPLE = 2
 FINE_INV_TEMPERATURE = 20.0
 NORMALIZATION = ('RGB uint8 / 255 in [0, 1], replicate-padded to a multiple of 32; the network '

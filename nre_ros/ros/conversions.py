@@ -3,7 +3,7 @@
 Reading message fields (images, CameraInfo, poses, stamps) is ROS-free and lives in
 nre_ros.messages; this module builds rclpy messages: ``numpy_to_image``, ``ns_to_stamp``,
 ``matrix_to_pose`` / ``matrix_to_transform``.
-Covariance: ``covariance_to_ros`` implements ros-interface.md §4 and ``covariance_from_ros``
+Covariance: ``covariance_to_ros`` implements docs/ros.md "Covariance" and ``covariance_from_ros``
 its inverse (for priors from /initialpose).
 """
 from __future__ import annotations
@@ -64,7 +64,7 @@ def matrix_to_transform(T: np.ndarray) -> Transform:
 # ----------------------------------------------------------------------------- covariance
 @dataclass(frozen=True)
 class CovarianceShaping:
-    """Post-processing of the published covariance (ros-interface.md §4, §5)."""
+    """Post-processing of the published covariance (docs/ros.md "Covariance")."""
 
     position_scale: float = 1.0
     rotation_scale: float = 1.0
@@ -75,7 +75,7 @@ class CovarianceShaping:
 
 def covariance_jacobian(T_map_base: np.ndarray, T_base_cam: np.ndarray,
                         scale: float = 1.0) -> np.ndarray:
-    """(6, 6) A with Σ_ros = A Σ_ξ Aᵀ (ros-interface.md §4).
+    """(6, 6) A with Σ_ros = A Σ_ξ Aᵀ (docs/ros.md "Covariance").
 
     ξ = (ρ, φ) is a left increment on the solver's T_cam_model (ρ in model units, ``scale``
     metres per model unit); the result is (x, y, z, rx, ry, rz) of base in map, rotations

@@ -1,9 +1,9 @@
 """Fast DDS settings for camera-size images (no ROS imports here; safe before ``rclpy.init``).
 
 Fast DDS's default shared-memory segment is 512 KB: a 640x480 rgb8 frame (0.92 MB) then falls
-back to fragmented UDP, and best-effort readers lose most frames (measured in
-``shared/ros/README.md``: 0-11 of 150 arrive). ``LARGE_SHM_PROFILE`` is the same profile as
-``shared/ros/fastdds_large_shm.xml`` (16 MB segment, UDP fallback). It has to be in effect in
+back to fragmented UDP, and best-effort readers lose most frames (docs/ros.md).
+``LARGE_SHM_PROFILE`` is the profile shipped as ``config/fastdds_large_shm.xml`` (16 MB
+segment, UDP fallback; a test keeps the two equal). It has to be in effect in
 **every** process of the graph that sends or receives images, before its first participant.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Counters of the node and their diagnostic_msgs/DiagnosticStatus (ros-interface.md §7).
+"""Counters of the node and their diagnostic_msgs/DiagnosticStatus (docs/ros.md).
 
 ``NodeStats`` is updated from the executor and the worker thread under one lock;
 ``to_status`` builds the single status task (model: rtabmap ``LocalizationStatusTask``).

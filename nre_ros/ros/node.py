@@ -1,7 +1,7 @@
 """Lifecycle node ``nre_relocalization``: a thin ROS 2 adapter over ``nre_ros.pipeline``.
 
-Contract: /work/shared/design/ros-interface.md §1-§7 (lifecycle, topics, QoS, frames, TF,
-covariance, parameters, services, diagnostics). Images are paired with camera_info by exact
+Interface (lifecycle, topics, QoS, frames, TF, covariance, parameters, services, diagnostics):
+docs/ros.md. Images are paired with camera_info by exact
 stamp on the executor; localization runs on one worker thread (frames arriving while it is
 busy are dropped and counted); a thread of its own republishes the latest map->odom. ``main``
 spins one SingleThreadedExecutor (see docs/ros.md "Threads"); the callback groups keep the
@@ -64,6 +64,8 @@ def pipeline_relocalizer(map_path: str, cfg: NodeConfig):
     from nre_ros.pipeline import PipelineConfig, Relocalizer
     pcfg = PipelineConfig.from_yaml(cfg.pipeline_config) if cfg.pipeline_config \
         else PipelineConfig()
+    if cfg.num_threads:
+        pcfg = dataclasses.replace(pcfg, num_threads=cfg.num_threads)
     if cfg.engine_cache_dir:
         names = {f.name for f in dataclasses.fields(pcfg)}
         if 'engine_cache_dir' in names:

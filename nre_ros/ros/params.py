@@ -1,7 +1,7 @@
 """Declared ROS parameters of nre_relocalization -> a frozen ``NodeConfig``.
 
 ``PARAMETERS`` is the single table of names, defaults, ranges and descriptions
-(ros-interface.md §5); ``config/nre_ros.yaml`` repeats the defaults for users (a test checks
+(docs/ros.md); ``config/nre_ros.yaml`` repeats the defaults for users (a test checks
 that they agree). Parameters are read at ``on_configure``; changing one later takes effect at
 the next configure (declared ``read_only`` where a change could never be honoured).
 """
@@ -37,6 +37,7 @@ PARAMETERS: tuple[Param, ...] = (
     Param('map_path', '', 'map file to load at configure (required)'),
     Param('pipeline_config', '', 'PipelineConfig YAML ("" = built-in defaults)'),
     Param('engine_cache_dir', '', 'cache for built inference engines ("" = default)'),
+    Param('num_threads', 0, 'CPU threads of the networks (0 = the pipeline config\'s)', (0, 256)),
     Param('map_frame', 'map', 'global frame of the map (REP 105)'),
     Param('odom_frame', 'odom', 'odometry frame (REP 105)'),
     Param('base_frame', 'base_link', 'robot base frame; the pose is of this frame'),
@@ -105,6 +106,7 @@ class NodeConfig:
     map_path: str = ''
     pipeline_config: str = ''
     engine_cache_dir: str = ''
+    num_threads: int = 0
     map_frame: str = 'map'
     odom_frame: str = 'odom'
     base_frame: str = 'base_link'

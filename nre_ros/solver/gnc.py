@@ -1,4 +1,5 @@
-"""Pose refinement: GNC over a sigma schedule with damped IRLS (mean-shift) steps (§5.2, App. C).
+"""Pose refinement: GNC over a sigma schedule with damped IRLS (mean-shift) steps
+(Germain et al. CVPR 2021, §5.2, App. C).
 
 Smoothed cost of point n at projection w_n (grid coordinates):
 ``c_n = -sum_q (ln|Omega| - L_n(q)) k_sigma(q - w_n)``, k_sigma the normalised 2D Gaussian,

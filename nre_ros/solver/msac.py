@@ -1,4 +1,5 @@
-"""Initialization: MSAC over batched P3P hypotheses from loss-map minima (§5.1, Eq. 8).
+"""Initialization: MSAC over batched P3P hypotheses from loss-map minima (Germain et al.
+CVPR 2021, §5.1, Eq. 8).
 
 Triplets are drawn, solved and scored in a few batches, each at once: sample by peakedness
 without repeated indices, reject degenerate triplets, P3P (up to 4 poses each), score every pose
