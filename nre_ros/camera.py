@@ -263,6 +263,9 @@ class Camera:
         if self.fisheye:
             return cv2.fisheye.undistortPoints(uv, self.K, self.dist, None, None, None,
                                                criteria).reshape(-1, 2)
+        if hasattr(cv2, 'undistortPointsIter'):  # OpenCV 4.x: the overload with criteria
+            return cv2.undistortPointsIter(uv, self.K, self.dist, None, None,
+                                           criteria).reshape(-1, 2)
         return cv2.undistortPoints(uv, self.K, self.dist, None, None, None, criteria).reshape(-1, 2)
 
     def unproject(self, uv: np.ndarray, depth: np.ndarray) -> np.ndarray:
