@@ -22,7 +22,8 @@ import common  # noqa: E402
 from common import header, run_metadata  # noqa: E402
 
 from nre_ros.lossmaps import coarse_loss_maps, fine_loss_maps  # noqa: E402
-from nre_ros.solver import SolverConfig, msac, refine, se3, solve  # noqa: E402
+from nre_ros.solver import (SolverConfig, msac, refine, refine_level, se3,  # noqa: E402
+                            solve_coarse, verdict)
 from nre_ros.solver.baselines import (argmax_correspondences, re_opencv_magsac,  # noqa: E402
                                       re_poselib)
 from nre_ros.solver.synthetic import fine_builder, random_scene  # noqa: E402
@@ -81,9 +82,14 @@ def bench(n: int, repeats: int) -> dict:
     fm_ms, fm_iqr, _ = time_ms(lambda: fine_from_descriptors(rc.T_cam_world), repeats)
     f_ms, f_iqr, _ = time_ms(lambda: refine(scene.points_world, fl.maps, fl.K, rc.T_cam_world,
                                             cfg.fine), repeats)
-    tot_ms, tot_iqr, res = time_ms(lambda: (coarse_loss_maps(q, p, 20.0),
-                                            solve(scene.points_world, maps, scene.K, cfg,
-                                                  fine=fine_from_descriptors))[1], repeats)
+    def solve_all():
+        """What the pipeline runs: coarse maps, solve_coarse, fine windows, fine GNC, verdict."""
+        coarse_loss_maps(q, p, 20.0)
+        sol = solve_coarse(scene.points_world, maps, scene.K, cfg)
+        return verdict(refine_level(sol, fine_from_descriptors(sol.T_cam_world), cfg),
+                       cfg.verdict)
+
+    tot_ms, tot_iqr, res = time_ms(solve_all, repeats)
     uv = argmax_correspondences(maps, subcell=True)
     cv_ms, cv_iqr, _ = time_ms(lambda: re_opencv_magsac(scene.points_world, uv, scene.K),
                                max(3, repeats // 4), 1)

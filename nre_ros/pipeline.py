@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from enum import Enum
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,9 @@ from nre_ros.maps.retrieval import nearest_keyframes
 from nre_ros.models import FeatureModel, load_model
 from nre_ros.preprocess import PreparedImage, prepare, rotated
 from nre_ros.results import Failure, Outcome
-from nre_ros.solver import FineLevel, SolverConfig, VerdictConfig, msac, solve
+from nre_ros.models.base import DenseFeatures
+from nre_ros.solver import (FineLevel, MsacResult, SolverConfig, VerdictConfig, msac,
+                           refine_level, solve_coarse, verdict)
 from nre_ros.solver import se3
 from nre_ros.solver.depth_init import DepthInitConfig, depth_msac
 
@@ -169,17 +172,25 @@ class Prior:
     covariance: np.ndarray | None = None
 
 
-@dataclass
+class Init(str, Enum):
+    """Minimal solver of a global search's initial pose."""
+
+    P3P = 'p3p'
+    DEPTH = 'depth'                # Kabsch on depth-lifted loss-map minima
+
+
+@dataclass(frozen=True)
 class _Candidate:
-    """One query orientation with its retrieved point set and MSAC outcome."""
+    """One query orientation: its coarse features, then (after retrieval) its keyframes and
+    point set, then (after initialization) its coarse maps and MSAC outcome."""
 
     prep: PreparedImage
-    features: object
-    keyframes: np.ndarray
-    point_idx: np.ndarray
+    features: DenseFeatures
+    keyframes: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    point_idx: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     coarse_maps: LossMaps | None = None
-    msac: object = None
-    init: str = 'p3p'              # minimal solver of the initial pose: 'p3p' or 'depth'
+    msac: MsacResult | None = None
+    init: Init = Init.P3P
 
 
 class Relocalizer:
@@ -232,31 +243,36 @@ class Relocalizer:
     # ------------------------------------------------------------------ public API
     def localize(self, image: np.ndarray, camera: Camera, prior: Prior | None = None,
                  depth: np.ndarray | None = None) -> Outcome:
-        """Estimate ``T_cam_world`` of ``image``; a Result only when the verdict trusts it."""
+        """Estimate ``T_cam_world`` of ``image``; a Result only when the verdict trusts it.
+
+        ``timings_ms`` holds disjoint stages that add up to 'total' (up to bookkeeping):
+        'prepare' (undistort, resize, rotations), 'tracking_failed' (a tracking attempt that
+        fell back to global search), then the stages of the attempt returned."""
         t0 = time.perf_counter()
         try:
             prep0 = prepare(image, camera, self.config.max_image_side, 0, depth)
         except InputError as exc:
             return Failure('bad_input', str(exc))
+        timings = {'prepare': _ms_since(t0)}
         if prior is not None:
+            t = time.perf_counter()
             out = self._track(prep0, prior)
             if out.ok:
-                return self._finish(out, t0, mode='tracking')
+                return self._finish(out, t0, 'tracking', timings)
             logger.debug('tracking failed (%s), falling back to global search', out.reason)
-        return self._finish(self._global(prep0), t0, mode='global')
+            timings['tracking_failed'] = _ms_since(t)
+        return self._finish(self._global(prep0, timings), t0, 'global', timings)
 
     # ------------------------------------------------------------------ stages
-    def _finish(self, out: Outcome, t0: float, mode: str) -> Outcome:
-        timings = dict(out.timings_ms)
-        timings['total'] = 1e3 * (time.perf_counter() - t0)
-        info = {**out.info, 'mode': mode}
-        return replace(out, timings_ms=timings, info=info)
+    def _finish(self, out: Outcome, t0: float, mode: str, timings: dict) -> Outcome:
+        timings = {**timings, **out.timings_ms, 'total': _ms_since(t0)}
+        return replace(out, timings_ms=timings, info={**out.info, 'mode': mode})
 
     def _candidate(self, prep: PreparedImage, timings: dict) -> _Candidate:
         t = time.perf_counter()
         feats = self.model.extract(prep.image, fine=False)
-        timings['features'] = timings.get('features', 0.0) + 1e3 * (time.perf_counter() - t)
-        return _Candidate(prep, feats, np.zeros(0, np.int64), np.zeros(0, np.int64))
+        _add(timings, 'features', t)
+        return _Candidate(prep, feats)
 
     def _retrieve(self, cands: list[_Candidate], timings: dict) -> list[_Candidate]:
         """Score each orientation by retrieval; keep the best ``candidates`` of them."""
@@ -265,13 +281,9 @@ class Relocalizer:
         descs = np.stack([global_descriptor(c.features) for c in cands])
         idx, scores = self.index.query(descs, k)
         order = np.argsort(-scores[:, 0], kind='stable')[:self.config.rotation.candidates]
-        kept = []
-        for i in order:
-            c = cands[i]
-            c.keyframes = idx[i]
-            c.point_idx = self._points_of(idx[i])
-            kept.append(c)
-        timings['retrieval'] = timings.get('retrieval', 0.0) + 1e3 * (time.perf_counter() - t)
+        kept = [replace(cands[i], keyframes=idx[i], point_idx=self._points_of(idx[i]))
+                for i in order]
+        _add(timings, 'retrieval', t)
         return kept
 
     def _points_of(self, keyframes: np.ndarray) -> np.ndarray:
@@ -293,40 +305,58 @@ class Relocalizer:
         first = order[np.searchsorted(pts_sorted, point_idx)]
         return torch.as_tensor(np.asarray(desc[first], np.float32), device=self.device)
 
-    def _coarse_maps(self, c: _Candidate, timings: dict) -> None:
+    def _coarse_maps(self, c: _Candidate, timings: dict) -> _Candidate:
         t = time.perf_counter()
         desc = self._descriptors(c.point_idx, c.keyframes, 'coarse')
-        c.coarse_maps = coarse_loss_maps(c.features.coarse, desc, self.model.spec.inv_temperature)
-        timings['lossmaps'] = timings.get('lossmaps', 0.0) + 1e3 * (time.perf_counter() - t)
+        maps = coarse_loss_maps(c.features.coarse, desc, self.model.spec.inv_temperature)
+        _add(timings, 'lossmaps', t)
+        return replace(c, coarse_maps=maps)
 
     def _K_grid(self, prep: PreparedImage, stride: int) -> torch.Tensor:
         return torch.as_tensor(prep.camera.feature_grid(stride).K, dtype=torch.float64,
                                device=self.device)
 
-    def _fine_builder(self, c: _Candidate, timings: dict):
+    def _fine_level(self, c: _Candidate, T: torch.Tensor, timings: dict) -> FineLevel | None:
+        """Fine descriptors of the query (the fine network, timed 'fine_features') and the
+        fine windows around the reprojections under the coarse pose T ('fine_maps');
+        None when the model has no fine level or no point projects into the grid."""
         spec = self.model.spec
-        if not self.config.fine.enabled or spec.fine_stride <= 0:
-            return None
+        t = time.perf_counter()
+        if hasattr(self.model, 'extract_fine'):      # fine network only
+            fine = self.model.extract_fine(c.prep.image)
+        else:
+            fine = self.model.extract(c.prep.image, fine=True).fine
+        _add(timings, 'fine_features', t)
+        t = time.perf_counter()
         K_fine = self._K_grid(c.prep, spec.fine_stride)
-        pts = self.points_world[c.point_idx]
-
-        def build(T: torch.Tensor) -> FineLevel | None:
-            t = time.perf_counter()
-            if hasattr(self.model, 'extract_fine'):      # fine network only
-                fine = self.model.extract_fine(c.prep.image)
-            else:
-                fine = self.model.extract(c.prep.image, fine=True).fine
-            timings['fine_features'] = 1e3 * (time.perf_counter() - t)
-            uv, index = se3.project_in_grid(pts, T, K_fine, (fine.shape[2], fine.shape[1]))
-            if index.numel() == 0:
-                return None
+        uv, index = se3.project_in_grid(self.points_world[c.point_idx], T, K_fine,
+                                        (fine.shape[2], fine.shape[1]))
+        level = None
+        if index.numel() > 0:
             desc = self._descriptors(c.point_idx[index.cpu().numpy()], c.keyframes, 'fine')
             maps = fine_loss_maps(fine, desc, uv[index].float(), c.coarse_maps,
                                   spec.coarse_stride / spec.fine_stride,
                                   spec.fine_inv_temperature, self.config.fine.window,
                                   self.config.fine.divisor, coarse_index=index)
-            return FineLevel(maps, K_fine, index)
-        return build
+            level = FineLevel(maps, K_fine, index)
+        _add(timings, 'fine_maps', t)
+        return level
+
+    def _solve(self, c: _Candidate, T_init: np.ndarray | torch.Tensor, prealign_init: bool,
+               fine: bool, timings: dict) -> Outcome:
+        """Coarse GNC from T_init (after the tracking pre-alignment when ``prealign_init``),
+        the fine network and fine GNC when ``fine``, the verdict; in the caller's frame."""
+        cfg = self.config.solver
+        sol = solve_coarse(self.points_world[c.point_idx], c.coarse_maps,
+                           self._K_grid(c.prep, self.model.spec.coarse_stride), cfg,
+                           T_init=T_init, prealign_init=prealign_init)
+        if not isinstance(sol, Failure) and fine and self.config.fine.enabled \
+                and self.model.spec.fine_stride > 0:
+            level = self._fine_level(c, sol.T_cam_world, timings)
+            if level is not None:
+                sol = refine_level(sol, level, cfg)
+        out = sol if isinstance(sol, Failure) else verdict(sol, cfg.verdict)
+        return self._to_caller_frame(out, c, timings)
 
     def _metres_per_unit(self) -> float | None:
         """Size of one map unit in metres (None when the map is not metric)."""
@@ -335,68 +365,65 @@ class Relocalizer:
             return float(sim.scale) if self.map.metadata.units == 'm' else None
         return 1.0 if self.map.metadata.units == 'm' else None
 
-    def _initialize(self, c: _Candidate, timings: dict) -> None:
+    def _initialize(self, c: _Candidate, timings: dict) -> _Candidate:
         """Coarse maps and the initial pose of one orientation: Kabsch on depth when the query
         has depth and the map is metric, P3P MSAC otherwise or when that finds nothing."""
-        self._coarse_maps(c, timings)
+        c = self._coarse_maps(c, timings)
         t = time.perf_counter()
         K = self._K_grid(c.prep, self.model.spec.coarse_stride)
         pts = self.points_world[c.point_idx]
         cfg = self.config
         metres = self._metres_per_unit()
-        c.msac = None
         if c.prep.depth is not None and cfg.depth.enabled and metres is not None:
             K_img = torch.as_tensor(c.prep.camera.K, dtype=torch.float64, device=self.device)
-            c.msac = depth_msac(pts, c.coarse_maps, K, torch.from_numpy(c.prep.depth), K_img,
-                                metres, cfg.depth, cfg.solver.msac)
-            c.init = 'depth' if c.msac.T_cam_world is not None else 'p3p'
-        if c.msac is None or c.msac.T_cam_world is None:
-            c.msac = msac(pts, c.coarse_maps, K, cfg.solver.msac)
-        timings['msac'] = timings.get('msac', 0.0) + 1e3 * (time.perf_counter() - t)
+            m = depth_msac(pts, c.coarse_maps, K, torch.from_numpy(c.prep.depth), K_img,
+                           metres, cfg.depth, cfg.solver.msac)
+            if m.T_cam_world is not None:
+                _add(timings, 'msac', t)
+                return replace(c, msac=m, init=Init.DEPTH)
+        m = msac(pts, c.coarse_maps, K, cfg.solver.msac)
+        _add(timings, 'msac', t)
+        return replace(c, msac=m, init=Init.P3P)
 
     def _support_fraction(self, c: _Candidate) -> float:
         if c.msac is None or c.msac.T_cam_world is None or c.msac.num_candidates == 0:
             return 0.0
         return c.msac.support / c.msac.num_candidates
 
-    def _global(self, prep0: PreparedImage) -> Outcome:
-        timings: dict[str, float] = {}
+    def _global(self, prep0: PreparedImage, timings: dict) -> Outcome:
+        """Retrieval, rotation search and MSAC, then ``_solve``; stage times go to
+        ``timings`` (mutated)."""
         rot = self.config.rotation
         turns = list(rot.quarter_turns) or [0]
+        min_points = self.config.solver.min_points
 
         def candidate(k: int) -> _Candidate:
-            return self._candidate(rotated(prep0, k), timings)
+            t = time.perf_counter()
+            prep = rotated(prep0, k)
+            _add(timings, 'prepare', t)
+            return self._candidate(prep, timings)
 
         # 1) the first rotation alone: most robot cameras are upright
         first = self._retrieve([candidate(turns[0])], timings)
-        tried, searched = [], 1
-        for c in first:
-            if len(c.point_idx) >= self.config.solver.min_points:
-                self._initialize(c, timings)
-                tried.append(c)
+        tried = [self._initialize(c, timings) for c in first if len(c.point_idx) >= min_points]
+        searched = 1
         # 2) the other rotations only when that was not convincing
         if len(turns) > 1 and (not tried or self._support_fraction(tried[0])
                                < rot.early_exit_support):
             searched = len(turns)
+            done = {c.prep.quarter_turns for c in tried}
             cands = first + [candidate(k) for k in turns[1:]]
-            for c in self._retrieve(cands, timings):
-                if c.msac is None and len(c.point_idx) >= self.config.solver.min_points:
-                    self._initialize(c, timings)
-                    tried.append(c)
-        timings['msac'] = timings.get('msac', 0.0)
+            tried += [self._initialize(c, timings) for c in self._retrieve(cands, timings)
+                      if c.prep.quarter_turns not in done and len(c.point_idx) >= min_points]
+        timings.setdefault('msac', 0.0)
         ok = [c for c in tried if c.msac.T_cam_world is not None]
         if not ok:
             reasons = [c.msac.reason for c in tried] or ['no_keyframes']
             return Failure(reasons[0], 'no orientation gave a pose hypothesis', timings)
         best = max(ok, key=lambda c: c.msac.support)
-        out = solve(self.points_world[best.point_idx], best.coarse_maps,
-                    self._K_grid(best.prep, self.model.spec.coarse_stride),
-                    # the start is this MSAC's pose: no tracking pre-alignment
-                    replace(self.config.solver, prealign=replace(self.config.solver.prealign,
-                                                                  enabled=False)),
-                    fine=self._fine_builder(best, timings), T_init=best.msac.T_cam_world)
-        out = self._to_caller_frame(out, best, timings)
-        return replace(out, info={**out.info, 'init': best.init,
+        # the start is this MSAC's pose: no tracking pre-alignment
+        out = self._solve(best, best.msac.T_cam_world, False, True, timings)
+        return replace(out, info={**out.info, 'init': best.init.value,
                                   'orientations_searched': searched})
 
     def _track(self, prep: PreparedImage, prior: Prior) -> Outcome:
@@ -406,17 +433,12 @@ class Relocalizer:
         n_kf = min(self.config.tracking.keyframes, self.map.num_keyframes)
         # nearest keyframes by view: 1 degree of relative rotation ~ 1 cm between centres
         nearest = nearest_keyframes(self._kf_T_cam_world, T_prior)[:n_kf]
-        c = self._candidate(prep, timings)
-        c.keyframes = nearest
-        c.point_idx = self._points_of(nearest)
+        c = replace(self._candidate(prep, timings), keyframes=nearest,
+                    point_idx=self._points_of(nearest))
         if len(c.point_idx) < self.config.solver.min_points:
             return Failure('too_few_points', 'no map points near the prior', timings)
-        self._coarse_maps(c, timings)
-        out = solve(self.points_world[c.point_idx], c.coarse_maps,
-                    self._K_grid(c.prep, self.model.spec.coarse_stride), self.config.solver,
-                    fine=self._fine_builder(c, timings) if self.config.tracking.fine else None,
-                    T_init=T_prior)
-        out = self._to_caller_frame(out, c, timings)
+        c = self._coarse_maps(c, timings)
+        out = self._solve(c, T_prior, True, self.config.tracking.fine, timings)
         if out.ok:
             dt, dr = pose_error(out.T_cam_world, T_prior)
             cfg = self.config.tracking
@@ -450,3 +472,12 @@ class Relocalizer:
         support = None if out.support is None else replace(out.support, point_idx=c.point_idx)
         return replace(out, T_cam_world=T, covariance=cov, timings_ms=timings, info=info,
                        support=support)
+
+
+def _ms_since(t0: float) -> float:
+    return 1e3 * (time.perf_counter() - t0)
+
+
+def _add(timings: dict, stage: str, t0: float) -> None:
+    """Add the time since t0 (ms) to ``timings[stage]``."""
+    timings[stage] = timings.get(stage, 0.0) + _ms_since(t0)

@@ -14,15 +14,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from nre_ros.camera import Camera
 from nre_ros.eval.metrics import THRESHOLDS, errors, summarize
 from nre_ros.lossmaps import coarse_loss_maps, fine_loss_maps
 from nre_ros.maps.features import select_keypoints
 from nre_ros.models.xfeat_nre import NreHeads
-from nre_ros.results import Result
-from nre_ros.solver import FineLevel, SolverConfig, solve
+from nre_ros.results import Failure, Result
+from nre_ros.solver import FineLevel, SolverConfig, refine_level, solve_coarse, verdict
 from nre_ros.solver import se3
 from nre_training.data import lift_depth
 from nre_training.features import (COARSE_STRIDE, FINE_STRIDE, FeatureCache, dense_coarse,
@@ -76,22 +75,24 @@ def solve_pair(heads: NreHeads, cache: FeatureCache, ep: EvalPair,
     desc = sample_bilinear(dense_coarse(heads.coarse, es), grid_coords(uv, COARSE_STRIDE))
     maps = coarse_loss_maps(dense_coarse(heads.coarse, et), desc, tau_c)
     K = torch.as_tensor(ep.camera.feature_grid(COARSE_STRIDE).K)
-    builder: object = None
+    sol = solve_coarse(ep.points_world, maps, K, config)
+    if isinstance(sol, Failure):
+        return None, sol.reason
     if fine and 'fine' in es and 'fine' in et:
         K_f = torch.as_tensor(ep.camera.feature_grid(FINE_STRIDE).K)
         fdense = heads.fine(et['fine'][None].float())[0]
         fdesc = sample_fine_points(heads.fine, es['fine'], grid_coords(uv, FINE_STRIDE))
         pts = torch.as_tensor(ep.points_world, dtype=torch.float64)
 
-        def build(T: Tensor) -> FineLevel | None:
-            uvf, index = se3.project_in_grid(pts, T, K_f, (fdense.shape[2], fdense.shape[1]))
-            if index.numel() == 0:
-                return None
+        uvf, index = se3.project_in_grid(pts, sol.T_cam_world, K_f,
+                                         (fdense.shape[2], fdense.shape[1]))
+        if index.numel() > 0:
             fmaps = fine_loss_maps(fdense, fdesc[index], uvf[index].float(), maps,
                                    COARSE_STRIDE / FINE_STRIDE, tau_f, window, coarse_index=index)
-            return FineLevel(fmaps, K_f, index)
-        builder = build
-    res = solve(ep.points_world, maps, K, config, fine=builder)
+            sol = refine_level(sol, FineLevel(fmaps, K_f, index), config)
+            if isinstance(sol, Failure):
+                return None, sol.reason
+    res = verdict(sol, config.verdict)
     if isinstance(res, Result):
         return res.T_cam_world, 'ok'
     return None, res.reason

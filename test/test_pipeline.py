@@ -116,3 +116,32 @@ def test_tracking_result_beyond_the_prior_covariance_falls_back(reloc, queries):
     out = reloc.localize(queries.load_rgb(frame), queries.camera,
                          prior=Prior(T_prior @ T_gt, loose))
     assert out.ok and out.info['mode'] == 'tracking' and out.info['prior_mahalanobis_sq'] < 22.46
+
+
+def test_stage_times_add_up_to_the_total_in_the_report(reloc, queries):
+    """Global, tracking and a failed tracking that falls back: the stages are disjoint (the
+    fine network is its own stage, not inside 'fine_maps'), so the report's stage means add
+    up to its total within 5 %."""
+    from nre_ros.eval.bags import BagFrame
+    from nre_ros.eval.evaluate import ReplayMode, replay, summarize_run
+    from nre_ros.eval.report import render_html
+
+    frame = queries.frames[2]
+    image, T_gt = queries.load_rgb(frame), invert(frame.T_world_cam)
+    outcomes = [reloc.localize(image, queries.camera),
+                reloc.localize(image, queries.camera, prior=Prior(T_gt)),
+                reloc.localize(image, queries.camera, prior=Prior(np.eye(4)))]  # far: falls back
+    assert [o.info['mode'] for o in outcomes] == ['global', 'tracking', 'global']
+    assert 'tracking_failed' in outcomes[2].timings_ms
+    for out in outcomes:
+        assert out.ok, out
+        stages = {k: v for k, v in out.timings_ms.items() if k != 'total'}
+        assert {'prepare', 'features', 'lossmaps', 'coarse', 'fine_features', 'fine_maps',
+                'fine', 'verdict'} <= stages.keys()
+        assert sum(stages.values()) == pytest.approx(out.timings_ms['total'], rel=0.05)
+    records = replay([BagFrame(i * 10 ** 9, image, queries.camera, frame.T_world_cam)
+                      for i in range(2)], reloc, ReplayMode())
+    table = summarize_run(records)['stage_latency_ms']
+    total = table.pop('total')['mean']
+    assert sum(v['mean'] for v in table.values()) == pytest.approx(total, rel=0.05)
+    assert 'sum of stages' in render_html(records, summarize_run(records), {}, {})

@@ -8,7 +8,8 @@ import torch
 from nre_ros.geometry import pose_error
 from nre_ros.lossmaps import loss_maps_from_logits
 from nre_ros.results import Failure, Result
-from nre_ros.solver import GncConfig, SolverConfig, msac, refine, solve
+from nre_ros.solver import (GncConfig, SolverConfig, msac, refine, refine_level, solve, solve_coarse,
+                            verdict)
 from nre_ros.solver.baselines import (argmax_correspondences, oracle_pnp, re_opencv_magsac,
                                       re_poselib)
 from nre_ros.geometry import se3_exp
@@ -60,11 +61,15 @@ def test_noise_within_oracle_bound():
 def test_fine_level_improves_accuracy():
     scene = random_scene(500, 0.5, noise=1.0, seed=11)
     coarse = solve(scene.points_world, scene.maps, scene.K)
-    fine = solve(scene.points_world, scene.maps, scene.K,
-                 fine=fine_builder(scene, ratio=4, window=16, spread=1.0, noise=1.0))
+    sol = solve_coarse(scene.points_world, scene.maps, scene.K)
+    level = fine_builder(scene, ratio=4, window=16, spread=1.0, noise=1.0)(sol.T_cam_world)
+    fine = verdict(refine_level(sol, level))
     assert isinstance(fine, Result) and fine.info['level'] == 'fine'
     assert _err(fine, scene)[0] < 0.5 * _err(coarse, scene)[0]
-    assert 'fine' in fine.timings_ms and 'fine_maps' in fine.timings_ms
+    assert {'msac', 'coarse', 'fine', 'verdict'} <= fine.timings_ms.keys()
+    # solve with the same fine level is the same three calls
+    same = solve(scene.points_world, scene.maps, scene.K, fine=level)
+    np.testing.assert_allclose(same.T_cam_world, fine.T_cam_world, atol=1e-9)
 
 
 def test_tracking_mode_skips_msac():

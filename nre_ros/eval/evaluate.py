@@ -166,7 +166,6 @@ def summarize_run(records: list[FrameRecord]) -> dict:
     for r in records:
         if r.status == FAILURE:
             reasons[r.reason] = reasons.get(r.reason, 0) + 1
-    stages = sorted({k for r in records for k in r.timings_ms})
     summary.update({
         'num_frames': len(records), 'num_processed': int(processed.sum()),
         'num_fixes': int(fixed.sum()), 'num_with_ground_truth': int(has_gt.sum()),
@@ -181,13 +180,25 @@ def summarize_run(records: list[FrameRecord]) -> dict:
         'fixes_per_second': rm.fixes_per_second(stamps, fixed),
         'duration_s': rm.run_duration_s(stamps),
         'latency_ms': rm.latency_percentiles(lat[processed]),
-        'stage_latency_ms': {s: rm.latency_percentiles(
-            [r.timings_ms[s] for r in records if s in r.timings_ms]) for s in stages},
+        'stage_latency_ms': stage_latencies(records),
         'failure_reasons': reasons,
         'thresholds_m_deg': [list(t) for t in THRESHOLDS],
     })
     summary.update(rm.nees_stats([r.nees() for r in records]))
     return summary
+
+
+def stage_latencies(records: list[FrameRecord]) -> dict[str, dict[str, float]]:
+    """Per stage of ``timings_ms``: percentiles over the frames that ran it, and 'mean' over
+    all processed frames (0 where a frame skipped the stage), so the stages' means add up to
+    the mean 'total' (the pipeline's stages are disjoint)."""
+    done = [r for r in records if r.processed]
+    stages = sorted({k for r in done for k in r.timings_ms})
+    out = {}
+    for s in stages:
+        out[s] = rm.latency_percentiles([r.timings_ms[s] for r in done if s in r.timings_ms])
+        out[s]['mean'] = float(np.mean([r.timings_ms.get(s, 0.0) for r in done]))
+    return out
 
 
 # ----------------------------------------------------------------------------- outputs

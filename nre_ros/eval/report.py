@@ -220,6 +220,18 @@ def _live_section(live: dict | None) -> str:
             'scaled by the playback rate.</p>')
 
 
+STAGE_COLUMNS = ('mean', 'p50', 'p90', 'p99')
+
+
+def _stages_then_sum(stages: dict[str, dict]) -> dict[str, dict]:
+    """The stages (without 'total'), a 'sum of stages' row (means) and 'total' last."""
+    rows = {k: v for k, v in stages.items() if k != 'total'}
+    if 'total' in stages:
+        rows['sum of stages'] = {'mean': sum(v.get('mean', float('nan')) for v in rows.values())}
+        rows['total'] = stages['total']
+    return rows
+
+
 def render_html(records, metrics: dict, meta: dict, baselines: dict[str, dict]) -> str:
     names = ['this run'] + list(baselines)
     runs = [metrics] + list(baselines.values())
@@ -228,9 +240,9 @@ def render_html(records, metrics: dict, meta: dict, baselines: dict[str, dict]) 
                    + ''.join(f'<td>{_cell(fn, m)}</td>' for m in runs) + '</tr>'
                    for label, fn in _ROWS)
     stage_rows = ''.join(
-        f'<tr><td>{html.escape(s)}</td>' + ''.join(f'<td>{_f(v[p], 1)}</td>'
-                                                   for p in ('p50', 'p90', 'p99')) + '</tr>'
-        for s, v in metrics.get('stage_latency_ms', {}).items())
+        f'<tr><td>{html.escape(s)}</td>' + ''.join(f'<td>{_f(v.get(p, float("nan")), 1)}</td>'
+                                                   for p in STAGE_COLUMNS) + '</tr>'
+        for s, v in _stages_then_sum(metrics.get('stage_latency_ms', {})).items())
     reason_rows = ''.join(f'<tr><td>{html.escape(str(k))}</td><td>{v}</td></tr>'
                           for k, v in sorted(metrics.get('failure_reasons', {}).items()))
     failures_html = (f'<h2>Failure reasons</h2><table><tr><th>reason</th><th>frames</th></tr>'
@@ -251,7 +263,9 @@ def render_html(records, metrics: dict, meta: dict, baselines: dict[str, dict]) 
 <h2>Metrics</h2><table><tr><th>metric</th>{head}</tr>{rows}</table>
 <p class="small">Recall, medians and false fixes over processed frames with ground truth;
 availability and fixes/s over all frames. Errors are unaligned (absolute map frame).</p>
-<h2>Per-stage latency (ms)</h2><table><tr><th>stage</th><th>p50</th><th>p90</th><th>p99</th>
+<h2>Per-stage latency (ms)</h2><p>mean: over all processed frames (0 where a frame skipped
+the stage); the stages are disjoint, so their means add up to the mean total.</p>
+<table><tr><th>stage</th><th>mean</th><th>p50</th><th>p90</th><th>p99</th>
 </tr>{stage_rows}</table>
 {failures_html}
 {live_html}{imgs}</body></html>

@@ -1,11 +1,12 @@
-"""``solve``: MSAC -> coarse GNC -> optional fine GNC -> covariance -> verdict."""
+"""``solve`` = ``solve_coarse`` (MSAC or pre-alignment, coarse GNC) -> ``refine_level`` (fine
+GNC, optional) -> ``verdict`` (support, cost, conditioning, covariance). The pipeline calls the
+three itself and runs the fine network between the first two."""
 from __future__ import annotations
 
 import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable, Union
 
 import numpy as np
 import torch
@@ -21,7 +22,8 @@ from nre_ros.solver.prealign import PrealignConfig, prealign
 
 logger = logging.getLogger(__name__)
 
-__all__ = ['VerdictConfig', 'SolverConfig', 'FineLevel', 'solve', 'point_nre', 'evaluate_pose']
+__all__ = ['VerdictConfig', 'SolverConfig', 'FineLevel', 'Level', 'Solution', 'solve',
+           'solve_coarse', 'refine_level', 'verdict', 'point_nre', 'evaluate_pose']
 
 
 @dataclass(frozen=True)
@@ -65,8 +67,30 @@ class FineLevel:
     index: Tensor | None = None
 
 
-FineBuilder = Callable[[Tensor], Union[FineLevel, None]]
-"""Called with the (4, 4) float64 coarse T_cam_world; returns the fine level (or None)."""
+@dataclass(frozen=True)
+class Level:
+    """One refined level: its points, maps, intrinsics, GNC settings and the refinement's own
+    final undamped information ((6, 6), None when not available)."""
+
+    name: str                      # 'coarse' | 'fine'
+    points_world: Tensor           # (N, 3) float64, in the order of the maps
+    maps: LossMaps
+    K: Tensor                      # (3, 3) float64 intrinsics of the maps' grid
+    gnc: GncConfig
+    information: Tensor | None
+
+
+@dataclass(frozen=True)
+class Solution:
+    """A refined pose before the verdict: ``T_cam_world`` (4, 4) float64, the coarse level
+    (support is tested there) and the finest level refined (the covariance comes from it)."""
+
+    T_cam_world: Tensor
+    coarse: Level
+    level: Level
+    iterations: int
+    timings_ms: dict
+    info: dict
 
 
 def point_nre(points_world: Tensor, maps: LossMaps, K: Tensor, T: Tensor,
@@ -91,22 +115,42 @@ def _ms(t0: float, dev: torch.device) -> float:
 
 
 def solve(points_world: Tensor | np.ndarray, coarse: LossMaps, K_coarse: Tensor | np.ndarray,
-          config: SolverConfig = SolverConfig(), fine: FineBuilder | FineLevel | None = None,
+          config: SolverConfig = SolverConfig(), fine: FineLevel | None = None,
           T_init: Tensor | np.ndarray | None = None) -> Result | Failure:
-    """Estimate T_cam_world from NRE loss maps.
+    """Estimate T_cam_world from NRE loss maps: ``solve_coarse``, ``refine_level`` on
+    ``fine`` when given, ``verdict``.
 
     Args:
         points_world: (N, 3) world points, in the order of the maps.
         coarse: N full-grid coarse loss maps.
         K_coarse: (3, 3) pinhole intrinsics of the coarse grid (undistorted).
         config: solver settings.
-        fine: None (coarse only), a FineLevel, or a callable building one from the coarse
-            pose (e.g. windows centred on the reprojections under that pose).
+        fine: None (coarse only) or fine maps (e.g. windows centred on the reprojections
+            under a coarse pose).
         T_init: (4, 4) prior T_cam_world; when given MSAC is skipped (tracking mode).
 
     Returns:
         Result (pose, covariance of a left increment, translation first, in the units of the
         world frame / radians) or Failure with a reason code.
+    """
+    sol = solve_coarse(points_world, coarse, K_coarse, config, T_init)
+    if isinstance(sol, Failure):
+        return sol
+    if fine is not None:
+        sol = refine_level(sol, fine, config)
+        if isinstance(sol, Failure):
+            return sol
+    return verdict(sol, config.verdict)
+
+
+def solve_coarse(points_world: Tensor | np.ndarray, coarse: LossMaps,
+                 K_coarse: Tensor | np.ndarray, config: SolverConfig = SolverConfig(),
+                 T_init: Tensor | np.ndarray | None = None, prealign_init: bool = True
+                 ) -> Solution | Failure:
+    """Initial pose (MSAC without ``T_init``; with it, the tracking pre-alignment when
+    ``config.prealign.enabled`` and ``prealign_init``), then GNC on the coarse maps.
+
+    Args: as ``solve``; ``prealign_init`` False when T_init is already an MSAC pose.
     """
     dev = coarse.maps.device
     pts = torch.as_tensor(points_world, dtype=torch.float64, device=dev)
@@ -140,7 +184,7 @@ def solve(points_world: Tensor | np.ndarray, coarse: LossMaps, K_coarse: Tensor 
         T = torch.as_tensor(T_init, dtype=torch.float64, device=dev).clone()
         if T.shape != (4, 4) or not bool(torch.isfinite(T).all()):
             raise ShapeError('T_init must be a finite (4, 4) transform')
-        if config.prealign.enabled:
+        if config.prealign.enabled and prealign_init:
             T_pre = prealign(pts, coarse, K, T, config.prealign)
             # kept only when it explains the maps better than the prior (summed NRE)
             cost_prior = float(point_nre(pts, coarse, K, T).sum())
@@ -154,41 +198,48 @@ def solve(points_world: Tensor | np.ndarray, coarse: LossMaps, K_coarse: Tensor 
     t0 = time.perf_counter()
     res = refine(pts, coarse, K, T, config.coarse)
     timings['coarse'] = _ms(t0, dev)
-    iterations = res.iterations
     info['coarse_cost'] = res.cost
     if not res.finite:
         return Failure('diverged', 'coarse refinement produced a non-finite pose', timings, info)
-    T = res.T_cam_world
-    coarse_level = level = ('coarse', pts, coarse, K, config.coarse, res.information)
+    level = Level('coarse', pts, coarse, K, config.coarse, res.information)
+    return Solution(res.T_cam_world, level, level, res.iterations, timings, info)
 
-    if fine is not None:
-        t0 = time.perf_counter()
-        fl = fine(T) if callable(fine) else fine
-        timings['fine_maps'] = _ms(t0, dev)
-        if fl is not None and fl.maps.num_points >= config.min_points:
-            t0 = time.perf_counter()
-            fpts = pts if fl.index is None else pts[fl.index]
-            fK = torch.as_tensor(fl.K, dtype=torch.float64, device=dev)
-            res_f = refine(fpts, fl.maps, fK, T, config.fine)
-            timings['fine'] = _ms(t0, dev)
-            iterations += res_f.iterations
-            info['fine_cost'] = res_f.cost
-            if not res_f.finite:
-                return Failure('diverged', 'fine refinement produced a non-finite pose',
-                               timings, info)
-            T = res_f.T_cam_world
-            level = ('fine', fpts, fl.maps, fK, config.fine, res_f.information)
+
+def refine_level(sol: Solution, fine: FineLevel, config: SolverConfig = SolverConfig()
+                 ) -> Solution | Failure:
+    """GNC on fine maps from ``sol``'s pose; ``sol`` unchanged (as the finest level) when
+    the fine level has fewer than ``config.min_points`` maps."""
+    if fine.maps.num_points < config.min_points:
+        return sol
+    dev = sol.T_cam_world.device
+    pts = sol.coarse.points_world
     t0 = time.perf_counter()
-    out = _verdict(coarse_level, level, T, config.verdict, iterations, timings, info)
-    timings['verdict'] = _ms(t0, dev)
+    fpts = pts if fine.index is None else pts[fine.index]
+    fK = torch.as_tensor(fine.K, dtype=torch.float64, device=dev)
+    res = refine(fpts, fine.maps, fK, sol.T_cam_world, config.fine)
+    timings = {**sol.timings_ms, 'fine': _ms(t0, dev)}
+    info = {**sol.info, 'fine_cost': res.cost}
+    if not res.finite:
+        return Failure('diverged', 'fine refinement produced a non-finite pose', timings, info)
+    level = Level('fine', fpts, fine.maps, fK, config.fine, res.information)
+    return Solution(res.T_cam_world, sol.coarse, level, sol.iterations + res.iterations,
+                    timings, info)
+
+
+def verdict(sol: Solution, cfg: VerdictConfig = VerdictConfig()) -> Result | Failure:
+    """Support is tested on the full-grid (coarse) maps, where a pose explaining nothing has a
+    known chance level; the covariance comes from the final (finest) level."""
+    t0 = time.perf_counter()
+    timings, info = dict(sol.timings_ms), dict(sol.info)
+    out = _verdict(sol.coarse, sol.level, sol.T_cam_world, cfg, sol.iterations, timings, info)
+    timings['verdict'] = _ms(t0, sol.T_cam_world.device)
     return out
 
 
-def _verdict(support_level: tuple, level: tuple, T: Tensor, cfg: VerdictConfig,
+def _verdict(support_level: Level, level: Level, T: Tensor, cfg: VerdictConfig,
              iterations: int, timings: dict, info: dict) -> Result | Failure:
-    """Support is tested on the full-grid (coarse) maps, where a pose explaining nothing has a
-    known chance level; the covariance comes from the final (finest) level."""
-    name, pts, maps, K, gcfg, _ = support_level
+    name, pts, maps, K, gcfg = (support_level.name, support_level.points_world,
+                                support_level.maps, support_level.K, support_level.gnc)
     nre = point_nre(pts, maps, K, T, gcfg.min_depth)
     cost = float(nre.sum())
     n = int(nre.numel())
@@ -234,7 +285,7 @@ def _verdict(support_level: tuple, level: tuple, T: Tensor, cfg: VerdictConfig,
         return Failure('degenerate_geometry', f'information condition number {cond:.3g} > '
                        f'{cfg.max_condition:.3g}', timings, info)
     if level is not support_level:
-        name, pts, maps, K, gcfg, _ = level
+        name, pts, maps, K, gcfg = level.name, level.points_world, level.maps, level.K, level.gnc
         nre = point_nre(pts, maps, K, T, gcfg.min_depth)
         cost, n = float(nre.sum()), int(nre.numel())
         mean_cost = cost / max(n, 1)
@@ -248,12 +299,13 @@ def _verdict(support_level: tuple, level: tuple, T: Tensor, cfg: VerdictConfig,
                   timings, info, support)
 
 
-def _information(level: tuple, T: Tensor, kind: str) -> np.ndarray:
+def _information(level: Level, T: Tensor, kind: str) -> np.ndarray:
     """(6, 6) float64 information of a level, last sigma: the level's refinement's own final
     undamped step matrix (at its final pose) when its step matches ``kind``, else evaluated
     at T."""
-    _, pts, maps, K, gcfg, H = level
-    same = (kind == 'irls') == (gcfg.step == 'irls')
+    H = level.information
+    same = (kind == 'irls') == (level.gnc.step == 'irls')
     if not (same and H is not None):
-        H = information(pts, maps, K, T, gcfg.sigmas[-1], gcfg, kind)
+        H = information(level.points_world, level.maps, level.K, T, level.gnc.sigmas[-1],
+                        level.gnc, kind)
     return H.cpu().numpy()
