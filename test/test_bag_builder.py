@@ -198,3 +198,19 @@ def test_bag_maps_equal_the_tum_folder_maps(cabinet, model, tmp_path, builder):
     assert np.allclose(m.points_world, ref.points_world, atol=1e-4)   # 32FC1 vs 16-bit
     assert np.allclose(m.kf_T_cam_world, ref.kf_T_cam_world, atol=1e-9)
     assert np.array_equal(m.obs_point, ref.obs_point)
+
+
+def test_ground_truth_for_evaluation_from_offset_topic_or_tf(cabinet, tmp_path):
+    from nre_ros.bagio.poses import ground_truth_by_stamp
+    idx = [20, 21, 22, 23]
+    path = tmp_path / 'b'
+    bags.write_bag(_samples(cabinet, idx), cabinet.camera, path, poses_as='both',
+                   pose_offset_ns=-5_000_000)
+    for source in (PoseSource(topic=GT), PoseSource(tf=('map', bags.FRAME_CAMERA))):
+        truth, frame = ground_truth_by_stamp(path, IMAGE, source)
+        assert frame == 'map' and len(truth) == len(idx)
+        for i in idx:
+            T = truth[bags.seconds_to_ns(cabinet[i].timestamp)]
+            assert np.abs(T[:3, 3] - cabinet[i].T_world_cam[:3, 3]).max() < 2e-3
+    with pytest.raises(InputError, match='no pose within 0.001 s'):
+        ground_truth_by_stamp(path, IMAGE, PoseSource(topic=GT, tolerance_s=1e-3))

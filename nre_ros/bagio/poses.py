@@ -143,3 +143,29 @@ def _topic_poses(bag: Bag, source: PoseSource, camera_frame: str, tf: TfTree) ->
             raise InputError(f'pose topic {topic} gives poses of {body!r}, but {exc}') from exc
     return CameraPoses(source, map_frame, camera_frame,
                        Trajectory(np.array(stamps, np.int64), np.stack(poses)), tf, body)
+
+
+def ground_truth_by_stamp(bag_path: str | Path, image_topic: str, source: PoseSource
+                          ) -> tuple[dict[int, np.ndarray], str]:
+    """Ground truth for evaluation: ``T_map_cam`` at each image header stamp of ``image_topic``
+    that has a pose within tolerance (others are absent), and the map frame.
+
+    Reads only the image headers, the pose source and TF (images are not decoded).
+    """
+    from nre_ros.bagio.reader import IMAGE_TYPES
+    with Bag(bag_path) as bag:
+        bag.require(image_topic, 'image', IMAGE_TYPES)
+        stamps, frames = [], set()
+        for m in bag.messages([image_topic]):
+            stamps.append(m.stamp_ns)
+            frames.add(m.msg.header.frame_id.lstrip('/'))
+        if len(frames) != 1 or not next(iter(frames)):
+            raise InputError(f'image topic {image_topic}: one non-empty header.frame_id '
+                             f'needed to place the camera in TF, got {sorted(frames)}')
+        poses = camera_poses(bag, source, frames.pop())
+        T, ok = poses.at(np.array(stamps, np.int64))
+    if not ok.any():
+        a, b = poses.span_s()
+        raise InputError(f'{source.describe()}: no pose within {source.tolerance_s} s of any '
+                         f'image on {image_topic} (poses span {a:.3f} .. {b:.3f} s)')
+    return {int(s): T[i] for i, s in enumerate(stamps) if ok[i]}, poses.map_frame

@@ -76,3 +76,30 @@ def bag_flags(args: argparse.Namespace) -> dict:
         flags.update({'pose-tolerance': args.pose_tolerance, 'kf-translation': args.kf_translation,
                       'kf-rotation': args.kf_rotation, 'kf-sharpness': args.kf_sharpness})
     return flags
+
+
+def add_ground_truth_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--gt-topic T | --gt-tf PARENT CHILD | --gt-poses TUM_FILE`` for evaluate."""
+    g = parser.add_argument_group('ground truth (default: exact stamps on /ground_truth)')
+    src = g.add_mutually_exclusive_group()
+    src.add_argument('--gt-topic', default=None, help='ground-truth pose topic (PoseStamped, '
+                     'PoseWithCovarianceStamped, Odometry, TransformStamped; any frame, TF '
+                     'takes it to the camera), interpolated at the image stamps')
+    src.add_argument('--gt-tf', nargs=2, metavar=('PARENT', 'CHILD'), default=None,
+                     help='ground truth from the TF chain PARENT -> CHILD recorded in the bag')
+    src.add_argument('--gt-poses', default=None, metavar='TUM_FILE',
+                     help='ground truth from a TUM file (body in map, seconds)')
+    g.add_argument('--gt-frame', default=None, help='the frame a PoseStamped / TUM ground-truth '
+                   'pose is of (default: the camera optical frame)')
+    g.add_argument('--gt-tolerance', type=float, default=DEFAULT_TOLERANCE_S,
+                   help='max seconds from an image to its nearest ground-truth pose')
+
+
+def ground_truth_source(args: argparse.Namespace):
+    """The PoseSource of the ``--gt-*`` options, or None (use the bag's exact-stamp truth)."""
+    from nre_ros.bagio.poses import PoseSource
+    if args.gt_topic is None and args.gt_tf is None and args.gt_poses is None:
+        return None
+    return PoseSource(topic=args.gt_topic, tf=tuple(args.gt_tf) if args.gt_tf else None,
+                      tum_file=args.gt_poses, body_frame=args.gt_frame,
+                      tolerance_s=args.gt_tolerance)
