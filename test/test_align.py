@@ -84,3 +84,16 @@ def test_reference_poses_match_by_name_time_or_folder(tmp_path, cabinet):
     folder = read_reference_poses(cabinet.root)
     centres, has = folder.centres_for([frames[2].name, 'x/' + frames[3].name.split('/')[1]])
     assert has.all() and np.allclose(centres[0], frames[2].T_world_cam[:3, 3])
+
+
+def test_units_warning_only_for_unaligned_non_metric_maps():
+    from dataclasses import replace
+    from pathlib import Path
+
+    from nre_ros.maps import load_map
+    from nre_ros.maps.align import units_warning
+    demo = load_map(Path(__file__).resolve().parents[1] / 'maps/demo/fr1_rpy.nremap')
+    assert units_warning(demo) is None
+    sfm = replace(demo, metadata=replace(demo.metadata, units='sfm'))
+    assert 'not metres' in units_warning(sfm)
+    assert units_warning(replace(sfm, metadata=replace(sfm.metadata, map_T_model=MOVE))) is None

@@ -156,3 +156,12 @@ def _name_time_ns(name: str) -> int:
         return -1
     sec, _, frac = m[-1].partition('.')
     return int(sec) * 1_000_000_000 + int((frac + '000000000')[:9])
+
+
+def units_warning(m: Map) -> str | None:
+    """A sentence when the map does not serve metric poses (units other than metres and no
+    ``map_T_model``), else None."""
+    if m.metadata.units == 'm' or m.metadata.map_T_model is not None:
+        return None
+    return (f'map has units {m.metadata.units!r} and no map_T_model: poses are in arbitrary '
+            'SfM units, not metres (rebuild with --align-to POSES to make it metric)')
