@@ -70,8 +70,8 @@ from nre_ros.datasets import TumSequence, load_rgb  # noqa: E402
 from nre_ros.errors import MapFormatError  # noqa: E402
 from nre_ros.eval.metrics import errors, nees, summarize  # noqa: E402
 from nre_ros.geometry import transform_points  # noqa: E402
-from nre_ros.maps import (BuildOptions, build_rgbd_map, load_map,  # noqa: E402
-                          with_command)
+from nre_ros.paths import shared_data_dir  # noqa: E402
+from nre_ros.maps import BuildOptions, load_map, with_command  # noqa: E402
 from nre_ros.models import DEFAULT_MODEL, load_model  # noqa: E402
 from nre_ros.paths import shared_data_dir  # noqa: E402
 from nre_ros.pipeline import (FineConfig, PipelineConfig, Prior, Relocalizer,  # noqa: E402
@@ -81,18 +81,14 @@ from nre_ros.solver.baselines import (argmax_correspondences, re_opencv_magsac, 
                                       re_poselib)
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = shared_data_dir()
+DATA = shared_data_dir()             # $NRE_SHARED_DATA, else shared/data beside the checkout
 FR1 = DATA / 'tum_rgbd_fr1_rpy'
 CABINET = DATA / 'tum_rgbd_fr3_cabinet_keyframes'
 MEGADEPTH = DATA / 'nre_megadepth_pair'
-# maps built elsewhere with the same options ($NRE_PREBUILT_MAPS/<name>.nremap); copied into the
-# cache when their model matches
-PREBUILT = ({name: Path(os.environ['NRE_PREBUILT_MAPS']) / f'{name}.nremap'
-             for name in ('fr1_hard', 'cabinet', 'fr1_easy')}
-            if os.environ.get('NRE_PREBUILT_MAPS') else {})
-# map name -> (sequence, split, step, max points per keyframe); 'megadepth' is built from the npz
-MAPS = {'fr1_hard': (FR1, 'hard_map', 3, 600), 'fr1_easy': (FR1, 'map', 3, 600),
-        'cabinet': (CABINET, 'map', 1, 600), 'megadepth': (MEGADEPTH, None, 1, 707)}
+# map name -> (sequence, split): built by `nre-ros build-map SEQ OUT --builder rgbd --split SPLIT`
+# with every other option at its default, as a user would; 'megadepth' is built from the npz
+MAPS = {'fr1_hard': (FR1, 'hard_map'), 'fr1_easy': (FR1, 'map'), 'cabinet': (CABINET, 'map'),
+        'megadepth': (MEGADEPTH, None)}
 # dataset -> (query source, query split (None = every image), map)
 DATASETS = {'fr1_hard': (FR1, 'hard_query', 'fr1_hard'),
             'fr1_easy': (FR1, 'query', 'fr1_easy'),
@@ -197,38 +193,43 @@ def build_megadepth_map(model):
                         units='sfm (MegaDepth, arbitrary scale)')
 
 
+def build_map_argv(name: str, path: Path) -> list[str]:
+    """The ``nre-ros`` command line that builds map ``name`` at ``path`` (defaults only)."""
+    seq, split = MAPS[name]
+    return ['build-map', str(seq), str(path), '--builder', 'rgbd', '--split', split]
+
+
 def get_map(name: str, cache: Path, model) -> Path:
-    """Path of map ``name`` in the cache (copied from PREBUILT or built when absent/stale)."""
+    """Path of map ``name`` in the cache, built when absent or stale (another model, or other
+    build options than the CLI's current defaults, read from the map's provenance)."""
     path = cache / f'{name}.nremap'
-    for candidate in (path, PREBUILT.get(name)):
-        if candidate is None or not candidate.exists():
-            continue
+    expected = None
+    if name != 'megadepth':
+        from nre_ros.commands.build_map import command_line
+        from nre_ros.cli import build_parser
+        expected = command_line(build_parser().parse_args(build_map_argv(name, path)))
+    if path.exists():
         try:
-            load_map(candidate, model.spec)
+            m = load_map(path, model.spec)
+            if expected is None or m.metadata.provenance.get('command') == expected:
+                return path
+            log(f'map {path} was built by {m.metadata.provenance.get("command")!r}; rebuilding')
         except MapFormatError as exc:
-            log(f'map {candidate} is stale ({exc}); rebuilding')
-            continue
-        if candidate != path:
-            cache.mkdir(parents=True, exist_ok=True)
-            shutil.rmtree(path, ignore_errors=True)
-            shutil.copytree(candidate, path)
-        return path
-    seq, split, step, max_points = MAPS[name]
+            log(f'map {path} is stale ({exc}); rebuilding')
     log(f'building map {name} -> {path}')
     t0 = time.perf_counter()
+    cache.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(path, ignore_errors=True)
     if name == 'megadepth':
         m = with_command(build_megadepth_map(model),
                          'benchmarks/accuracy.py (build_megadepth_map)')
+        m.save(path)
     else:
-        opts = BuildOptions(split=split, keyframe_step=step, max_points_per_keyframe=max_points)
-        m = build_rgbd_map(seq, model, opts, progress=False)
-        m = with_command(m, f'nre-ros build-map {seq} {path} --builder rgbd --split {split} '
-                            f'--step {step} --max-points {max_points} --keypoints score')
-    cache.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(path, ignore_errors=True)
-    out = m.save(path)
+        from nre_ros.cli import main as nre_ros_cli
+        if nre_ros_cli(build_map_argv(name, path)) != 0:
+            raise RuntimeError(f'nre-ros {" ".join(build_map_argv(name, path))} failed')
     log(f'  built in {time.perf_counter() - t0:.0f} s')
-    return Path(out)
+    return path
 
 
 def get_peer_db(name: str, map_, cache: Path, ex: Extractors) -> dict:
@@ -264,8 +265,9 @@ class CapturingRelocalizer(Relocalizer):
     captured: list
 
     def _coarse_maps(self, c, timings):
-        super()._coarse_maps(c, timings)
+        c = super()._coarse_maps(c, timings)
         self.captured.append(c)
+        return c
 
 
 def to_caller(T_img_world: np.ndarray, R_img_cam: np.ndarray) -> np.ndarray:

@@ -16,6 +16,7 @@ HELP = ('build a map (rgbd: posed RGB-D; posed: posed RGB; colmap: COLMAP model;
         'bag: a rosbag2 recording with poses)')
 ORDER = 10
 BUILDERS = ('rgbd', 'posed', 'colmap', 'sfm', 'bag')
+DEFAULTS = BuildOptions()           # the options' defaults are stated once, there
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,11 +31,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='feature model (default: nre_ros.models.DEFAULT_MODEL)')
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--split', default=None, help='use split_<SPLIT>.txt, e.g. map')
-    parser.add_argument('--step', type=int, default=1, help='keep every n-th frame')
+    parser.add_argument('--step', type=int, default=DEFAULTS.keyframe_step,
+                        help='keep every n-th frame')
     parser.add_argument('--max-keyframes', type=int, default=None)
-    parser.add_argument('--max-points', type=int, default=1024,
+    parser.add_argument('--max-points', type=int, default=DEFAULTS.max_points_per_keyframe,
                         help='max keypoints (observations) per keyframe')
-    parser.add_argument('--keypoints', choices=('score', 'grid'), default='score',
+    parser.add_argument('--keypoints', choices=('score', 'grid'), default=DEFAULTS.keypoint_mode,
                         help='keep the best NMS peaks, or the best per 32 px grid cell')
     parser.add_argument('--max-size', type=int, default=None,
                         help='resize images so the longer side is at most this')
@@ -92,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         from nre_ros.maps.align import align_map, read_reference_poses
         m, alignment = align_map(m, read_reference_poses(args.align_to, args.pose_tolerance))
         print(alignment.describe())
-    m = maps.with_command(m, _command(args))
+    m = maps.with_command(m, command_line(args))
     path = m.save(args.output)
     s = map_summary(m, path)
     print(format_summary({k: s[k] for k in ('keyframes', 'points', 'observations',
@@ -103,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _command(args: argparse.Namespace) -> str:
+def command_line(args: argparse.Namespace) -> str:
     """The equivalent command line, for the map's provenance."""
     flags = {'builder': args.builder, 'model': args.model, 'split': args.split,
              'step': args.step, 'max-keyframes': args.max_keyframes,

@@ -40,7 +40,7 @@ class BuildOptions:
     split: str | None = None
     keyframe_step: int = 1
     max_keyframes: int | None = None
-    max_points_per_keyframe: int = 1024
+    max_points_per_keyframe: int = 600   # measured best of 600 / 1024 (docs/decisions.md)
     keypoint_mode: str = 'score'
     image_max_size: int | None = None
     descriptor_dtype: str = 'float16'
