@@ -304,9 +304,8 @@ def window_logits(query_desc: Tensor, point_desc: Tensor, origin: Tensor, window
 
     Points are grouped by the ``tile`` x ``tile`` block of the grid their window starts in; each
     group is one matmul against its block's (tile + S - 1)^2 cells, from which the windows
-    are read. At N = 1000, S = 16, C = 64 on a 320 x 240 grid this took 18-22 ms of one core
-    where gathering (N, S^2, C) patches from a channels-last copy of the grid took 58-66, for
-    ~15x the multiply-adds: the matmul runs from cache, the gather from memory.
+    are read: more multiply-adds than gathering (N, S^2, C) patches, but the matmul runs from
+    cache and the gather from memory, so it is faster (docs/decisions.md).
 
     Args:
         query_desc: (C, H, W) float32.

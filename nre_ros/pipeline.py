@@ -41,12 +41,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class RetrievalConfig:
-    # Measured (global mode; top_k:max_points -> recall (0.25 m, 2 deg), median rotation):
-    # fr1_rpy hard, 48 queries: 3:1500 0.979 1.13 deg 489 ms, 5:2500 0.979 0.84 deg 529 ms,
-    # 6:3000 0.917 (3 failures); fr3 cabinet, 14 queries: 3:1500 0.786 (13 localized, one at
-    # 6.1 deg), 5:2500 0.857 (14, worst 2.2 deg), 4:2500 0.714, 6:3000 0.929. Not monotonic
-    # on 14 queries; 5:2500 was the only setting better than 3:1500 on both. No out-of-map fix
-    # with either (29 cabinet images vs fr1, 48 fr1 images vs cabinet).
+    # 5 / 2500: the one setting tried that beat 3 / 1500 on both real sets (docs/decisions.md)
     top_k: int = 5                 # keyframes whose points form the query's point set
     max_points: int = 2500         # cap on the point set (points of better keyframes first)
 
@@ -58,8 +53,8 @@ class RotationConfig:
     quarter_turns: tuple[int, ...] = (0, 1, 2, 3)   # rotations whose retrieval score is computed
     candidates: int = 2            # best-retrieved rotations that also get MSAC
     # The first listed rotation is tried alone first; the others are only computed when its
-    # MSAC support (supported / candidate maps) is below this fraction (1.0 = always search;
-    # fr1_rpy hard queries: upright 0.85-0.99 when right, 0.07-0.41 for 90/180-deg rolls).
+    # MSAC support (supported / candidate maps) is below this fraction (1.0 = always search);
+    # between the support of right and of rolled orientations (docs/decisions.md).
     early_exit_support: float = 0.6
 
 
@@ -75,7 +70,7 @@ class TrackingConfig:
     keyframes: int = 3             # nearest keyframes (by pose) used around a prior
     max_translation_m: float = 0.5  # result farther than this from the prior -> global search
     max_rotation_deg: float = 20.0
-    fine: bool = True              # False: coarse level only when tracking (~3-4x faster on CPU)
+    fine: bool = True              # False: coarse level only when tracking (much faster on CPU)
     # with a prior covariance: also reject results whose squared Mahalanobis distance to the
     # prior (prior + result covariance) exceeds this (chi-square, 6 dof, p = 0.999)
     max_mahalanobis_sq: float = 22.46
@@ -84,8 +79,8 @@ class TrackingConfig:
 @dataclass(frozen=True)
 class PipelineConfig:
     model: str = 'auto'            # 'auto' = the model the map was built with
-    # auto = onnxruntime on CPU (fine level ~330 vs ~510 ms torch, 2 cores; the ONNX export
-    # runs once into ~/.cache/nre_ros), torch on CUDA; or torch | onnxruntime | tensorrt.
+    # auto = onnxruntime on CPU (faster fine level than torch; the ONNX export runs once into
+    # ~/.cache/nre_ros), torch on CUDA; or torch | onnxruntime | tensorrt.
     backend: str = 'auto'
     device: str = 'cpu'            # cpu | cuda (tensorrt implies cuda)
     num_threads: int = 2
@@ -95,13 +90,9 @@ class PipelineConfig:
     fine: FineConfig = FineConfig()
     tracking: TrackingConfig = TrackingConfig()
     depth: DepthInitConfig = DepthInitConfig()   # RGB-D queries: Kabsch initialization
-    # Verdict thresholds measured on real maps (XFeat, tau 20): in-map queries of fr1_rpy had
-    # >= 59% of points supported and mean coarse NRE <= 5.3; out-of-map images (fr3 cabinet
-    # against the fr1 map) 5-15% and 7.5-8.0. The solver's own defaults stay generic.
-    # covariance_scale: with k^2 = 1 the Laplace covariance of real XFeat maps gave NEES
-    # 5,000-14,000 (fr1 hard, cabinet, demo; median-based k^2 300-900, mean-based 860-2400):
-    # the points are far from independent. k^2 = 1000 is a compromise; the error is also
-    # anisotropic (rotation is under-estimated more than translation).
+    # Verdict thresholds between in-map and out-of-map queries of real maps; covariance_scale
+    # k^2: the points' errors are far from independent, so the Laplace covariance is too
+    # small (docs/decisions.md). The solver's own defaults stay generic.
     solver: SolverConfig = SolverConfig(
         verdict=VerdictConfig(min_supported_fraction=0.3, max_mean_cost=7.0,
                               covariance_scale=1000.0))
@@ -156,8 +147,8 @@ def load_configured_model(name: str, config: 'PipelineConfig'):
     if backend == 'tensorrt':
         logger.info('building/loading the TensorRT engine (minutes on first use)')
     else:
-        logger.info('loading ONNX Runtime networks (exported once into the cache, '
-                    '~10-40 s the first time)')
+        logger.info('loading ONNX Runtime networks (exported once into the cache; the first '
+                    'time takes longer)')
     return load_backend(BackendConfig(model=name, backend=backend, device=config.device,
                                       threads=config.num_threads))
 

@@ -103,7 +103,7 @@ class OnnxRunner:
             providers = ['CUDAExecutionProvider']
         opts = ort.SessionOptions()
         # ORT's worker threads otherwise spin for a while after each run, taking the cores
-        # from the torch work that follows (fine loss maps ran ~2x slower right after it)
+        # from the torch work that follows
         opts.add_session_config_entry('session.intra_op.allow_spinning', '0')
         if threads:
             opts.intra_op_num_threads = int(threads)

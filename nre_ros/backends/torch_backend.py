@@ -20,9 +20,9 @@ class TorchRunner:
         device: 'cpu' or 'cuda[:i]'.
         fp16: run in half precision (CUDA only; outputs are returned as float32).
         threads: torch intra-op threads (CPU), from the config.
-        channels_last: levels run in NHWC memory format (XFeat-x4 fine at 640x480, 2 CPU
-            threads: 1040 -> 640 ms, oneDNN's 1-channel first convolution is slow in NCHW;
-            XFeat coarse gets slower, 25 -> 48 ms, so it stays NCHW by default).
+        channels_last: levels run in NHWC memory format (the fine level only by default:
+            oneDNN's 1-channel first convolution is slow in NCHW, while XFeat coarse is slower
+            in NHWC; docs/decisions.md).
     """
 
     def __init__(self, networks: dict[str, nn.Module], device: str | torch.device = 'cpu',

@@ -52,10 +52,8 @@ __all__ = ['GncConfig', 'RefineResult', 'refine', 'smoothed_terms', 'information
 class GncConfig:
     """Refinement settings (sigmas in cells of the grid the maps live on)."""
 
-    # Paper: 2 -> 0.6. Below 0.8 a Gaussian sampled on the unit grid ripples: measured 0.06-cell
-    # mean bias per point at 0.6, 3e-4 at 0.8 (exact synthetic maps), so we stop at 0.8. A 0.9
-    # stage between 1.0 and 0.8 changed no synthetic error (5 settings x 12 scenes, coarse and
-    # fine, to 1e-4 m / 0.003 deg) and cost two evaluations, so it was dropped.
+    # Paper: 2 -> 0.6; below 0.8 a Gaussian sampled on the unit grid ripples and biases the
+    # minimum (docs/decisions.md)
     sigmas: tuple[float, ...] = (2.0, 1.0, 0.8)
     max_stage_iterations: int = 8
     max_iterations: int = 60
@@ -305,7 +303,7 @@ def smoothed_terms(maps: LossMaps, uv: Tensor, valid: Tensor, sigma: float,
     """Per-point smoothed cost and IRLS terms at projections ``uv``.
 
     A map holds no mass beyond its edge, so near an edge the smoothed bump is cut on one side
-    and its minimum is pulled inwards (0.1 deg pose bias on exact synthetic maps). Points whose
+    and its minimum is pulled inwards (a pose bias, docs/decisions.md). Points whose
     projection lies within ``border_sigmas * sigma`` of the map edge are therefore skipped
     (PixLoc's border margin).
 
