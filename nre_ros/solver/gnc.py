@@ -100,6 +100,35 @@ class RefineResult:
     evaluations: int = 0
 
 
+@dataclass(frozen=True)
+class _Window:
+    """(2r+1)^2 windows of the weight G around the nearest cells of the projections."""
+
+    G: Tensor                      # (M, K, K) float32 weights of the kept points
+    inside: Tensor | None          # (M, 2, K) float 1 for rows / columns inside (None: all)
+    f: Tensor                      # (M, 2) offsets of the projections from the window centres
+    r: int
+
+
+@dataclass(frozen=True)
+class _Evaluation:
+    """The smoothed cost and its moments at one pose and sigma."""
+
+    T: np.ndarray                  # (4, 4) float64 T_cam_world
+    pc: Tensor                     # (M, 3) float64 camera points of the kept points
+    win: _Window
+    m: Tensor                      # (6, M) float64 kernel moments
+    sigma: float
+    active: Tensor                 # (M,) bool, points off the border band (fixed per stage)
+    cost: float
+
+
+@dataclass(frozen=True)
+class _NormalEquations:
+    H: np.ndarray                  # (6, 6) float64 undamped
+    g: np.ndarray                  # (6,)
+
+
 def _radius(sigma: float, radius_sigmas: float) -> int:
     # +0.5: the window is centred on the nearest cell, not on uv; keep >= radius on both sides.
     return max(1, int(math.ceil(radius_sigmas * sigma + 0.5)))
@@ -230,11 +259,9 @@ class _Windows:
             self._basis[r] = (c, B.contiguous())
         return self._basis[r]
 
-    def window(self, local: Tensor, ok: Tensor, r: int) -> dict:
+    def window(self, local: Tensor, ok: Tensor, r: int) -> _Window:
         """The (2r+1)^2 windows of G of the kept points around the nearest cells of ``local``
-        ((M, 2) float32 finite map-frame coordinates): 'G' (M, K, K), 'inside' (M, 2, K) float
-        1 for rows / columns inside the patch (None: all are), 'f' (M, 2) offsets of
-        ``local`` from the window centre."""
+        ((M, 2) float32 finite map-frame coordinates)."""
         c, _ = self._offsets(r)
         K = c.numel()
         centre = local.round()
@@ -261,9 +288,9 @@ class _Windows:
             ci = ci.to(self.itype)
             idx = (ci[:, 1] * self.pw + self.offset[:, None])[:, :, None] + ci[:, 0, None, :]
         G = self.patch.index_select(0, idx.reshape(-1)).reshape(-1, K, K)
-        return {'G': G, 'inside': inside, 'f': f, 'r': r}
+        return _Window(G, inside, f, r)
 
-    def moments(self, win: dict, ok: Tensor, sigma: float, r: int) -> Tensor:
+    def moments(self, win: _Window, ok: Tensor, sigma: float, r: int) -> Tensor:
         """(6, N) float64 moments ``sum_q k(q - w) G(q) m(d)`` with m(d) = 1, dx, dy, dx^2,
         dx dy, dy^2 (d = q - w) of the weight ``G = ln|Omega| - L`` under the normalised
         Gaussian kernel, over the (2r+1)^2 window (r <= the window's radius) around each
@@ -274,10 +301,10 @@ class _Windows:
         basis shared by all points, and a binomial shift gives those in d."""
         c, B = self._offsets(r)
         K = c.numel()
-        G, inside, f = win['G'], win['inside'], win['f']
+        G, inside, f = win.G, win.inside, win.f
         n = G.shape[0]
-        if r < win['r']:
-            s = slice(win['r'] - r, win['r'] + r + 1)
+        if r < win.r:
+            s = slice(win.r - r, win.r + r + 1)
             G = G[:, s, s]
             inside = None if inside is None else inside[:, :, s]
         delta = c - f.unsqueeze(-1)
@@ -390,7 +417,10 @@ def _jacobian(points_cam: np.ndarray, fx: float, fy: float, min_depth: float
 class _Problem:
     """Points, maps and intrinsics of one refinement; evaluates the smoothed cost at a pose."""
 
-    def __init__(self, points_world: Tensor, maps: LossMaps, K: Tensor, config: GncConfig):
+    def __init__(self, points_world: Tensor, maps: LossMaps, K: Tensor, config: GncConfig,
+                 newton: bool | None = None):
+        """``newton``: per-point curvature (True) or the IRLS matrix (False) in the normal
+        equations; None = as ``config.step``."""
         self.pts = points_world.to(torch.float64)
         self.maps = maps
         self.K = K.to(torch.float64)
@@ -399,12 +429,13 @@ class _Problem:
         self.f = torch.stack([self.K[0, 0], self.K[1, 1]])
         self.fx, self.fy = float(self.K[0, 0]), float(self.K[1, 1])
         self.c = torch.stack([self.K[0, 2], self.K[1, 2]])
-        self.newton = config.step == 'newton'
+        self.newton = config.step == 'newton' if newton is None else newton
         self.windows = _Windows(maps, _radius(max(config.sigmas), config.radius_sigmas)
                                 + config.patch_margin, config.prune_weight)
         self._bounds: dict[int, tuple[Tensor, Tensor]] = {}
         self._subset()
         self.evaluations = 0
+        self._normal: tuple[_Evaluation, _NormalEquations] | None = None
 
     def _subset(self) -> None:
         """Points and window origins of the points the windows keep."""
@@ -438,7 +469,7 @@ class _Problem:
         return pc, torch.where(ok[:, None], local, 0.0), ok
 
     def evaluate(self, T: np.ndarray, sigma: float, active: Tensor | None = None,
-                 reuse: dict | None = None) -> dict:
+                 reuse: _Evaluation | None = None) -> _Evaluation:
         """Cost and moments at pose T over the kept points. ``active`` None: a stage start
         (patches are re-cut and points re-chosen if needed, the border mask is set at T).
         ``reuse``: an evaluation at this same T with windows at least as wide (the previous
@@ -457,8 +488,8 @@ class _Problem:
                 pc, local, ok = pc.index_select(0, sel), local.index_select(0, sel), ok[sel]
         else:
             pc, local, ok = self._project(self.pts_sel, T, self.origin_sel, r)
-        if reuse is not None and reuse['T'] is T and reuse['win']['r'] >= r:
-            win = reuse['win']
+        if reuse is not None and reuse.T is T and reuse.win.r >= r:
+            win = reuse.win
         if win is None:
             win = self.windows.window(local, ok, r)
         if active is None:
@@ -466,21 +497,21 @@ class _Problem:
                 if cfg.border_sigmas > 0 else torch.ones_like(ok)
         m = self.windows.moments(win, ok & active, sigma, r)
         self.evaluations += 1
-        return {'T': T, 'pc': pc, 'win': win, 'm': m, 'sigma': sigma, 'active': active,
-                'cost': -float(m[0].sum())}
+        return _Evaluation(T, pc, win, m, sigma, active, -float(m[0].sum()))
 
-    def normal_equations(self, ev: dict) -> tuple[np.ndarray, np.ndarray]:
-        """Undamped (6, 6) H and (6,) g (float64 numpy) at an evaluation. Per-point algebra
-        on N values runs in numpy on the host (a copy of (6, N) moments and (N, 3) points)."""
-        if 'H' not in ev:
-            sigma = ev['sigma']
-            m = ev['m'].cpu().numpy()
-            a, c, e = _point_curvature(m, sigma, self.newton)
-            Ju, Jv = _jacobian(ev['pc'].cpu().numpy(), self.fx, self.fy, self.config.min_depth)
-            H = Ju @ (a * Ju + c * Jv).T + Jv @ (c * Ju + e * Jv).T
-            g = (Ju @ m[1] + Jv @ m[2]) / (sigma * sigma)
-            ev['H'], ev['g'] = H, g
-        return ev['H'], ev['g']
+    def normal_equations(self, ev: _Evaluation) -> _NormalEquations:
+        """Undamped H and g at an evaluation (the last one's are kept: a rejected step
+        re-solves at the same evaluation). Per-point algebra on N values runs in numpy on the
+        host (a copy of (6, N) moments and (N, 3) points)."""
+        if self._normal is not None and self._normal[0] is ev:
+            return self._normal[1]
+        m = ev.m.cpu().numpy()
+        a, c, e = _point_curvature(m, ev.sigma, self.newton)
+        Ju, Jv = _jacobian(ev.pc.cpu().numpy(), self.fx, self.fy, self.config.min_depth)
+        ne = _NormalEquations(Ju @ (a * Ju + c * Jv).T + Jv @ (c * Ju + e * Jv).T,
+                              (Ju @ m[1] + Jv @ m[2]) / (ev.sigma * ev.sigma))
+        self._normal = (ev, ne)
+        return ne
 
 
 def refine(points_world: Tensor, maps: LossMaps, K: Tensor, T_init: Tensor,
@@ -515,7 +546,8 @@ def refine(points_world: Tensor, maps: LossMaps, K: Tensor, T_init: Tensor,
             if total >= config.max_iterations:
                 hit_cap = True
                 break
-            H, g = prob.normal_equations(ev)
+            ne = prob.normal_equations(ev)
+            H, g = ne.H, ne.g
             dH = np.diagonal(H)
             if config.damping == 'marquardt':
                 D = np.diag(np.maximum(dH, 1e-12))
@@ -550,9 +582,9 @@ def refine(points_world: Tensor, maps: LossMaps, K: Tensor, T_init: Tensor,
                 if lam > config.lambda_max:
                     break
                 continue
-            ev_new = prob.evaluate(T_new, sigma, ev['active'])
-            if ev_new['cost'] < ev['cost']:
-                rel = (ev['cost'] - ev_new['cost']) / max(abs(ev['cost']), 1e-12)
+            ev_new = prob.evaluate(T_new, sigma, ev.active)
+            if ev_new.cost < ev.cost:
+                rel = (ev.cost - ev_new.cost) / max(abs(ev.cost), 1e-12)
                 T, ev = T_new, ev_new
                 lam = max(lam / 10, config.lambda_min)
                 rejected = False
@@ -563,16 +595,16 @@ def refine(points_world: Tensor, maps: LossMaps, K: Tensor, T_init: Tensor,
                 rejected = True
                 if lam > config.lambda_max or step < config.step_tol:
                     break
-        stage_costs.append(ev['cost'])
+        stage_costs.append(ev.cost)
         if hit_cap:
             break
     finite = bool(np.isfinite(T).all())
     info = None
     cost = float('nan')
     if ev is not None and finite:
-        cost = ev['cost']
-        if ev['T'] is T:
-            info = torch.from_numpy(prob.normal_equations(ev)[0].copy()).to(dev)
+        cost = ev.cost
+        if ev.T is T:
+            info = torch.from_numpy(prob.normal_equations(ev).H.copy()).to(dev)
     return RefineResult(torch.from_numpy(T).to(dev), cost, total, stage_costs, hit_cap, finite,
                         info, prob.evaluations)
 
@@ -586,7 +618,6 @@ def information(points_world: Tensor, maps: LossMaps, K: Tensor, T: Tensor, sigm
     of the smoothed cost, ``A_n I - S_n`` projected onto PSD: for a map that is locally a
     quadratic of spread s this is ``I / s^2`` whatever sigma, i.e. the Laplace approximation.
     """
-    cfg = GncConfig(**{**config.__dict__, 'step': 'irls' if kind == 'irls' else 'newton'})
-    prob = _Problem(points_world, maps, K, cfg)
+    prob = _Problem(points_world, maps, K, config, newton=kind != 'irls')
     ev = prob.evaluate(T.detach().to(torch.float64).cpu().numpy(), sigma)
-    return torch.from_numpy(prob.normal_equations(ev)[0].copy()).to(T.device)
+    return torch.from_numpy(prob.normal_equations(ev).H.copy()).to(T.device)
