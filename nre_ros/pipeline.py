@@ -29,7 +29,7 @@ from nre_ros.maps import Map, RetrievalIndex, global_descriptor, load_map
 from nre_ros.maps.retrieval import nearest_keyframes
 from nre_ros.models import FeatureModel, load_model
 from nre_ros.preprocess import PreparedImage, prepare, rotated
-from nre_ros.results import Failure, Outcome
+from nre_ros.results import Failure, Outcome, Prior
 from nre_ros.models.base import DenseFeatures
 from nre_ros.solver import (FineLevel, MsacResult, SolverConfig, VerdictConfig, msac,
                            refine_level, solve_coarse, verdict)
@@ -151,16 +151,6 @@ def load_configured_model(name: str, config: 'PipelineConfig'):
                     'time takes longer)')
     return load_backend(BackendConfig(model=name, backend=backend, device=config.device,
                                       threads=config.num_threads))
-
-
-@dataclass(frozen=True)
-class Prior:
-    """A pose guess (odometry, last fix, /initialpose): ``T_cam_world`` and its (6, 6)
-    covariance in Result's convention (left increment on T_cam_world, translation first), or
-    None; with a covariance, tracking results beyond it fall back to global search."""
-
-    T_cam_world: np.ndarray
-    covariance: np.ndarray | None = None
 
 
 class Init(str, Enum):

@@ -90,3 +90,13 @@ class Failure:
 
 
 Outcome = Union[Result, Failure]
+
+
+@dataclass(frozen=True)
+class Prior:
+    """A pose guess (odometry, last fix, /initialpose): ``T_cam_world`` and its (6, 6)
+    covariance in Result's convention (left increment on T_cam_world, translation first), or
+    None; with a covariance, tracking results beyond it fall back to global search."""
+
+    T_cam_world: np.ndarray
+    covariance: np.ndarray | None = None

@@ -85,6 +85,7 @@ def test_build_records_matches_and_checks_tf():
     from nre_ros.eval.live import Recording, TfSample, build_records
     from nre_ros.geometry import invert, make_transform, so3_exp
     from nre_ros.ros import conversions as conv
+    from nre_ros.stream.covariance import CovarianceModel
 
     T_map_cam = {s: make_transform(so3_exp([0, 0, 0.1 * s]), [s, 0, 0]) for s in (1, 2, 3)}
     T_odom_base = {s: make_transform(so3_exp([0, 0, 0.05 * s]), [0, s, 0]) for s in (1, 2, 3)}
@@ -99,9 +100,8 @@ def test_build_records_matches_and_checks_tf():
         msg = PoseWithCovarianceStamped()
         msg.header.stamp = conv.ns_to_stamp(s)
         msg.pose.pose = conv.matrix_to_pose(T_map_base)
-        cov = conv.covariance_to_ros(cov_xi, T_map_base, T_BASE_CAM, 1.0,
-                                     conv.CovarianceShaping(min_position_std=0,
-                                                            min_rotation_std=0))
+        cov = CovarianceModel(min_position_std=0, min_rotation_std=0).to_map(
+            cov_xi, T_map_base, T_BASE_CAM)
         msg.pose.covariance = [float(v) for v in cov.reshape(-1)]
         rec.poses[s] = (recv, msg)
         T_map_odom = T_map_odom_err @ T_map_base @ invert(T_odom_base[s])

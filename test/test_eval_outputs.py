@@ -32,7 +32,8 @@ def run_command(module, argv):
 
 @pytest.fixture(scope='module')
 def run_dir(tmp_path_factory):
-    """The shipped demo bag evaluated with the oracle (ground truth + 5 cm, 1 deg noise)."""
+    """The shipped demo bag evaluated with the oracle (ground truth + 5 cm, 1 deg noise) behind
+    the node's default stream settings."""
     if not DEMO_BAG.is_dir():
         pytest.skip('demo bag maps/demo/queries_bag not shipped')
     out = tmp_path_factory.mktemp('eval')
@@ -50,7 +51,9 @@ def test_evaluate_writes_every_output(run_dir):
         assert (run_dir / name).is_file(), name
     data = json.loads((run_dir / 'summary.json').read_text())
     m = data['metrics']
-    assert m['num_frames'] == 8 and m['num_fixes'] == 8 and m['availability'] == 1.0
+    # the node's consistency gate holds the first fix back until a second one agrees
+    assert m['num_frames'] == 8 and m['num_fixes'] == 7 and m['num_rejected_by_gate'] == 1
+    assert m['availability'] == 7 / 8
     assert 0.0 < m['ate_rmse_m'] < 0.3
     assert 'ORACLE' in data['meta']['localizer']
     assert str(run_dir.parent / 'baseline.json') in data['baselines']
@@ -73,9 +76,11 @@ def test_our_ate_agrees_with_evo_ape(run_dir, tmp_path):
     ours = json.loads((run_dir / 'summary.json').read_text())['metrics']['ate_rmse_m']
     assert stats['rmse'] == pytest.approx(ours, rel=1e-6)
     # and both equal the RMSE of the TUM camera positions, computed here independently
-    _, T_est = read_tum_poses(run_dir / 'estimate.tum')
-    _, T_gt = read_tum_poses(run_dir / 'ground_truth.tum')
-    d = T_est[:, :3, 3] - T_gt[:, :3, 3]
+    t_est, T_est = read_tum_poses(run_dir / 'estimate.tum')
+    t_gt, T_gt = read_tum_poses(run_dir / 'ground_truth.tum')
+    same = np.isin(t_gt, t_est)
+    assert same.sum() == len(t_est) == 7
+    d = T_est[:, :3, 3] - T_gt[same, :3, 3]
     assert ours == pytest.approx(np.sqrt(np.mean(np.sum(d * d, axis=1))), rel=1e-6)
 
 

@@ -1,4 +1,5 @@
-"""Replay with fake localizers: frame dropping, run summary, CSV/TUM/JSON outputs."""
+"""Replay through the localization stream with fake localizers: frame dropping, gating, run
+summary, CSV/TUM/JSON outputs."""
 import csv
 import json
 
@@ -7,12 +8,19 @@ import pytest
 
 from nre_ros.camera import Camera
 from nre_ros.eval.bags import BagFrame
-from nre_ros.eval.evaluate import (DROPPED_BUSY, DROPPED_RATE, FAILURE, FIX, ReplayMode,
+from nre_ros.eval.evaluate import (DROPPED_BUSY, DROPPED_RATE, FAILURE, FIX, REJECTED, ReplayMode,
                                    replay, summarize_run, write_outputs)
-from nre_ros.geometry import invert, make_transform, so3_exp
+from nre_ros.geometry import Sim3, invert, make_transform, so3_exp
 from nre_ros.results import Failure, Result
+from nre_ros.stream import StreamConfig
 
 CAMERA = Camera.from_params(8, 6, 10.0, 10.0, 3.5, 2.5)
+# every fix published at once, no rate limit, no odometry needed
+PLAIN = StreamConfig(min_consistent_fixes=1, max_rate=0.0, tf_mode='map_to_base')
+
+
+def run(frames, loc, mode=ReplayMode(), config=PLAIN, **kw):
+    return replay(frames, loc, mode, config, np.eye(4), **kw)
 
 
 class FakeClock:
@@ -29,6 +37,7 @@ class ScriptedLocalizer:
     def __init__(self, outcomes, durations_s, clock):
         self.outcomes, self.durations, self.clock = list(outcomes), list(durations_s), clock
         self.calls = 0
+        self.map_T_model = Sim3.identity()
 
     def localize(self, image, camera, prior=None, depth=None):
         assert image.shape == (6, 8, 3) and camera is CAMERA and prior is None
@@ -57,13 +66,12 @@ def test_realtime_drops_frames_that_arrive_while_busy():
     clock = FakeClock()
     loc = ScriptedLocalizer([result(np.eye(4))], [0.25], clock)
     frames = frames_at(10.0 + 0.1 * np.arange(6))                  # 10 Hz, 250 ms each
-    recs = replay(frames, loc, ReplayMode(realtime=True), clock=clock)
+    recs = run(frames, loc, ReplayMode(realtime=True), clock=clock)
     assert [r.status for r in recs] == [FIX, DROPPED_BUSY, DROPPED_BUSY, FIX, DROPPED_BUSY,
                                         DROPPED_BUSY]
     assert loc.calls == 2
     assert recs[0].latency_ms == pytest.approx(250.0)
-    offline = replay(frames, ScriptedLocalizer([result(np.eye(4))], [0.25], clock),
-                     clock=clock)
+    offline = run(frames, ScriptedLocalizer([result(np.eye(4))], [0.25], clock), clock=clock)
     assert all(r.status == FIX for r in offline)
 
 
@@ -71,7 +79,8 @@ def test_max_rate_limits_accepted_frames():
     clock = FakeClock()
     loc = ScriptedLocalizer([result(np.eye(4))], [0.05], clock)
     frames = frames_at(0.1 * np.arange(7))
-    recs = replay(frames, loc, ReplayMode(max_rate_hz=4.0), clock=clock)   # >= 0.25 s apart
+    recs = run(frames, loc, config=StreamConfig(min_consistent_fixes=1, max_rate=4.0,
+                                                tf_mode='map_to_base'), clock=clock)  # >= 0.25 s
     assert [r.status for r in recs] == [FIX, DROPPED_RATE, DROPPED_RATE, FIX, DROPPED_RATE,
                                         DROPPED_RATE, FIX]
 
@@ -83,7 +92,7 @@ def hand_run():
     outcomes = [Failure('too_few_points', 'x', timings_ms={'coarse': 1.0}), result(shift(0.1)),
                 result(shift(0.3)), result(shift(6.0))]
     loc = ScriptedLocalizer(outcomes, [0.1, 0.2, 0.3, 0.4], clock)
-    return replay(frames_at([10.0, 10.5, 11.0, 11.5]), loc, clock=clock)
+    return run(frames_at([10.0, 10.5, 11.0, 11.5]), loc, clock=clock)
 
 
 def test_summary_of_hand_computed_run():
@@ -140,8 +149,26 @@ def test_oracle_noise_gives_consistent_nees():
         rgb = rng.integers(0, 256, size=(6, 8, 3), dtype=np.uint8)
         frames.append(BagFrame(i * 10 ** 8, rgb, CAMERA, T))
     oracle = OracleLocalizer.from_frames(frames, sigma_t_m=0.05, sigma_r_deg=1.0, fail_rate=0.2)
-    m = summarize_run(replay(frames, oracle))
+    m = summarize_run(run(frames, oracle))
     assert m['nees_mean'] == pytest.approx(6.0, rel=0.2)
     assert m['availability'] == pytest.approx(0.8, abs=0.08)
     assert m['failure_reasons'].keys() == {'oracle_dropout'}
     assert m['ate_rmse_m'] == pytest.approx(0.05 * np.sqrt(3), rel=0.2)
+
+
+def test_node_defaults_gate_the_first_fix_and_need_odometry():
+    """With the node's default settings the first fix waits for a second consistent one, and
+    map_to_odom needs odom -> base at the image stamp."""
+    clock = FakeClock()
+    frames = frames_at([10.0, 10.5, 11.0])
+    recs = replay(frames, ScriptedLocalizer([result(np.eye(4))], [0.1], clock), ReplayMode(),
+                  StreamConfig(), np.eye(4), clock=clock)
+    assert [r.status for r in recs] == [FAILURE] * 3
+    assert {r.reason for r in recs} == {'tf_missing'}
+    odom = [BagFrame(f.stamp_ns, f.rgb, f.camera, f.T_world_cam, None, np.eye(4)) for f in frames]
+    recs = replay(odom, ScriptedLocalizer([result(np.eye(4))], [0.1], clock), ReplayMode(),
+                  StreamConfig(), np.eye(4), clock=clock)
+    assert [r.status for r in recs] == [REJECTED, FIX, FIX]
+    assert recs[0].reason == 'gate: first fix: 1/2 consistent fixes' and recs[0].T_est is None
+    m = summarize_run(recs)
+    assert m['num_fixes'] == 2 and m['num_rejected_by_gate'] == 1

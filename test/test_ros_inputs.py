@@ -15,12 +15,13 @@ from rclpy.qos import qos_profile_sensor_data  # noqa: E402
 from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 
 from nre_ros import messages as msgs  # noqa: E402
+from nre_ros.errors import InputError  # noqa: E402
 from nre_ros.ros import conversions as conv  # noqa: E402
 from test_ros_node import CAM_FRAME, H, S, W, ctx, now_ns, running  # noqa: E402,F401,F811
 
 
 def _wait_processed(node, n, timeout=3.0):
-    assert h.wait_until(lambda: node.stats.frames_processed >= n and not node._busy, timeout), \
+    assert h.wait_until(lambda: node.stats.frames_processed >= n and not node.busy, timeout), \
         node.stats
 
 
@@ -130,7 +131,7 @@ def test_compressed_to_rgb_colours():
     png = cv2.imencode('.png', np.ascontiguousarray(rgb[:, :, ::-1]))[1].tobytes()
     out = msgs.compressed_to_rgb(_compressed(1, png, 'png'))
     np.testing.assert_array_equal(out, rgb)
-    with pytest.raises(conv.InputError, match='not supported'):
+    with pytest.raises(InputError, match='not supported'):
         msgs.compressed_to_rgb(_compressed(1, png, 'tiff'))
 
 

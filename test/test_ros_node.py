@@ -32,6 +32,7 @@ from tf2_msgs.msg import TFMessage  # noqa: E402
 from nre_ros import messages as msgs  # noqa: E402
 from nre_ros.geometry import Sim3, invert, make_transform, so3_exp  # noqa: E402
 from nre_ros.ros import conversions as conv  # noqa: E402
+from nre_ros.stream.covariance import CovarianceModel  # noqa: E402
 from nre_ros.ros.node import POSE_QOS, RelocalizationNode  # noqa: E402
 from nre_ros.ros.tf import TF_QOS, TfBroadcaster, make_transform_stamped  # noqa: E402
 
@@ -158,7 +159,7 @@ def test_pose_tf_and_covariance(running):
     cov = np.array(pose.pose.covariance).reshape(6, 6)
     np.testing.assert_array_equal(cov, cov.T)
     assert np.linalg.eigvalsh(cov).min() > 0
-    np.testing.assert_allclose(cov, conv.covariance_to_ros(h.COV_XI, T_map_base, h.T_BASE_CAM),
+    np.testing.assert_allclose(cov, CovarianceModel().to_map(h.COV_XI, T_map_base, h.T_BASE_CAM),
                                rtol=1e-9)
     # map->odom ∘ odom->base(t_img) == map->base; stamps strictly increasing, never 0
     assert h.wait_until(lambda: len([t for t in rig.tfs if t.child_frame_id == 'odom']) >= 4)
@@ -205,7 +206,7 @@ def test_bad_inputs_publish_nothing(running):
         processed = node.stats.frames_processed
         rig.send_frame(base + i * S, **kwargs)
         assert h.wait_until(lambda: node.stats.frames_processed > processed
-                            and not node._busy, 3.0), (kwargs, node.stats)
+                            and not node.busy, 3.0), (kwargs, node.stats)
         rig.diags.clear()
         assert h.wait_until(lambda: rig.last_diag().startswith(message), 3.0), \
             (message, rig.last_diag())
@@ -251,14 +252,14 @@ def test_services_prior_and_drops(running, ctx):
     assert node.stats.frames_processed == 0 and node.stats.frames_paired == 1
     assert call(client, SetBool.Request(data=True)).success
     frame()
-    assert h.wait_until(lambda: len(rig.poses) == 1 and not node._busy, 3.0)
+    assert h.wait_until(lambda: len(rig.poses) == 1 and not node.busy, 3.0)
     fake = factory.made[0]
     # while the fake is busy (0.2 s) further frames are dropped and counted
     frame()
     time.sleep(0.03)
     frame(0.4)
     assert h.wait_until(lambda: node.stats.frames_dropped_busy >= 1, 2.0)
-    assert h.wait_until(lambda: len(fake.calls) == 2 and not node._busy, 2.0), node.stats
+    assert h.wait_until(lambda: len(fake.calls) == 2 and not node.busy, 2.0), node.stats
     assert h.wait_until(lambda: len(rig.poses) == 2, 2.0)
     prior = fake.calls[1][3]   # use_initial_guess: last fix carried by odometry
     assert prior is not None
@@ -266,7 +267,7 @@ def test_services_prior_and_drops(running, ctx):
     assert np.linalg.eigvalsh(prior.covariance).min() > 0
     assert call(relocalize, Trigger.Request()).success
     frame()
-    assert h.wait_until(lambda: len(fake.calls) == 3 and not node._busy, 3.0)
+    assert h.wait_until(lambda: len(fake.calls) == 3 and not node.busy, 3.0)
     assert fake.calls[2][3] is None  # global search after ~/relocalize
     # /initialpose in map -> prior for the next frame
     msg = PoseWithCovarianceStamped()
@@ -277,14 +278,14 @@ def test_services_prior_and_drops(running, ctx):
     rig.initialpose_pub.publish(msg)
     time.sleep(0.1)
     frame()
-    assert h.wait_until(lambda: len(fake.calls) == 4 and not node._busy, 3.0)
+    assert h.wait_until(lambda: len(fake.calls) == 4 and not node.busy, 3.0)
     T_map_cam = invert(fake.calls[3][3].T_cam_world)
     np.testing.assert_allclose((T_map_cam @ invert(h.T_BASE_CAM))[:3, 3], [5, 6, 0], atol=1e-9)
     wrong = PoseWithCovarianceStamped()
     wrong.header.frame_id = 'odom'
     wrong.pose.pose.orientation.w = 1.0
     node._on_initialpose(wrong)          # AMCL: only priors in map_frame are accepted
-    assert node._pending_prior is None
+    assert node.stream.pending_prior is None
     assert call(reset, Trigger.Request()).success
     rig.diags.clear()
     assert h.wait_until(lambda: rig.last_diag().startswith('Not localized yet'), 3.0)

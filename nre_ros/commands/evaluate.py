@@ -1,6 +1,8 @@
 """``nre-ros evaluate``: replay a bag through the relocalizer and write a report.
 
-Offline (default; rosbags, no ROS): the ``Relocalizer`` runs in this process on every frame.
+Offline (default; rosbags, no ROS): the ``Relocalizer`` runs in this process behind the node's
+localization stream (``nre_ros.stream``) with the node's parameters (``--params-file``,
+``--param``): max_rate dropping, priors, the consistency gate; never busy unless ``--realtime``.
 ``--live``: the bag is published over ROS 2 to the running ``nre_relocalization`` node (started
 here, or ``--attach`` to one already running) and what it publishes is recorded
 (``nre_ros.eval.live``): real latency, drops, map->odom. Both write the same outputs.
@@ -25,9 +27,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     rate.add_argument('--realtime', action='store_true',
                       help='drop frames that arrive while the previous one is processed (virtual '
                       'bag-rate playback, as the node with a depth-1 queue)')
-    rate.add_argument('--max-rate', type=float, default=0.0, metavar='HZ',
-                      help='as --realtime, and accept at most HZ frames per second')
-    parser.add_argument('--use-depth', action='store_true', help='pass the bag depth to localize')
+    rate.add_argument('--max-rate', type=float, metavar='HZ',
+                      help='as --realtime, with the max_rate parameter set to HZ')
+    parser.add_argument('--use-depth', action='store_true', help='pass the bag depth to localize '
+                        '(the use_depth parameter)')
+    parser.add_argument('--params-file', help='node parameter YAML (default: the built-in '
+                        'defaults = config/nre_ros.yaml); offline, its stream settings apply')
+    parser.add_argument('--param', action='append', default=[], metavar='NAME:=VALUE',
+                        help='node parameter override (repeatable)')
     parser.add_argument('--out', default='out/eval', help='output folder (default: out/eval)')
     parser.add_argument('--baseline', nargs='+', default=[], metavar='RUN',
                         help='earlier runs (summary.json or its folder) shown side by side')
@@ -44,10 +51,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       'activated if needed) instead of starting one')
     live.add_argument('--rate', type=float, default=1.0,
                       help='with --live: playback speed, x bag time (default 1)')
-    live.add_argument('--params-file', help='with --live: node parameter YAML (default '
-                      'config/nre_ros.yaml)')
-    live.add_argument('--param', action='append', default=[], metavar='NAME:=VALUE',
-                      help='with --live: node parameter override (repeatable)')
     live.add_argument('--node-name', default='/nre_relocalization',
                       help='with --live: full node name (default /nre_relocalization)')
     live.add_argument('--pose-topic', help='with --live: pose topic (default <node>/pose)')
@@ -87,7 +90,7 @@ def run_live(args: argparse.Namespace) -> int:
         from nre_ros.eval.live import LiveOptions, evaluate_live, format_table
     except ImportError as exc:
         raise NreError(f'--live needs rclpy and tf2_msgs ({exc}); see scripts/install_ros.sh')
-    if args.realtime or args.max_rate:
+    if args.realtime or args.max_rate is not None:
         raise InputError('--realtime / --max-rate simulate the node offline; --live runs it')
     program, map_path = None, args.map_path or ''
     meta = {'localizer': 'nre_relocalization node (nre_ros.pipeline.Relocalizer)',
@@ -118,17 +121,22 @@ def run_live(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nre_ros.eval.evaluate import ReplayMode, evaluate_bag, load_baseline
+    from nre_ros.eval.evaluate import ReplayMode, evaluate_bag, load_baseline, load_stream_config
     if not Path(args.bag).exists():
         raise InputError(f'bag {args.bag} does not exist')
     if args.live:
         return run_live(args)
     if args.attach:
         raise InputError('--attach only goes with --live')
-    if args.max_rate < 0:
-        raise InputError(f'--max-rate must be > 0, got {args.max_rate}')
-    mode = ReplayMode(realtime=args.realtime, max_rate_hz=args.max_rate,
-                      use_depth=args.use_depth)
+    params = _parse_params(args.param)
+    if args.max_rate is not None:
+        if args.max_rate <= 0:
+            raise InputError(f'--max-rate must be > 0, got {args.max_rate}')
+        params['max_rate'] = str(float(args.max_rate))
+    if args.use_depth:
+        params['use_depth'] = 'true'
+    config = load_stream_config(args.params_file, params)
+    mode = ReplayMode(realtime=args.realtime or args.max_rate is not None)
     if args.oracle:
         from nre_ros.eval.bags import read_bag
         from nre_ros.eval.fakes import OracleLocalizer
@@ -142,10 +150,11 @@ def run(args: argparse.Namespace) -> int:
         meta = {'localizer': 'nre_ros.pipeline.Relocalizer', 'map': args.map_path,
                 'config': args.config or 'defaults'}
     baselines = {str(b): load_baseline(b) for b in args.baseline}
-    metrics, paths = evaluate_bag(args.bag, localizer, args.out, mode, meta, baselines,
+    metrics, paths = evaluate_bag(args.bag, localizer, args.out, mode, config, meta, baselines,
                                   show_progress=not args.no_progress)
     lat = metrics['latency_ms']
-    print(f"{metrics['num_frames']} frames, {metrics['num_fixes']} fixes; recall "
+    print(f"{metrics['num_frames']} frames, {metrics['num_fixes']} fixes published "
+          f"({metrics['num_rejected_by_gate']} held back by the consistency gate); recall "
           f"{metrics['recall_25cm_2deg']:.3f} / {metrics['recall_50cm_5deg']:.3f} / "
           f"{metrics['recall_5m_10deg']:.3f}; ATE {metrics['ate_rmse_m']:.4f} m; "
           f"latency p50 {lat['p50']:.1f} ms")

@@ -1,16 +1,19 @@
-"""Offline replay of a bag through a relocalizer, per-frame records, run summary and outputs.
+"""Offline replay of a bag through the node's localization stream, per-frame records, run
+summary and outputs.
 
-Any object with ``localize(image_rgb, camera, prior=None, depth=None) -> Result | Failure``
-(``nre_ros.pipeline.Relocalizer`` or a test fake) can be evaluated.
+Any object with ``localize(image_rgb, camera, prior=None, depth=None) -> Result | Failure`` and
+``map_T_model`` (``nre_ros.pipeline.Relocalizer`` or a test fake) can be evaluated. Frames go
+through ``nre_ros.stream.LocalizationStream`` with the node's settings (``StreamConfig``, read
+from the node's parameter YAML): stamp pairing, ``max_rate`` dropping, priors
+(``use_initial_guess`` with the bag's odometry), the consistency gate and the published
+covariance are the node's, so the fixes reported are the ones the node would publish.
 
-Frame dropping (``ReplayMode``): offline (default) every frame is processed. In ``realtime``
-mode the bag is played at its own rate in *virtual* time: frame i arrives at
-``stamp_i - stamp_0``; it is dropped if it arrives while the previous accepted frame is still
-being processed (busy until ``arrival + measured processing time``), as the node does with a
-depth-1 queue. ``max_rate_hz`` additionally drops frames arriving less than ``1 / max_rate_hz``
-after the last accepted one (the node's ``max_rate``). No sleeping: the processing times are
-measured and the schedule is computed, so results match a real-time replay on this machine
-without the wait. Latency = processing time (publish time - image stamp for an accepted frame).
+Busy dropping (``ReplayMode.realtime``): offline (default) the stream is never busy when a frame
+arrives, as with a slow ``--live`` playback. With ``realtime`` the bag is played at its own rate
+in *virtual* time: frame i arrives at ``stamp_i - stamp_0`` and the stream stays busy until
+``arrival + measured processing time``, so it drops what the node with a depth-1 queue would.
+No sleeping: processing times are measured and the schedule computed. Latency = processing
+time (publish time - image stamp for an accepted frame).
 """
 from __future__ import annotations
 
@@ -24,32 +27,40 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+import yaml
 
 from nre_ros.datasets import write_tum_poses
 from nre_ros.eval import run_metrics as rm
 from nre_ros.eval.bags import BagFrame
 from nre_ros.eval.metrics import FALSE_FIX, THRESHOLDS, nees, summarize
 from nre_ros.geometry import invert, pose_error, pose_to_tum
+from nre_ros.stream import (CovarianceModel, Decision, FrameInputs, LocalizationStream,
+                            StreamConfig)
+from nre_ros.stream import stream as stream_mod
+from nre_ros.stream.config import load_params_file
 
 logger = logging.getLogger(__name__)
 
-FIX, FAILURE, DROPPED_BUSY, DROPPED_RATE, NO_CAMERA = (
-    'fix', 'failure', 'dropped_busy', 'dropped_rate', 'no_camera_info')
+FIX, REJECTED, FAILURE, DROPPED_BUSY, DROPPED_RATE, NO_CAMERA, IDLE = (
+    'fix', 'rejected', 'failure', 'dropped_busy', 'dropped_rate', 'no_camera_info', 'idle')
+_DROPS = {stream_mod.DROPPED_BUSY: (DROPPED_BUSY, 'busy with the previous frame'),
+          stream_mod.DROPPED_RATE: (DROPPED_RATE, 'max_rate'),
+          stream_mod.PENDING: (NO_CAMERA, 'no camera_info with this stamp'),
+          stream_mod.IDLE: (IDLE, 'not requested (continuous: false)')}
+
+
+PUBLISHED = CovarianceModel(min_position_std=0.0, min_rotation_std=0.0)   # reads back exactly
 
 
 class Localizer(Protocol):
+    map_T_model: object
+
     def localize(self, image, camera, prior=None, depth=None): ...
 
 
 @dataclass(frozen=True)
 class ReplayMode:
-    realtime: bool = False
-    max_rate_hz: float = 0.0          # 0 = no rate limit; > 0 implies realtime
-    use_depth: bool = False
-
-    @property
-    def drops_frames(self) -> bool:
-        return self.realtime or self.max_rate_hz > 0
+    realtime: bool = False            # virtual bag-rate playback with busy dropping
 
 
 @dataclass
@@ -58,7 +69,7 @@ class FrameRecord:
 
     index: int
     stamp_ns: int
-    status: str                                    # FIX, FAILURE, DROPPED_*, NO_CAMERA
+    status: str                                    # FIX, REJECTED, FAILURE, DROPPED_*, ...
     reason: str = ''
     T_gt: np.ndarray | None = None
     T_est: np.ndarray | None = None
@@ -72,7 +83,7 @@ class FrameRecord:
 
     @property
     def processed(self) -> bool:
-        return self.status in (FIX, FAILURE)
+        return self.status in (FIX, REJECTED, FAILURE)
 
     def errors(self) -> tuple[float, float]:
         """(t_err_m, r_err_deg); inf without a fix, NaN without ground truth."""
@@ -95,50 +106,86 @@ class FrameRecord:
 
 
 def replay(frames: Iterable[BagFrame], localizer: Localizer, mode: ReplayMode = ReplayMode(),
+           config: StreamConfig = StreamConfig(), T_base_cam: np.ndarray | None = None,
            clock: Callable[[], float] = time.perf_counter,
            progress: Callable[[], None] | None = None) -> list[FrameRecord]:
-    """Run ``localizer`` on the frames (stamp order) and record every outcome.
+    """Run the frames (stamp order) through a ``LocalizationStream`` over ``localizer`` and record
+    every outcome.
 
     Args:
+        config: the node's stream settings (``load_stream_config``).
+        T_base_cam: the static base -> camera transform of the bag (None: frames are rejected
+            'tf_missing', as the node would without it).
         clock: seconds; the processing time of a frame is the clock difference around
             ``localize`` (tests pass a fake clock).
         progress: called once per frame (e.g. ``tqdm.update``).
     """
+    stream = LocalizationStream(config, localizer)
+    stream.activate()
     records: list[FrameRecord] = []
-    t0_ns, busy_until_s, last_accept_s = None, -np.inf, -np.inf
+    t0_ns, busy_until_s, in_flight = None, -np.inf, False
     for i, frame in enumerate(frames):
         t0_ns = frame.stamp_ns if t0_ns is None else t0_ns
         arrival_s = (frame.stamp_ns - t0_ns) * 1e-9
+        if in_flight and arrival_s >= busy_until_s:
+            stream.finish_frame()
+            in_flight = False
         T_gt = None if frame.T_world_cam is None else invert(frame.T_world_cam)
         rec = FrameRecord(i, frame.stamp_ns, FAILURE, T_gt=T_gt)
         records.append(rec)
         if progress:
             progress()
-        if frame.camera is None:
-            rec.status, rec.reason = NO_CAMERA, 'no camera_info with this stamp'
+        if frame.camera is not None:
+            stream.add_camera_info(frame.stamp_ns, frame.camera)
+        if config.use_depth and frame.depth_m is not None:
+            stream.add_depth(frame.stamp_ns, frame.depth_m)
+        admission = stream.add_image(frame.stamp_ns, frame.rgb)
+        if admission != stream_mod.QUEUED:
+            rec.status, rec.reason = _DROPS[admission]
             continue
-        if mode.drops_frames and arrival_s < busy_until_s:
-            rec.status, rec.reason = DROPPED_BUSY, 'busy with the previous frame'
-            continue
-        if mode.max_rate_hz > 0 and arrival_s - last_accept_s < 1.0 / mode.max_rate_hz - 1e-9:
-            rec.status, rec.reason = DROPPED_RATE, f'max_rate {mode.max_rate_hz:g} Hz'
-            continue
-        depth = frame.depth_m if mode.use_depth else None
+        job = stream.take_frame()
+        inputs = FrameInputs(frame.rgb, job.camera_info, stream.take_depth(job.stamp_ns, 0.0),
+                             T_base_cam, frame.T_odom_base)
         start = clock()
-        outcome = localizer.localize(frame.rgb, frame.camera, prior=None, depth=depth)
+        decision = stream.localize(job, inputs)
         duration_s = clock() - start
-        busy_until_s, last_accept_s = arrival_s + duration_s, arrival_s
-        rec.latency_ms = 1e3 * duration_s
-        rec.timings_ms = {k: float(v) for k, v in dict(outcome.timings_ms or {}).items()}
-        if outcome.ok:
-            rec.status = FIX
-            rec.T_est = np.asarray(outcome.T_cam_world, dtype=np.float64)
-            rec.covariance = np.asarray(outcome.covariance, dtype=np.float64)
+        if mode.realtime:
+            busy_until_s, in_flight = arrival_s + duration_s, True
         else:
-            rec.reason = str(outcome.reason)
+            stream.finish_frame()
+        _record(rec, decision, T_base_cam, duration_s)
         logger.debug('frame %d %.6f: %s %s %.1f ms', i, rec.stamp_s, rec.status, rec.reason,
                      rec.latency_ms)
     return records
+
+
+def _record(rec: FrameRecord, decision: Decision, T_base_cam: np.ndarray | None,
+            duration_s: float) -> None:
+    """Fill a record from the stream's decision: the published pose (camera in map) and
+    covariance (back in the solver's convention) of an accepted fix."""
+    rec.latency_ms = 1e3 * duration_s
+    outcome = decision.outcome
+    if outcome is not None:
+        rec.timings_ms = {k: float(v) for k, v in dict(outcome.timings_ms or {}).items()}
+    if decision.accepted:   # what was published, read back as the live replay does
+        T_map_cam = decision.T_map_base @ T_base_cam
+        rec.status, rec.T_est = FIX, invert(T_map_cam)
+        rec.covariance = PUBLISHED.prior_from_map(decision.covariance, decision.T_map_base,
+                                                  T_base_cam)
+    elif decision.status == stream_mod.REJECTED:
+        rec.status, rec.reason = REJECTED, f'gate: {decision.reason}'
+    else:
+        rec.reason = str(decision.reason)
+
+
+def load_stream_config(params_file: str | Path | None = None,
+                       params: dict[str, str] | None = None) -> StreamConfig:
+    """The node's stream settings: defaults, then a node parameter YAML, then ``NAME:=VALUE``
+    overrides (values parsed as YAML scalars, as ``ros2 run ... -p`` does)."""
+    values = load_params_file(params_file) if params_file else {}
+    for name, text in (params or {}).items():
+        values[name] = yaml.safe_load(text) if text.strip() else ''
+    return StreamConfig.from_params(values)
 
 
 # ----------------------------------------------------------------------------- summary
@@ -172,6 +219,7 @@ def summarize_run(records: list[FrameRecord]) -> dict:
         'num_dropped_busy': statuses.count(DROPPED_BUSY),
         'num_dropped_rate': statuses.count(DROPPED_RATE),
         'num_no_camera_info': statuses.count(NO_CAMERA),
+        'num_rejected_by_gate': statuses.count(REJECTED),
         'num_false_fixes': int(np.sum(fix_gt & ((err[:, 0] > FALSE_FIX[0]) |
                                                  (err[:, 1] > FALSE_FIX[1])))),
         'ate_rmse_m': ate,
@@ -287,26 +335,28 @@ def write_outputs(out_dir: str | Path, records: list[FrameRecord], metrics: dict
 
 
 def evaluate_bag(bag: str | Path, localizer: Localizer, out_dir: str | Path,
-                 mode: ReplayMode = ReplayMode(), meta: dict | None = None,
-                 baselines: dict[str, dict] | None = None,
+                 mode: ReplayMode = ReplayMode(), config: StreamConfig = StreamConfig(),
+                 meta: dict | None = None, baselines: dict[str, dict] | None = None,
                  show_progress: bool = True) -> tuple[dict, dict[str, Path]]:
-    """Replay ``bag`` through ``localizer`` and write every output to ``out_dir``.
-
-    Returns (metrics, {'csv', 'estimate', 'ground_truth', 'summary', 'report': path}).
-    """
+    """Replay ``bag`` through the stream over ``localizer`` and write every output to
+    ``out_dir``. Returns (metrics, {'csv', 'estimate', 'ground_truth', 'summary', 'report':
+    path})."""
     from tqdm import tqdm
 
-    from nre_ros.eval.bags import count_images, read_bag
+    from nre_ros.eval.bags import FRAME_BASE, FRAME_CAMERA, count_images, read_bag, read_static_tf
     total = count_images(bag)
+    T_base_cam = read_static_tf(bag, FRAME_BASE, FRAME_CAMERA)
     if callable(getattr(localizer, 'warmup', None)):
         localizer.warmup()      # as the node does at configure: not part of any frame's time
     with tqdm(total=total, unit='frame', desc='evaluate', disable=not show_progress) as bar:
-        records = replay(read_bag(bag, with_depth=mode.use_depth), localizer, mode,
-                         progress=bar.update)
+        records = replay(read_bag(bag, with_depth=config.use_depth), localizer, mode, config,
+                         T_base_cam, progress=bar.update)
     metrics = summarize_run(records)
-    meta = {'bag': str(bag), **(meta or {}), 'mode': 'realtime' if mode.realtime else (
-        f'max_rate {mode.max_rate_hz:g} Hz' if mode.max_rate_hz > 0 else 'offline (every frame)'),
-        'created': time.strftime('%Y-%m-%d %H:%M:%S')}
+    rate = f'max_rate {config.max_rate:g} Hz' if config.max_rate > 0 else 'no max_rate'
+    meta = {'bag': str(bag), **(meta or {}),
+            'mode': ('realtime (virtual bag-rate playback)' if mode.realtime else
+                     'offline (never busy)') + f', {rate}, node stream settings',
+            'created': time.strftime('%Y-%m-%d %H:%M:%S')}
     paths = write_outputs(out_dir, records, metrics, meta, baselines)
     logger.info('%d frames, %d fixes, recall(0.25 m, 2°) %.3f, outputs in %s', len(records),
                 metrics['num_fixes'], metrics['recall_25cm_2deg'], out_dir)

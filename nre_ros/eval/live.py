@@ -46,6 +46,7 @@ from nre_ros.eval.bags import (FRAME_BASE, FRAME_CAMERA, FRAME_MAP, FRAME_ODOM, 
 from nre_ros.eval.evaluate import FAILURE, FIX, FrameRecord
 from nre_ros.geometry import invert, pose_error
 from nre_ros.ros.dds import ensure_isolation, ensure_large_image_profile
+from nre_ros.stream.covariance import CovarianceModel
 
 logger = logging.getLogger(__name__)
 
@@ -440,11 +441,11 @@ def build_records(rec: Recording, truth: BagTruth, *, odom_frame: str = FRAME_OD
     map->base. Which broadcast belongs to which fix cannot be told from outside under load
     (two topics, executor order), hence the best of the window: a wrong composition in the
     node shows, a pairing mix-up here does not."""
-    from nre_ros.ros import conversions as conv
     if truth.T_base_cam is None:
         raise InputError(f'the bag has no /tf_static {FRAME_BASE} -> {FRAME_CAMERA}: cannot '
                          'turn published base poses into camera poses')
     T_bc = truth.T_base_cam
+    exact = CovarianceModel(min_position_std=0.0, min_rotation_std=0.0)   # no floors to undo
     records: list[FrameRecord] = []
     tf_err_t, tf_err_r, tf_missing = [], [], 0
     recvs = sorted(r for r, _ in rec.poses.values())
@@ -460,7 +461,7 @@ def build_records(rec: Recording, truth: BagTruth, *, odom_frame: str = FRAME_OD
         cov_ros = np.asarray(msg.pose.covariance, dtype=np.float64).reshape(6, 6)
         r.status, r.reason = FIX, ''
         r.T_est = invert(T_map_base @ T_bc)
-        r.covariance = conv.covariance_from_ros(cov_ros, T_map_base, T_bc, 1.0, 0.0, 0.0)
+        r.covariance = exact.prior_from_map(cov_ros, T_map_base, T_bc)
         r.latency_ms = 1e3 * (recv_s - rec.sent[stamp])
         k = recvs.index(recv_s)
         lo = recvs[k - 1] - 0.5 if k > 0 else recv_s - 5.0

@@ -1,66 +1,21 @@
-"""Counters of the node and their diagnostic_msgs/DiagnosticStatus (docs/ros.md).
+"""The node's diagnostic_msgs/DiagnosticStatus (docs/ros.md) from the stream's counters.
 
-``NodeStats`` is updated from the executor and the worker thread under one lock;
-``to_status`` builds the single status task (model: rtabmap ``LocalizationStatusTask``).
+``to_status`` builds the single status task (model: rtabmap ``LocalizationStatusTask``) from
+``nre_ros.stream.StreamStats``.
 """
 from __future__ import annotations
 
-import collections
-import threading
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 
+from nre_ros.stream.stats import LOCALIZED, LOST, StreamStats
+
 STATUS_NAME = 'nre_relocalization: localization'
 
 
-@dataclass
-class NodeStats:
-    state: str = 'unconfigured'
-    map_id: str = ''
-    map_loaded: bool = False
-    frames_received: int = 0
-    frames_paired: int = 0
-    frames_processed: int = 0
-    frames_dropped_busy: int = 0
-    frames_skipped_rate: int = 0
-    frames_unpaired: int = 0
-    frames_without_depth: int = 0
-    bad_inputs: int = 0
-    tf_failures: int = 0
-    failures: int = 0
-    consecutive_failures: int = 0
-    fixes_rejected: int = 0
-    fixes_published: int = 0
-    ever_localized: bool = False
-    localized: bool = False
-    last_success_monotonic: float | None = None
-    last_points: int = 0
-    last_cost: float = float('nan')
-    last_timings_ms: dict[str, float] = field(default_factory=dict)
-    last_problem: str = ''          # 'bad_input' | 'tf_missing' | failure reason | 'rejected'
-    last_problem_detail: str = ''
-    latencies_ms: collections.deque = field(default_factory=lambda: collections.deque(maxlen=200))
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def count(self, name: str, n: int = 1) -> None:
-        with self.lock:
-            setattr(self, name, getattr(self, name) + n)
-
-    def problem(self, code: str, detail: str) -> None:
-        with self.lock:
-            self.last_problem, self.last_problem_detail = code, detail
-
-    def reset_fix(self) -> None:
-        with self.lock:
-            self.localized = self.ever_localized = False
-            self.consecutive_failures = 0
-            self.last_problem = self.last_problem_detail = ''
-
-
-def _level_message(s: NodeStats, lost_after: int) -> tuple[bytes, str]:
+def _level_message(s: StreamStats, lost_after: int) -> tuple[bytes, str]:
     if not s.map_loaded:
         return DiagnosticStatus.ERROR, 'Map not loaded'
     if s.state != 'active':
@@ -69,15 +24,16 @@ def _level_message(s: NodeStats, lost_after: int) -> tuple[bytes, str]:
         return DiagnosticStatus.ERROR, f'TF missing: {s.last_problem_detail}'
     if s.last_problem == 'bad_input':
         return DiagnosticStatus.ERROR, f'Bad input: {s.last_problem_detail}'
-    if s.localized and s.consecutive_failures < lost_after:
+    state = s.localization_state(lost_after)
+    if state == LOCALIZED:
         return DiagnosticStatus.OK, 'Localized'
-    if s.ever_localized:
+    if state == LOST:
         return DiagnosticStatus.ERROR, 'Localization lost'
     why = f' ({s.last_problem}: {s.last_problem_detail})' if s.last_problem else ''
     return DiagnosticStatus.WARN, 'Not localized yet' + why
 
 
-def to_status(s: NodeStats, hardware_id: str, lost_after: int) -> DiagnosticStatus:
+def to_status(s: StreamStats, hardware_id: str, lost_after: int) -> DiagnosticStatus:
     with s.lock:
         level, message = _level_message(s, lost_after)
         age = ('' if s.last_success_monotonic is None

@@ -1,16 +1,16 @@
-"""Lifecycle node ``nre_relocalization``: a thin ROS 2 adapter over ``nre_ros.pipeline``.
+"""Lifecycle node ``nre_relocalization``: a ROS 2 adapter over ``nre_ros.stream``.
 
 Interface (lifecycle, topics, QoS, frames, TF, covariance, parameters, services, diagnostics):
-docs/ros.md. Images are paired with camera_info by exact
-stamp on the executor; localization runs on one worker thread (frames arriving while it is
-busy are dropped and counted); a thread of its own republishes the latest map->odom. ``main``
-spins one SingleThreadedExecutor (see docs/ros.md "Threads"); the callback groups keep the
-node correct in a MultiThreadedExecutor too. Entry point: ``ros2 run nre_ros
-nre_relocalization`` (``main``).
+docs/ros.md. The per-stream policy (stamp pairing, dropping,
+priors, the consistency gate, the covariance, lost state, map generation) is
+``nre_ros.stream.LocalizationStream``; this node subscribes, feeds it from the executor, runs
+its frames on one worker thread (decoding, TF lookups at the image stamp, localization) and
+publishes the decisions. A thread of its own republishes the latest map->odom. ``main`` spins
+one SingleThreadedExecutor (see docs/ros.md "Threads"); the callback groups keep the node
+correct in a MultiThreadedExecutor too. Entry point: ``ros2 run nre_ros nre_relocalization``.
 """
 from __future__ import annotations
 
-import collections
 import dataclasses
 import faulthandler
 import gc
@@ -18,7 +18,6 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -35,13 +34,14 @@ from std_srvs.srv import SetBool, Trigger
 
 from nre_ros import messages as msgs
 from nre_ros.errors import InputError
-from nre_ros.geometry import invert, make_transform, so3_exp
 from nre_ros.ros import conversions as conv
-from nre_ros.ros.diagnostics import NodeStats, to_status
-from nre_ros.ros.gating import FixGate, GateConfig, quality_reason
+from nre_ros.ros.diagnostics import to_status
 from nre_ros.ros.params import NodeConfig, declare_parameters, read_config
 from nre_ros.ros.tf import TfBroadcaster, TfLookupError, make_buffer_and_listener, \
     make_transform_stamped
+from nre_ros.stream import (BAD_INPUT, TF_MISSING, Decision, Frame, FrameInputs,
+                            LocalizationStream, StreamStats)
+from nre_ros.stream.stream import check_inputs
 
 try:  # custom service: separate ament_cmake package (nre_ros_interfaces/build_wheel.sh)
     from nre_ros_interfaces.srv import LoadMap  # type: ignore[import-not-found]
@@ -55,49 +55,18 @@ POSE_QOS = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST,
 INITIALPOSE_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.VOLATILE)
 RelocalizerFactory = Callable[[str, NodeConfig], Any]
+WORKER_JOIN_TIMEOUT_S = 8.0   # a frame in flight at shutdown gets this long to finish
+SHUTDOWN_WATCHDOG_S = 15.0    # below NodeProcess.stop's 20 s, so a stuck exit leaves stacks
 
 
 def pipeline_relocalizer(map_path: str, cfg: NodeConfig):
     """Default factory: ``Relocalizer.from_config`` of nre_ros.pipeline (imported lazily)."""
-    import dataclasses
-
     from nre_ros.pipeline import PipelineConfig, Relocalizer
     pcfg = PipelineConfig.from_yaml(cfg.pipeline_config) if cfg.pipeline_config \
         else PipelineConfig()
     if cfg.num_threads:
         pcfg = dataclasses.replace(pcfg, num_threads=cfg.num_threads)
-    if cfg.engine_cache_dir:
-        names = {f.name for f in dataclasses.fields(pcfg)}
-        if 'engine_cache_dir' in names:
-            pcfg = dataclasses.replace(pcfg, engine_cache_dir=cfg.engine_cache_dir)
     return Relocalizer.from_config(map_path, pcfg)
-
-
-PENDING_IMAGES = 3   # images kept waiting for their CameraInfo
-WORKER_JOIN_TIMEOUT_S = 8.0   # a frame in flight at shutdown gets this long to finish
-SHUTDOWN_WATCHDOG_S = 15.0    # below NodeProcess.stop's 20 s, so a stuck exit leaves stacks
-
-
-@dataclass(frozen=True)
-class _FallbackPrior:
-    """Same fields as nre_ros.pipeline.Prior, for relocalizers that do not come from it."""
-
-    T_cam_world: np.ndarray
-    covariance: np.ndarray | None = None
-
-
-def _prior_class():
-    """nre_ros.pipeline.Prior when the pipeline is in use (never import torch just for it)."""
-    pipeline = sys.modules.get('nre_ros.pipeline')
-    return getattr(pipeline, 'Prior', _FallbackPrior)
-
-
-@dataclass
-class _Fix:
-    T_map_base: np.ndarray
-    T_map_odom: np.ndarray | None
-    cov: np.ndarray
-    stamp_ns: int
 
 
 class RelocalizationNode(LifecycleNode):
@@ -109,27 +78,35 @@ class RelocalizationNode(LifecycleNode):
         declare_parameters(self)
         self._factory = relocalizer_factory or pipeline_relocalizer
         self.cfg: NodeConfig | None = None
-        self.reloc = None
-        self.stats = NodeStats()
-        self._lock = threading.Lock()          # frame slot, fix, flags
-        self._wake = threading.Condition(self._lock)
+        self.stream: LocalizationStream | None = None
+        self.stats = StreamStats()
         self._tf_lock = threading.Lock()
+        self._last_tf_ns = 0
         self._sensor_group = MutuallyExclusiveCallbackGroup()
         self._tf_group = ReentrantCallbackGroup()
         self._timer_group = MutuallyExclusiveCallbackGroup()
         self._service_group = MutuallyExclusiveCallbackGroup()
         self._load_group = MutuallyExclusiveCallbackGroup()    # long: not with the others
         self._load_lock = threading.Lock()
-        self._map_gen = 0          # bumped by ~/load_map: results of the old map are dropped
-        self._reset_runtime_state()
         self._active_entities: list = []
         self._pose_pub = self._tf_pub = None
+        self._tf_buffer = None
         self._worker: threading.Thread | None = None
         self._stop = threading.Event()
         self._diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
         period = float(self.get_parameter('diagnostic_updater.period').value)
         self._diag_timer = self.create_timer(period, self.publish_diagnostics,
                                              callback_group=self._timer_group)
+
+    @property
+    def reloc(self):
+        """The relocalizer in use (None before configure)."""
+        return None if self.stream is None else self.stream.relocalizer
+
+    @property
+    def busy(self) -> bool:
+        """A frame is being processed."""
+        return self.stream is not None and self.stream.busy
 
     # ================================================================== lifecycle
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -143,15 +120,12 @@ class RelocalizationNode(LifecycleNode):
         except Exception as exc:  # noqa: BLE001 - any load error must fail the transition
             self.get_logger().error(f'Configure failed: {type(exc).__name__}: {exc}')
             return TransitionCallbackReturn.FAILURE
-        self.cfg, self.reloc = cfg, reloc
+        self.cfg = cfg
+        self.stream = LocalizationStream(cfg.stream, reloc, self.stats)
         map_frame = getattr(reloc, 'map_frame_id', cfg.map_frame)
         if map_frame and map_frame != cfg.map_frame:
             self.get_logger().warning(f'map file says frame {map_frame!r}, publishing in '
                                       f'map_frame={cfg.map_frame!r}')
-        self._gate = FixGate(GateConfig(
-            cfg.min_points, cfg.min_inlier_ratio, cfg.max_cost, cfg.min_consistent_fixes,
-            cfg.consistency_translation, cfg.consistency_rotation, cfg.max_jump_translation,
-            cfg.max_jump_rotation))
         self._pose_pub = self.create_lifecycle_publisher(PoseWithCovarianceStamped, '~/pose',
                                                          POSE_QOS)
         if cfg.tf_owner != 'none':
@@ -219,11 +193,7 @@ class RelocalizationNode(LifecycleNode):
             # the executor for seconds (~/load_map, a lifecycle transition)
             self._active_entities.append(('thread', _Periodic(
                 cfg.transform_publish_period, self._on_tf_timer, 'nre_tf_republish')))
-        with self._lock:
-            self._active, self._enabled = True, True
-            self._requested = cfg.localize_on_startup
-            if cfg.set_initial_pose:
-                self._pending_prior = self._initial_pose_prior(cfg)
+        self.stream.activate()
         with self.stats.lock:
             self.stats.state = 'active'
         self.get_logger().info(f'Activated: image {in_topic} ({in_type.__name__}), camera_info '
@@ -231,8 +201,7 @@ class RelocalizationNode(LifecycleNode):
         return super().on_activate(state)
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        with self._lock:
-            self._active, self._slot = False, None
+        self.stream.deactivate()
         self._destroy_active_entities()
         with self.stats.lock:
             self.stats.state = 'inactive'
@@ -245,8 +214,8 @@ class RelocalizationNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        with self._lock:
-            self._active = False
+        if self.stream is not None:
+            self.stream.deactivate()
         self._destroy_active_entities()
         self._release()
         return TransitionCallbackReturn.SUCCESS
@@ -275,8 +244,8 @@ class RelocalizationNode(LifecycleNode):
 
     def _release(self) -> None:
         self._stop.set()
-        with self._lock:
-            self._wake.notify_all()
+        if self.stream is not None:
+            self.stream.close()
         if self._worker is not None:
             self._worker.join(timeout=WORKER_JOIN_TIMEOUT_S)
             self._worker = None
@@ -285,29 +254,13 @@ class RelocalizationNode(LifecycleNode):
         if self._tf_pub is not None:
             self._tf_pub.destroy()
         self._pose_pub = self._tf_pub = None
-        self.reloc, self.cfg = None, None
-        self._reset_runtime_state()
+        self.stream, self.cfg = None, None
+        self._last_tf_ns = 0
         gc.collect()
         torch = sys.modules.get('torch')
         if torch is not None and torch.cuda.is_available():
             torch.cuda.empty_cache()
-        self.stats = NodeStats()
-
-    def _reset_runtime_state(self) -> None:
-        self._active = self._enabled = self._requested = self._busy = False
-        self._force_global = False
-        self._slot = None
-        # images waiting for their CameraInfo, by stamp (a few: the two topics are delivered
-        # independently, so image i+1 may arrive before CameraInfo i)
-        self._pending_images: collections.OrderedDict[int, Image] = collections.OrderedDict()
-        self._infos: collections.OrderedDict[int, CameraInfo] = collections.OrderedDict()
-        self._depths: collections.OrderedDict[int, Image] = collections.OrderedDict()
-        self._pending_prior = None
-        self._fix: _Fix | None = None
-        self._last_tf_ns = 0
-        self._last_start_stamp_ns: int | None = None
-        self._gate = FixGate(GateConfig())
-        self._inflight_gen = -1
+        self.stats = StreamStats()
 
     def _camera_info_topic(self, image_topic: str) -> str:
         remapped = self.resolve_topic_name('camera_info')
@@ -317,75 +270,13 @@ class RelocalizationNode(LifecycleNode):
 
     # ================================================================== inputs (executor)
     def _on_depth(self, msg: Image) -> None:
-        """Keep the last few depth images by stamp; the worker takes the one of its image."""
-        with self._lock:
-            self._depths[msgs.stamp_to_ns(msg.header.stamp)] = msg
-            while len(self._depths) > 10:
-                self._depths.popitem(last=False)
-            self._wake.notify_all()
-
-    def _take_depth(self, stamp_ns: int, timeout_s: float) -> Image | None:
-        """The depth image with exactly this stamp, waiting up to ``timeout_s``."""
-        deadline = time.monotonic() + timeout_s
-        with self._lock:
-            while True:
-                msg = self._depths.pop(stamp_ns, None)
-                remaining = deadline - time.monotonic()
-                if msg is not None or remaining <= 0 or self._stop.is_set():
-                    return msg
-                self._wake.wait(min(remaining, 0.01))
+        self.stream.add_depth(msgs.stamp_to_ns(msg.header.stamp), msg)
 
     def _on_image(self, msg: Image | CompressedImage) -> None:
-        self.stats.count('frames_received')
-        stamp = msgs.stamp_to_ns(msg.header.stamp)
-        with self._lock:
-            info = self._infos.get(stamp)
-            if info is None:
-                self._pending_images[stamp] = msg
-                while len(self._pending_images) > PENDING_IMAGES:
-                    self._pending_images.popitem(last=False)
-                    self.stats.count('frames_unpaired')
-                return
-            self._drop_pending_up_to(stamp)
-            self._submit(msg, info)
+        self.stream.add_image(msgs.stamp_to_ns(msg.header.stamp), msg)
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
-        stamp = msgs.stamp_to_ns(msg.header.stamp)
-        with self._lock:
-            self._infos[stamp] = msg
-            while len(self._infos) > 10:
-                self._infos.popitem(last=False)
-            pending = self._pending_images.pop(stamp, None)
-            if pending is not None:
-                self._drop_pending_up_to(stamp)
-                self._submit(pending, msg)
-
-    def _drop_pending_up_to(self, stamp: int) -> None:
-        """Forget waiting images not newer than ``stamp`` (a newer frame is being processed;
-        called with self._lock held)."""
-        for old in [s for s in self._pending_images if s <= stamp]:
-            del self._pending_images[old]
-            self.stats.count('frames_unpaired')
-
-    def _submit(self, image: Image, info: CameraInfo) -> None:
-        """Hand a paired frame to the worker (called with self._lock held)."""
-        self.stats.count('frames_paired')
-        cfg = self.cfg
-        if not (self._active and self._enabled and (cfg.continuous or self._requested)):
-            return
-        stamp = msgs.stamp_to_ns(image.header.stamp)
-        last = self._last_start_stamp_ns
-        if cfg.continuous and cfg.max_rate > 0 and last is not None and \
-                0 <= stamp - last < 1e9 / cfg.max_rate:
-            self.stats.count('frames_skipped_rate')
-            return
-        if self._busy or self._slot is not None:
-            self.stats.count('frames_dropped_busy')
-            if self._busy:
-                return
-        self._slot = (image, info)
-        self._last_start_stamp_ns = stamp
-        self._wake.notify()
+        self.stream.add_camera_info(msgs.stamp_to_ns(msg.header.stamp), msg)
 
     def _on_initialpose(self, msg: PoseWithCovarianceStamped) -> None:
         cfg = self.cfg
@@ -398,37 +289,23 @@ class RelocalizationNode(LifecycleNode):
         except InputError as exc:
             self.get_logger().warning(f'/initialpose ignored: {exc}')
             return
-        cov = np.asarray(msg.pose.covariance, dtype=np.float64).reshape(6, 6)
-        with self._lock:
-            self._pending_prior, self._force_global, self._requested = (T, cov), False, True
+        self.stream.set_prior(T, np.asarray(msg.pose.covariance, dtype=np.float64))
         self.get_logger().info(f'/initialpose: prior at {np.round(T[:3, 3], 3).tolist()} '
                                f'for the next frame')
 
-    @staticmethod
-    def _initial_pose_prior(cfg: NodeConfig) -> tuple[np.ndarray, np.ndarray]:
-        T = make_transform(so3_exp(np.array([0.0, 0.0, cfg.initial_pose_yaw])),
-                           [cfg.initial_pose_x, cfg.initial_pose_y, cfg.initial_pose_z])
-        r = max(cfg.prior_search_radius, cfg.min_position_std)
-        return T, np.diag([r * r] * 3 + [0.5 ** 2] * 3)
-
     # ================================================================== services
     def _srv_relocalize(self, request: Trigger.Request, response: Trigger.Response):
-        with self._lock:
-            self._force_global, self._requested, self._pending_prior = True, True, None
+        self.stream.request_global()
         response.success, response.message = True, 'next frame: global search without prior'
         return response
 
     def _srv_reset(self, request: Trigger.Request, response: Trigger.Response):
-        with self._lock:
-            self._gate.reset()
-            self._fix, self._pending_prior = None, None
-        self.stats.reset_fix()
+        self.stream.reset()
         response.success, response.message = True, 'fix and consistency history forgotten'
         return response
 
     def _srv_enable(self, request: SetBool.Request, response: SetBool.Response):
-        with self._lock:
-            self._enabled = bool(request.data)
+        self.stream.set_enabled(bool(request.data))
         response.success = True
         response.message = 'processing enabled' if request.data else 'processing paused'
         return response
@@ -463,16 +340,8 @@ class RelocalizationNode(LifecycleNode):
                                     f'still using {old.map_path}')
                 self.get_logger().error(f'~/load_map: {response.message}')
                 return response
-            with self._lock:
-                self.reloc, self.cfg = reloc, cfg
-                self._map_gen += 1
-                self._gate.reset()
-                self._fix, self._pending_prior, self._force_global = None, None, True
-                if hint is not None:
-                    r = max(cfg.prior_search_radius, cfg.min_position_std)
-                    self._pending_prior = (hint, np.diag([r * r] * 3 + [0.5 ** 2] * 3))
-                    self._force_global, self._requested = False, True
-            self.stats.reset_fix()
+            self.cfg = cfg
+            self.stream.replace_relocalizer(reloc, hint)
             with self.stats.lock:
                 self.stats.map_id = path
             gc.collect()
@@ -487,144 +356,70 @@ class RelocalizationNode(LifecycleNode):
 
     # ================================================================== worker
     def _worker_loop(self) -> None:
-        while True:
-            with self._lock:
-                while self._slot is None and not self._stop.is_set():
-                    self._wake.wait(0.5)
-                if self._stop.is_set():
-                    return
-                job, self._slot, self._busy = self._slot, None, True
-                if not self.cfg.continuous:
-                    self._requested = False
+        stream = self.stream
+        while not self._stop.is_set():
+            frame = stream.take_frame(timeout_s=0.5)
+            if frame is None:
+                continue
             try:
-                self._process(*job)
+                self._publish(self._process(stream, frame), frame)
             except Exception as exc:  # noqa: BLE001 - the worker must survive any frame
                 self.get_logger().error(f'frame processing crashed: {type(exc).__name__}: {exc}')
                 self.stats.problem('internal_error', f'{type(exc).__name__}: {exc}')
             finally:
-                with self._lock:
-                    self._busy = False
+                stream.finish_frame()
 
-    def _reject(self, code: str, detail: str, counter: str) -> None:
-        self.stats.count(counter)
-        with self.stats.lock:
-            self.stats.consecutive_failures += 1
-            self.stats.last_problem, self.stats.last_problem_detail = code, detail
-        self.get_logger().warning(f'no pose ({code}): {detail}', throttle_duration_sec=2.0)
-
-    def _process(self, image: Image | CompressedImage, info: CameraInfo) -> None:
-        with self._lock:
-            cfg, reloc, self._inflight_gen = self.cfg, self.reloc, self._map_gen
-        stamp_ns = msgs.stamp_to_ns(image.header.stamp)
-        self.stats.count('frames_processed')
+    def _process(self, stream: LocalizationStream, frame: Frame) -> Decision:
+        """Decode the messages, look up TF at the image stamp, localize."""
+        cfg, image, info = self.cfg, frame.image, frame.camera_info
         try:
             camera = msgs.camera_info_to_camera(info)
             rgb = msgs.compressed_to_rgb(image) if isinstance(image, CompressedImage) \
                 else msgs.image_to_rgb(image)
-            msgs.check_image_matches_camera(rgb.shape[:2], camera)
+            check_inputs(rgb, camera)      # before TF: a bad image is reported as such
             cam_frame = cfg.camera_frame or info.header.frame_id or image.header.frame_id
             if not cam_frame:
                 raise InputError('no camera frame: camera_info.header.frame_id is empty '
-                                      'and camera_frame is not set')
+                                 'and camera_frame is not set')
         except InputError as exc:
-            return self._reject('bad_input', str(exc), 'bad_inputs')
+            return stream.reject(frame, BAD_INPUT, str(exc))
         deadline = time.monotonic() + cfg.tf_lookup_timeout
-        need_odom = cfg.tf_owner == 'map_to_odom' or cfg.use_initial_guess
         try:
-            T_base_cam = self._tf_buffer.wait_for(cfg.base_frame, cam_frame, stamp_ns,
+            T_base_cam = self._tf_buffer.wait_for(cfg.base_frame, cam_frame, frame.stamp_ns,
                                                   cfg.tf_lookup_timeout, self._stop)
             T_odom_base = None
-            if need_odom:
+            if cfg.needs_odometry:
                 T_odom_base = self._tf_buffer.wait_for(
-                    cfg.odom_frame, cfg.base_frame, stamp_ns,
+                    cfg.odom_frame, cfg.base_frame, frame.stamp_ns,
                     max(deadline - time.monotonic(), 0.0), self._stop)
         except TfLookupError as exc:
-            return self._reject('tf_missing', str(exc), 'tf_failures')
+            return stream.reject(frame, TF_MISSING, str(exc))
         depth = None
         if cfg.use_depth:
-            depth_msg = self._take_depth(stamp_ns, cfg.depth_timeout)
+            depth_msg = stream.take_depth(frame.stamp_ns, cfg.depth_timeout)
             if depth_msg is None:
-                self.stats.count('frames_without_depth')
                 self.get_logger().warning('no depth image with the stamp of the image within '
                                           f'depth_timeout={cfg.depth_timeout} s: localizing '
                                           'without depth', throttle_duration_sec=5.0)
             else:
                 try:
                     depth = msgs.depth_to_metres(depth_msg)
-                    if depth.shape != rgb.shape[:2]:
-                        raise InputError(
-                            f'depth image {depth.shape[1]}x{depth.shape[0]} does not match the '
-                            f'image {rgb.shape[1]}x{rgb.shape[0]} (must be registered to it)')
                 except InputError as exc:
-                    return self._reject('bad_input', f'depth: {exc}', 'bad_inputs')
-        s = reloc.map_T_model.scale
-        prior = self._take_prior(T_base_cam, T_odom_base, s)
-        outcome = reloc.localize(rgb, camera, prior=prior, depth=depth)
-        with self.stats.lock:
-            self.stats.last_timings_ms = dict(outcome.timings_ms)
-        if not outcome.ok:
-            return self._reject(outcome.reason, outcome.detail, 'failures')
-        self._handle_result(outcome, image, T_base_cam, T_odom_base, s, reloc)
-
-    def _take_prior(self, T_base_cam, T_odom_base, scale):
-        cfg = self.cfg
-        with self._lock:
-            force, pending, fix = self._force_global, self._pending_prior, self._fix
-            self._force_global, self._pending_prior = False, None
-        if force:
-            return None
-        if pending is None and cfg.use_initial_guess and fix is not None:
-            T_map_odom = fix.T_map_odom
-            if T_map_odom is not None and T_odom_base is not None:
-                pending = (T_map_odom @ T_odom_base, fix.cov)
-        if pending is None:
-            return None
-        T_map_base, cov = pending
-        T_cam_model = self.reloc.map_T_model.camera_pose_in_model(T_map_base @ T_base_cam)
-        cov_xi = conv.covariance_from_ros(cov, T_map_base, T_base_cam, scale,
-                                          cfg.min_position_std, cfg.min_rotation_std)
-        return _prior_class()(T_cam_model, cov_xi)
-
-    def _handle_result(self, result, image: Image, T_base_cam, T_odom_base, scale,
-                       reloc) -> None:
-        cfg = self.cfg
-        stamp_ns = msgs.stamp_to_ns(image.header.stamp)
-        T_map_cam = reloc.map_T_model.camera_pose_in_map(result.T_cam_world)
-        T_map_base = T_map_cam @ invert(T_base_cam)
-        T_map_odom = None if T_odom_base is None else T_map_base @ invert(T_odom_base)
-        reason = quality_reason(result, self._gate.cfg)
-        if reason is not None:
-            return self._reject('rejected', reason, 'fixes_rejected')
-        inflation = 1.0
-        if cfg.covariance_inflation_points and result.num_supported > 0:
-            inflation = max(1.0, cfg.covariance_inflation_points / result.num_supported)
-        shaping = conv.CovarianceShaping(cfg.position_covariance_scale,
-                                         cfg.rotation_covariance_scale, cfg.min_position_std,
-                                         cfg.min_rotation_std, inflation)
-        cov = conv.covariance_to_ros(result.covariance, T_map_base, T_base_cam, scale, shaping)
-        with self._lock:
-            if not self._active or self._inflight_gen != self._map_gen:
-                return      # deactivated, or ~/load_map replaced the map meanwhile
-            key = T_map_odom if cfg.tf_owner == 'map_to_odom' else T_map_base
-            accepted, why = self._gate.offer(key)
-            if accepted:
-                self._fix = _Fix(T_map_base, T_map_odom, cov, stamp_ns)
-        with self.stats.lock:
-            self.stats.last_points, self.stats.last_cost = result.num_points, result.mean_cost
-            if accepted:
-                self.stats.localized = self.stats.ever_localized = True
-                self.stats.consecutive_failures = 0
-                self.stats.last_success_monotonic = time.monotonic()
-                self.stats.last_problem = self.stats.last_problem_detail = ''
-            else:
-                self.stats.fixes_rejected += 1
-                self.stats.last_problem, self.stats.last_problem_detail = 'gating', why
-        if accepted:
-            self._publish_tf(stamp_ns + int(cfg.transform_tolerance * 1e9))
-        if accepted or not cfg.publish_pose_only_when_localized:
-            self._publish_pose(T_map_base, cov, image.header.stamp)
+                    return stream.reject(frame, BAD_INPUT, f'depth: {exc}')
+        return stream.localize(frame, FrameInputs(rgb, camera, depth, T_base_cam, T_odom_base))
 
     # ================================================================== outputs
+    def _publish(self, decision: Decision, frame: Frame) -> None:
+        if not decision.accepted and not decision.publish_pose:
+            if decision.status != 'stale':
+                self.get_logger().warning(f'no pose ({decision.reason}): '
+                                          f'{decision.detail or decision.reason}',
+                                          throttle_duration_sec=2.0)
+            return
+        if decision.accepted:
+            self._publish_tf(decision.stamp_ns + int(self.cfg.transform_tolerance * 1e9))
+        self._publish_pose(decision.T_map_base, decision.covariance, frame.image.header.stamp)
+
     def _publish_pose(self, T_map_base: np.ndarray, cov: np.ndarray, stamp) -> None:
         msg = PoseWithCovarianceStamped()
         msg.header.stamp = stamp
@@ -638,19 +433,15 @@ class RelocalizationNode(LifecycleNode):
             self.stats.latencies_ms.append((now_ns - msgs.stamp_to_ns(stamp)) * 1e-6)
 
     def _publish_tf(self, stamp_ns: int) -> None:
-        cfg = self.cfg
-        if cfg is None or self._tf_pub is None or cfg.tf_owner == 'none':
+        cfg, stream = self.cfg, self.stream
+        if cfg is None or stream is None or self._tf_pub is None or cfg.tf_owner == 'none':
             return
-        with self._lock:
-            fix = self._fix
+        fix = stream.fix
+        child = cfg.odom_frame if cfg.tf_owner == 'map_to_odom' else cfg.base_frame
         if fix is not None:
-            if cfg.tf_owner == 'map_to_odom':
-                T, child = fix.T_map_odom, cfg.odom_frame
-            else:
-                T, child = fix.T_map_base, cfg.base_frame
+            T = fix.T_map_odom if cfg.tf_owner == 'map_to_odom' else fix.T_map_base
         elif cfg.publish_identity_until_localized:
             T = np.eye(4)
-            child = cfg.odom_frame if cfg.tf_owner == 'map_to_odom' else cfg.base_frame
         else:
             return
         with self._tf_lock:
@@ -659,12 +450,12 @@ class RelocalizationNode(LifecycleNode):
             self._tf_pub.send([make_transform_stamped(T, cfg.map_frame, child, stamp_ns)])
 
     def _on_tf_timer(self) -> None:
-        cfg = self.cfg
-        if cfg is None or not self._active:
+        cfg, stream = self.cfg, self.stream
+        if cfg is None or stream is None or not stream.active:
             return
         self._publish_tf(self.get_clock().now().nanoseconds
                          + int(cfg.transform_tolerance * 1e9))
-        if self._fix is None and not cfg.publish_identity_until_localized:
+        if stream.fix is None and not cfg.publish_identity_until_localized:
             self.get_logger().warning('not localized yet: no map->odom TF',
                                       throttle_duration_sec=10.0)
 

@@ -1,8 +1,9 @@
-"""Fix gating for the node: quality thresholds, consistency before the first fix, jump checks.
+"""The consistency gate: which fixes are published (before the first fix, after a jump).
 
-Pure Python/numpy (no rclpy) so it is unit-tested directly. Fixes are compared through their
-map->odom transform (T_map_odom), which stays constant while odometry is consistent, so fixes
-taken at different robot positions can be compared (rtabmap_ros#760, scan_tools#48).
+Fixes are compared through their map->odom transform (T_map_odom), which stays constant while
+odometry is consistent, so fixes taken at different robot positions can be compared
+(rtabmap_ros#760, scan_tools#48); without odometry (tf_mode map_to_base) through map->base.
+The quality of a single fix is judged before this, by the relocalizer's verdict.
 """
 from __future__ import annotations
 
@@ -11,37 +12,27 @@ from dataclasses import dataclass
 import numpy as np
 
 from nre_ros.geometry import invert, so3_log
-from nre_ros.results import Result
 
 
 @dataclass(frozen=True)
 class GateConfig:
-    min_points: int = 0
-    min_inlier_ratio: float = 0.0
-    max_cost: float = 0.0                  # 0 = off
     min_consistent_fixes: int = 2
     consistency_translation: float = 0.5   # m
     consistency_rotation: float = 0.2      # rad
     max_jump_translation: float = 0.0      # m, 0 = off
     max_jump_rotation: float = 0.0         # rad, 0 = off
 
+    @classmethod
+    def of(cls, cfg) -> 'GateConfig':
+        """The gate fields of a StreamConfig."""
+        return cls(cfg.min_consistent_fixes, cfg.consistency_translation,
+                   cfg.consistency_rotation, cfg.max_jump_translation, cfg.max_jump_rotation)
+
 
 def transform_distance(T_a: np.ndarray, T_b: np.ndarray) -> tuple[float, float]:
     """(translation m, rotation rad) between two (4, 4) transforms."""
     D = invert(T_a) @ T_b
     return float(np.linalg.norm(D[:3, 3])), float(np.linalg.norm(so3_log(D[:3, :3])))
-
-
-def quality_reason(result: Result, cfg: GateConfig) -> str | None:
-    """None if the result passes the quality thresholds, else a short reason."""
-    if cfg.min_points and result.num_points < cfg.min_points:
-        return f'too few points ({result.num_points} < min_points {cfg.min_points})'
-    ratio = result.num_supported / max(result.num_points, 1)
-    if ratio < cfg.min_inlier_ratio:
-        return f'inlier ratio {ratio:.2f} < min_inlier_ratio {cfg.min_inlier_ratio}'
-    if cfg.max_cost and result.mean_cost > cfg.max_cost:
-        return f'mean cost {result.mean_cost:.3f} > max_cost {cfg.max_cost}'
-    return None
 
 
 class FixGate:
