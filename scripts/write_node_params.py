@@ -73,7 +73,8 @@ def docs_text() -> str:
             'policy that offline `nre-ros evaluate` applies too (`--params-file`, `--param`). '
             'Quality thresholds of a fix live in the `pipeline_config` YAML '
             '(`solver.verdict`).', '',
-            '| parameter | default | range / choices | part | description |', '|---|---|---|---|---|']
+            '| parameter | default | range / choices | part | description |',
+            '|---|---|---|---|---|']
     for p in PARAMETERS:
         lim = (' \\| '.join(p.choices) if p.choices else
                f'[{p.range[0]:g}, {p.range[1]:g}]' if p.range else '')

@@ -46,7 +46,9 @@ def test_generated_parameter_files_are_current():
 
 def test_yaml_states_every_default_with_its_type():
     from nre_ros.ros.params import PARAMETERS, NodeConfig, defaults
-    values = load_params_file(REPO / 'config' / 'nre_ros.yaml')
+    import yaml
+    assert list(yaml.safe_load((REPO / 'config' / 'nre_ros.yaml').read_text())) == ['/**']
+    values = load_params_file(REPO / 'config' / 'nre_ros.yaml')   # wildcard: any namespace
     assert values == defaults()
     for name, value in values.items():   # same types as declared (ROS rejects int for double)
         assert type(value) is type(defaults()[name]), name
