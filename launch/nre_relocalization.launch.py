@@ -20,10 +20,10 @@ from launch_ros.actions import LifecycleNode
 
 # name -> (default, description); '' = not set (the parameter file / node default applies)
 ARGUMENTS = {
-    'params_file': (None, 'parameter YAML (section /**); default: the installed config/nre_ros.yaml'),
+    'params_file': (None, 'parameter YAML (section /**); default: installed config/nre_ros.yaml'),
     'map_path': ('', 'map file to localize in (else the parameter file\'s map_path)'),
     'namespace': ('', 'node namespace'),
-    'image': ('/camera/image_raw', 'input image topic (its …/compressed with image_transport:=compressed)'),
+    'image': ('/camera/image_raw', 'image topic (…/compressed with image_transport:=compressed)'),
     'camera_info': ('', 'CameraInfo topic ("" = the sibling of image)'),
     'image_transport': ('', 'raw | compressed'),
     'depth': ('', 'registered depth topic; set = RGB-D (use_depth: true)'),

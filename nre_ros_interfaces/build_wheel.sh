@@ -10,6 +10,8 @@
 #                     same X.Y as the venv that will install the wheel)
 #          WORK_DIR   scratch dir (default: a fresh mktemp dir, removed on success)
 #          KEEP_WORK=1  keep WORK_DIR
+#          PREPARE_ONLY=1  stop once the build venv (generators, fixed CMake exports) is
+#                     ready and print its path: an ament prefix for `colcon build` (test_colcon)
 #
 # Needs: cmake >= 3.20, a C/C++ compiler, Python headers (apt-get install -y
 # cmake g++ python3-dev for Debian's python3). The build venv is separate and
@@ -73,6 +75,12 @@ grep -rlE '/opt/python/cp[0-9]+-cp[0-9]+/(include|lib)' "$BVENV/share" --include
   | xargs -r sed -i -E \
       -e "s#/opt/python/cp[0-9]+-cp[0-9]+/include/python[0-9.]+#${PYINC}#g" \
       -e "s#/opt/python/cp[0-9]+-cp[0-9]+/lib/python[0-9.]+/site-packages/numpy/_core/include#${NPINC}#g"
+
+if [[ "${PREPARE_ONLY:-0}" == "1" ]]; then
+  log "build venv ready: $BVENV"
+  echo "$BVENV"
+  exit 0
+fi
 
 # ---------------------------------------------------------------- sources
 SRC="$WORK_DIR/src/nre_ros_interfaces"

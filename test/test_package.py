@@ -13,11 +13,28 @@ def test_package_xml_is_format_3():
     pkg = catkin_pkg.parse_package(str(REPO / 'package.xml'))
     assert pkg.package_format == 3 and pkg.name == 'nre_ros'
     assert pkg.get_build_type() == 'ament_python'
-    deps = {d.name for d in pkg.exec_depends}
-    for needed in ['rclpy', 'sensor_msgs', 'geometry_msgs', 'nav_msgs', 'tf2_ros', 'tf2_msgs',
-                   'std_srvs', 'lifecycle_msgs', 'diagnostic_msgs', 'launch', 'launch_ros']:
-        assert needed in deps
-    assert {'python3-pytest', 'launch_testing'} <= {d.name for d in pkg.test_depends}
+    assert 'python3-pytest' in {d.name for d in pkg.test_depends}
+
+
+def test_package_xml_lists_every_ros_package_the_code_imports():
+    """ROS packages imported by nre_ros/ and launch/ (messages, services, rclpy, launch, ament
+    index, our interfaces) == the exec_depends that are not python3-* rosdep keys."""
+    import ast
+    catkin_pkg = pytest.importorskip('catkin_pkg.package', reason='catkin_pkg not installed')
+    ros_suffixes = ('_msgs', '_srvs', '_interfaces')
+    ros_names = {'rclpy', 'launch', 'launch_ros', 'ament_index_python', 'tf2_ros'}
+    imported = set()
+    for path in [*REPO.glob('nre_ros/**/*.py'), *REPO.glob('launch/*.py')]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module] if isinstance(node, ast.ImportFrom) and node.module
+                     and node.level == 0 else [])
+            imported |= {n.split('.')[0] for n in names}
+    ros_imported = {n for n in imported if n in ros_names or n.endswith(ros_suffixes)}
+    pkg = catkin_pkg.parse_package(str(REPO / 'package.xml'))
+    listed = {d.name for d in pkg.exec_depends if not d.name.startswith('python3-')}
+    assert ros_imported == listed
+    assert {'rosgraph_msgs', 'ament_index_python', 'nre_ros_interfaces'} <= listed
 
 
 def test_setup_py_name():
