@@ -22,13 +22,14 @@ import torch
 
 from nre_ros.camera import Camera
 from nre_ros.config import load_config, read_yaml
-from nre_ros.errors import InputError, MapFormatError
-from nre_ros.geometry import Sim3, pose_error, se3_log
+from nre_ros.errors import InputError, MapFormatError, ShapeError
+from nre_ros.geometry import Sim3, is_rigid, pose_error, se3_log
 from nre_ros.lossmaps import LossMaps, coarse_loss_maps, fine_loss_maps
 from nre_ros.maps import Map, RetrievalIndex, global_descriptor, load_map
 from nre_ros.maps.retrieval import nearest_keyframes
 from nre_ros.models import FeatureModel, load_model
-from nre_ros.preprocess import PreparedImage, prepare, rotated
+from nre_ros.preprocess import (PreparedImage, check_prepared_size, check_prior_pose, prepare,
+                                rotated)
 from nre_ros.results import Failure, Outcome, Prior
 from nre_ros.models.base import DenseFeatures
 from nre_ros.solver import (FineLevel, MsacResult, SolverConfig, VerdictConfig, msac,
@@ -37,6 +38,8 @@ from nre_ros.solver import se3
 from nre_ros.solver.depth_init import DepthInitConfig, depth_msac
 
 logger = logging.getLogger(__name__)
+
+MIN_IMAGE_SIDE = 32     # smallest image side (after resizing) the feature networks accept
 
 
 @dataclass(frozen=True)
@@ -230,19 +233,34 @@ class Relocalizer:
         'prepare' (undistort, resize, rotations), 'tracking_failed' (a tracking attempt that
         fell back to global search), then the stages of the attempt returned."""
         t0 = time.perf_counter()
+        timings: dict[str, float] = {}
         try:
+            if not isinstance(camera, Camera):
+                raise InputError(f'camera must be a Camera, got {type(camera).__name__}')
+            if prior is not None:
+                prior = Prior(*check_prior_pose(prior.T_cam_world, prior.covariance))
             prep0 = prepare(image, camera, self.config.max_image_side, 0, depth)
-        except InputError as exc:
-            return Failure('bad_input', str(exc))
-        timings = {'prepare': _ms_since(t0)}
+            check_prepared_size(prep0, MIN_IMAGE_SIDE)
+            timings['prepare'] = _ms_since(t0)
+            out, mode = self._localize(prep0, prior, timings)
+        except (InputError, ShapeError) as exc:
+            return Failure('bad_input', str(exc), {'total': _ms_since(t0)})
+        if out.ok and not is_rigid(out.T_cam_world, atol=1e-6):
+            out = Failure('diverged', 'the solver returned a non-rigid pose', out.timings_ms,
+                          out.info)
+        return self._finish(out, t0, mode, timings)
+
+    def _localize(self, prep0: PreparedImage, prior: Prior | None, timings: dict
+                  ) -> tuple[Outcome, str]:
+        """Tracking from ``prior`` when given, global search otherwise or when that fails."""
         if prior is not None:
             t = time.perf_counter()
             out = self._track(prep0, prior)
             if out.ok:
-                return self._finish(out, t0, 'tracking', timings)
+                return out, 'tracking'
             logger.debug('tracking failed (%s), falling back to global search', out.reason)
             timings['tracking_failed'] = _ms_since(t)
-        return self._finish(self._global(prep0, timings), t0, 'global', timings)
+        return self._global(prep0, timings), 'global'
 
     # ------------------------------------------------------------------ stages
     def _finish(self, out: Outcome, t0: float, mode: str, timings: dict) -> Outcome:

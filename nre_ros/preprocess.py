@@ -152,3 +152,46 @@ def rotated(prep: PreparedImage, quarter_turns: int) -> PreparedImage:
         d = np.ascontiguousarray(np.rot90(prep.depth, quarter_turns % 4))
     return PreparedImage(img, cam, R @ prep.R_img_cam, (prep.quarter_turns + quarter_turns) % 4,
                          d)
+
+
+def check_prior_pose(T_cam_world: object, covariance: object | None
+                     ) -> tuple[np.ndarray, np.ndarray | None]:
+    """A prior ``T_cam_world`` (4, 4) and its (6, 6) covariance as float64 arrays.
+
+    Raises InputError unless the pose is a finite rigid transform (orthonormal rotation, det +1,
+    last row 0 0 0 1: a scaled or sheared matrix is refused, not silently orthonormalized) and
+    the covariance, when given, is a finite symmetric positive semi-definite (6, 6) matrix."""
+    try:
+        T = np.asarray(T_cam_world, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f'prior pose is not a numeric array ({exc})') from exc
+    if T.shape != (4, 4):
+        raise InputError(f'prior pose must be a 4x4 transform, got shape {T.shape}')
+    if not np.all(np.isfinite(T)):
+        raise InputError('prior pose has non-finite values')
+    R = T[:3, :3]
+    if (not np.allclose(R @ R.T, np.eye(3), atol=1e-5) or abs(np.linalg.det(R) - 1.0) > 1e-5
+            or not np.allclose(T[3], [0, 0, 0, 1], atol=1e-9)):
+        raise InputError('prior pose is not a rigid transform (rotation not orthonormal with '
+                         'det +1, or last row not 0 0 0 1)')
+    if covariance is None:
+        return T, None
+    try:
+        C = np.asarray(covariance, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f'prior covariance is not a numeric array ({exc})') from exc
+    if C.shape != (6, 6) or not np.all(np.isfinite(C)):
+        raise InputError(f'prior covariance must be a finite 6x6 matrix, got shape {C.shape}')
+    if not np.allclose(C, C.T, rtol=1e-6, atol=1e-12) or np.linalg.eigvalsh(
+            0.5 * (C + C.T)).min() < -1e-9 * max(1.0, float(np.abs(C).max())):
+        raise InputError('prior covariance must be symmetric positive semi-definite')
+    return T, C
+
+
+def check_prepared_size(prep: PreparedImage, min_side: int) -> None:
+    """InputError when the image the network would see is smaller than ``min_side`` pixels
+    (e.g. a 2000 x 40 strip shrunk to 640 x 13)."""
+    h, w = prep.image.shape[:2]
+    if min(h, w) < min_side:
+        raise InputError(f'image is {w}x{h} after resizing to at most {max(w, h)} px, smaller '
+                         f'than the {min_side} px the networks need')
