@@ -194,6 +194,21 @@ class Relocalizer:
                                             device=self.device)
         self._kf_T_cam_world = np.asarray(map_.kf_T_cam_world, np.float64)
         self._map_T_model = map_.metadata.map_T_model or Sim3.identity()
+        self._map_checked_at, self._map_change = time.monotonic(), None
+
+    def check_map_file(self, every_s: float = 10.0) -> str | None:
+        """How the map's files changed on disk since loading (None if not), checked at most
+        every ``every_s`` seconds; a change is logged once. The running map never changes: it
+        was read into memory; reload it (node service / restart) to use the new files."""
+        now = time.monotonic()
+        if now - self._map_checked_at >= every_s:
+            self._map_checked_at = now
+            change = self.map.changed_on_disk()
+            if change and change != self._map_change:
+                logger.warning('map file changed on disk: %s; still using the map loaded at '
+                               'start-up (reload the map to use the new files)', change)
+            self._map_change = change
+        return self._map_change
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -233,6 +248,7 @@ class Relocalizer:
         'prepare' (undistort, resize, rotations), 'tracking_failed' (a tracking attempt that
         fell back to global search), then the stages of the attempt returned."""
         t0 = time.perf_counter()
+        self.check_map_file()
         timings: dict[str, float] = {}
         try:
             if not isinstance(camera, Camera):

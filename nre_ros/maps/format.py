@@ -26,11 +26,12 @@ Tensors (dtype, shape)::
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import shutil
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -40,7 +41,8 @@ from safetensors.numpy import save_file
 from nre_ros.camera import Camera
 from nre_ros.errors import MapFormatError
 from nre_ros.geometry import Sim3
-from nre_ros.maps.safetensors_io import read_safetensors
+from nre_ros.maps.files import MAX_JSON_BYTES, FileStamp, parse_json, read_map_file
+from nre_ros.maps.safetensors_io import parse_safetensors
 from nre_ros.models.base import ModelSpec, file_sha256
 
 logger = logging.getLogger(__name__)
@@ -115,6 +117,8 @@ class Map:
     obs_fine: np.ndarray | None = None
     metadata: MapMetadata = field(default_factory=MapMetadata)
     kf_fisheye: np.ndarray | None = None
+    # the files it was loaded from (None for a map built in memory): see changed_on_disk
+    source: tuple[FileStamp, ...] | None = field(default=None, compare=False, repr=False)
 
     # ------------------------------------------------------------------ accessors
     @property
@@ -173,6 +177,15 @@ class Map:
     def nbytes(self) -> int:
         return sum(v.nbytes for v in self.tensors().values())
 
+    def changed_on_disk(self) -> str | None:
+        """How the files this map was loaded from changed since (replaced, modified, gone),
+        or None. The loaded map itself never changes: it lives in memory."""
+        for stamp in self.source or ():
+            change = stamp.changed()
+            if change:
+                return change
+        return None
+
     # ------------------------------------------------------------------ I/O
     def save(self, path: str | Path) -> Path:
         """Write the map directory ``path`` atomically (validated first). Returns the path."""
@@ -225,10 +238,10 @@ def load_map(path: str | Path, expected_spec: ModelSpec | None = None,
         verify_hash: check the tensor file's sha256 against the metadata (truncation/tampering).
 
     Returns:
-        The Map; its arrays are read-only memory maps of the tensor file.
+        The Map; its arrays are read-only and held in memory (never memory-mapped).
     """
     path = Path(path)
-    meta = _read_metadata(path)
+    meta, meta_stamp = _read_metadata(path)
     spec = _spec_from_meta(meta, path)
     if expected_spec is not None:
         diff = spec.mismatch(expected_spec)
@@ -236,18 +249,17 @@ def load_map(path: str | Path, expected_spec: ModelSpec | None = None,
             raise MapFormatError(f'map {path} was built with model {spec.name!r} and does not '
                                  f'match the configured model ({diff}); rebuild the map with '
                                  f'`nre-ros build-map` or select the matching model')
-    tfile = path / TENSORS_FILE
-    if not tfile.is_file():
-        raise MapFormatError(f'map {path}: tensor file {TENSORS_FILE} is missing')
+    # read once into memory: the hash is checked on the very bytes the arrays are made of
+    data, tensors_stamp = read_map_file(path, TENSORS_FILE)
     if verify_hash:
-        digest = file_sha256(tfile)
+        digest = hashlib.sha256(data).hexdigest()
         if digest != meta.get('tensors_sha256'):
             raise MapFormatError(
                 f'map {path}: content hash of {TENSORS_FILE} is {digest[:12]}…, metadata says '
                 f'{str(meta.get("tensors_sha256"))[:12]}…: the file is truncated or was '
                 'modified; '
                 'rebuild or re-copy the map')
-    arrays = read_safetensors(tfile)
+    arrays = parse_safetensors(data, str(path / TENSORS_FILE))
     for name in REQUIRED_TENSORS:
         if name not in arrays:
             raise MapFormatError(f'map {path}: missing tensor {name!r} in {TENSORS_FILE}')
@@ -259,7 +271,7 @@ def load_map(path: str | Path, expected_spec: ModelSpec | None = None,
         raise MapFormatError(f'map {path}: metadata keyframe_names must be a list of strings')
     m = Map(spec=spec, keyframe_names=tuple(names), metadata=_metadata_from_meta(meta, path),
             obs_fine=arrays.get('obs_fine'), kf_fisheye=arrays.get('kf_fisheye'),
-            **{k: arrays[k] for k in REQUIRED_TENSORS})
+            **{k: arrays[k] for k in REQUIRED_TENSORS}, source=(meta_stamp, tensors_stamp))
     validate_map(m, str(path))
     counts = meta.get('counts', {})
     actual = {'keyframes': m.num_keyframes, 'points': m.num_points,
@@ -269,17 +281,12 @@ def load_map(path: str | Path, expected_spec: ModelSpec | None = None,
     return m
 
 
-def _read_metadata(path: Path) -> dict:
-    mfile = path / METADATA_FILE
+def _read_metadata(path: Path) -> tuple[dict, FileStamp]:
     if not path.is_dir():
         raise MapFormatError(f'map {path} does not exist or is not a directory '
                              f'(a map is a folder with {METADATA_FILE} and {TENSORS_FILE})')
-    try:
-        meta = json.loads(mfile.read_text())
-    except FileNotFoundError as exc:
-        raise MapFormatError(f'map {path}: {METADATA_FILE} is missing') from exc
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MapFormatError(f'map {path}: {METADATA_FILE} is not valid JSON ({exc})') from exc
+    data, stamp = read_map_file(path, METADATA_FILE, MAX_JSON_BYTES)
+    meta = parse_json(data, f'map {path}: {METADATA_FILE}')
     if not isinstance(meta, dict) or meta.get('format') != FORMAT_NAME:
         raise MapFormatError(f'map {path}: {METADATA_FILE} is not an nre_ros map '
                              f'(format {meta.get("format") if isinstance(meta, dict) else None!r}'
@@ -287,14 +294,23 @@ def _read_metadata(path: Path) -> dict:
     if meta.get('version') != FORMAT_VERSION:
         raise MapFormatError(f'map {path} has format version {meta.get("version")!r}, this '
                              f'nre_ros reads version {FORMAT_VERSION}; rebuild the map')
-    return meta
+    return meta, stamp
 
 
 def _spec_from_meta(meta: dict, path: Path) -> ModelSpec:
     try:
-        return ModelSpec.from_dict(meta['model_spec'])
+        spec = ModelSpec.from_dict(meta['model_spec'])
     except (KeyError, TypeError) as exc:
         raise MapFormatError(f'map {path}: invalid or missing model_spec ({exc})') from exc
+    kinds = {'str': str, 'int': int, 'float': (int, float)}
+    for f in fields(ModelSpec):
+        v = getattr(spec, f.name)
+        if not isinstance(v, kinds[f.type]) or isinstance(v, bool) or (
+                f.type != 'str' and not (np.isfinite(v) and v >= 0)):
+            raise MapFormatError(f'map {path}: model_spec {f.name} must be a '
+                                 f'{"string" if f.type == "str" else "non-negative " + f.type}, '
+                                 f'got {v!r}')
+    return spec
 
 
 def _metadata_from_meta(meta: dict, path: Path) -> MapMetadata:

@@ -19,7 +19,7 @@ from nre_ros.errors import ConfigError
 from nre_ros.models.base import DenseFeatures, FeatureModel, ModelSpec
 
 __all__ = ['DenseFeatures', 'FeatureModel', 'ModelSpec', 'load_model', 'MODEL_NAMES',
-           'DEFAULT_MODEL']
+           'DEFAULT_MODEL', 'unloadable_reason']
 
 MODEL_NAMES = ('xfeat-ms', 'xfeat-ms-lite', 'xfeat', 'nre-paper', 'disk', 'xfeat-ms-nre')
 DEFAULT_MODEL = 'xfeat-ms'
@@ -55,3 +55,16 @@ def load_model(name: str = DEFAULT_MODEL, device: str | torch.device = 'cpu',
         from nre_ros.models.disk import DiskModel
         return DiskModel(device, pretrained=pretrained)
     raise ConfigError(f'unknown model {name!r}; available: {MODEL_NAMES}')
+
+
+def unloadable_reason(spec: ModelSpec) -> str | None:
+    """Why no installed model can query a map built with ``spec`` (unknown name, other weights,
+    other dimensions), or None when ``load_model(spec.name)`` matches it exactly."""
+    if spec.name not in MODEL_NAMES:
+        return f'unknown model {spec.name!r} (installed: {", ".join(MODEL_NAMES)})'
+    try:
+        model = load_model(spec.name, 'cpu')
+    except Exception as exc:  # noqa: BLE001 - any load failure makes the map unusable here
+        return f'model {spec.name!r} cannot be loaded here ({exc})'
+    diff = model.spec.mismatch(spec)
+    return None if diff is None else f'the installed {spec.name!r} differs: {diff}'

@@ -1,0 +1,169 @@
+"""Map files are read safely: into memory, regular files inside the map folder, bounded JSON."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nre_ros.errors import MapFormatError
+from nre_ros.maps import load_map
+from nre_ros.maps.format import METADATA_FILE, TENSORS_FILE
+from nre_ros.paths import shared_file
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture()
+def demo(tmp_path):
+    return Path(shutil.copytree(shared_file('maps/demo/fr1_rpy.nremap'), tmp_path / 'm.nremap'))
+
+
+def _python(code: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter (a SIGBUS or a hang must not take pytest down)."""
+    env = {**os.environ, 'PYTHONPATH': str(REPO)}
+    return subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def test_map_file_truncated_or_replaced_after_loading_changes_nothing(demo):
+    code = f'''
+import os, numpy as np
+from nre_ros.maps import load_map
+m = load_map({str(demo)!r})
+before = {{k: np.array(v) for k, v in m.tensors().items()}}
+assert m.changed_on_disk() is None
+t = os.path.join({str(demo)!r}, {TENSORS_FILE!r})
+with open(t, "r+b") as f:
+    f.truncate(100)                       # SIGBUS on the next read of a memory map
+after = m.tensors()
+assert all(np.array_equal(before[k], after[k]) for k in before)
+print("CHANGED:", m.changed_on_disk())
+'''
+    res = _python(code)
+    assert res.returncode == 0, (res.returncode, res.stderr[-2000:])
+    assert 'CHANGED:' in res.stdout and 'modified' in res.stdout
+
+
+def test_replaced_map_file_is_reported(demo):
+    m = load_map(demo)
+    x = np.array(m.points_world)
+    tmp = demo / 'new.tmp'
+    shutil.copy(demo / TENSORS_FILE, tmp)
+    os.replace(tmp, demo / TENSORS_FILE)
+    assert 'replaced' in m.changed_on_disk()
+    assert np.array_equal(m.points_world, x)
+
+
+def test_metadata_fifo_is_refused_without_hanging(demo):
+    (demo / METADATA_FILE).unlink()
+    os.mkfifo(demo / METADATA_FILE)
+    res = _python(f'''
+from nre_ros.errors import MapFormatError
+from nre_ros.maps import load_map
+try:
+    load_map({str(demo)!r})
+except MapFormatError as exc:
+    print("REFUSED:", exc)
+''', timeout=30)
+    assert 'REFUSED:' in res.stdout and 'not a regular file' in res.stdout
+
+
+def test_metadata_link_to_dev_zero_is_refused(demo):
+    (demo / METADATA_FILE).unlink()
+    os.symlink('/dev/zero', demo / METADATA_FILE)
+    res = _python(f'''
+import resource
+resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))   # a regression must not eat the RAM
+from nre_ros.errors import MapFormatError
+from nre_ros.maps import load_map
+try:
+    load_map({str(demo)!r})
+except MapFormatError as exc:
+    print("REFUSED:", exc)
+''', timeout=30)
+    assert 'REFUSED:' in res.stdout and 'outside the map folder' in res.stdout
+
+
+def test_device_file_inside_the_map_folder_is_refused(demo):
+    from nre_ros.maps.files import read_map_file
+    with pytest.raises(MapFormatError, match='not a regular file'):
+        read_map_file(Path('/dev'), 'zero')
+
+
+def test_deeply_nested_metadata_is_a_format_error(demo):
+    (demo / METADATA_FILE).write_text('[' * 100000 + ']' * 100000)
+    with pytest.raises(MapFormatError, match='nested too deeply'):
+        load_map(demo)
+    meta = {'format': 'nre_ros.map', 'version': 1, 'provenance': {}}
+    node = meta['provenance']
+    for _ in range(200):                  # under the recursion limit, over the nesting limit
+        node['x'] = {}
+        node = node['x']
+    (demo / METADATA_FILE).write_text(json.dumps(meta))
+    with pytest.raises(MapFormatError, match='nested too deeply'):
+        load_map(demo)
+
+
+def test_oversized_metadata_is_refused(demo, monkeypatch):
+    import nre_ros.maps.format as fmt
+    monkeypatch.setattr(fmt, 'MAX_JSON_BYTES', 1000)
+    with pytest.raises(MapFormatError, match='more than the 1000 allowed'):
+        load_map(demo)
+
+
+def test_tensor_file_symlinked_out_of_the_folder_is_refused(demo, tmp_path):
+    outside = tmp_path / 'elsewhere.safetensors'
+    shutil.move(demo / TENSORS_FILE, outside)
+    os.symlink(outside, demo / TENSORS_FILE)
+    with pytest.raises(MapFormatError, match='outside the map folder'):
+        load_map(demo)
+
+
+def test_symlink_inside_the_folder_is_accepted(demo):
+    shutil.move(demo / TENSORS_FILE, demo / 'real.safetensors')
+    os.symlink('real.safetensors', demo / TENSORS_FILE)
+    assert load_map(demo).num_points > 0
+
+
+def _edit_spec(demo, **changes):
+    meta = json.loads((demo / METADATA_FILE).read_text())
+    meta['model_spec'].update(changes)
+    (demo / METADATA_FILE).write_text(json.dumps(meta))
+
+
+def test_spec_with_wrong_types_is_a_format_error(demo):
+    _edit_spec(demo, coarse_stride='eight')
+    with pytest.raises(MapFormatError, match='coarse_stride'):
+        load_map(demo)
+
+
+def test_info_does_not_call_an_unloadable_spec_validated(demo, capsys):
+    from nre_ros.cli import main
+    _edit_spec(demo, name='no-such-model')
+    assert main(['info', str(demo)]) == 1
+    out = capsys.readouterr().out
+    assert 'validated' not in out and 'NOT usable' in out and 'no-such-model' in out
+    shutil.copytree(shared_file('maps/demo/fr1_rpy.nremap'), demo, dirs_exist_ok=True)
+    _edit_spec(demo, coarse_dim=65)       # a known name, but no model makes 65-d descriptors
+    assert main(['info', str(demo)]) == 1
+    assert 'validated' not in capsys.readouterr().out
+
+
+def test_relocalizer_logs_a_changed_map_file_once(demo, caplog):
+    from nre_ros.pipeline import Relocalizer
+    m = load_map(demo)
+    reloc = Relocalizer.__new__(Relocalizer)          # the map check needs no model
+    reloc.map, reloc._map_checked_at, reloc._map_change = m, 0.0, None
+    assert reloc.check_map_file(every_s=0.0) is None
+    with open(demo / TENSORS_FILE, 'ab') as f:
+        f.write(b'x')
+    with caplog.at_level('WARNING'):
+        assert 'modified' in reloc.check_map_file(every_s=0.0)
+        reloc.check_map_file(every_s=0.0)
+    assert sum('map file changed on disk' in r.message for r in caplog.records) == 1
