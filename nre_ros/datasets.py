@@ -23,6 +23,7 @@ import numpy as np
 from nre_ros.camera import Camera, read_yaml_file
 from nre_ros.errors import InputError
 from nre_ros.geometry import pose_to_tum, tum_to_pose
+from nre_ros.imagefiles import MAX_IMAGE_PIXELS, check_image_file
 from nre_ros.trajectory import Trajectory
 
 logger = logging.getLogger(__name__)
@@ -189,20 +190,33 @@ def load_depth(path: str | Path, units_per_metre: float) -> np.ndarray:
     0 = invalid) or a float ``.npy`` in metres; InputError if unreadable."""
     path = str(path)
     if path.endswith('.npy'):
-        depth = np.load(path, allow_pickle=False)
-        if depth.ndim != 2 or not np.issubdtype(depth.dtype, np.floating):
+        try:
+            depth = np.load(path, allow_pickle=False, mmap_mode='r')
+        except (OSError, ValueError) as exc:
+            raise InputError(f'cannot read {path} as a .npy depth array ({exc})') from exc
+        if depth.ndim != 2 or not np.issubdtype(depth.dtype, np.floating) or (
+                depth.size > MAX_IMAGE_PIXELS):
             raise InputError(f'{path}: .npy depth must be an HxW float array in metres, got '
                              f'{depth.dtype} {depth.shape}')
         return depth.astype(np.float32)
-    raw = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    check_image_file(path)
+    try:
+        raw = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    except cv2.error as exc:
+        raise InputError(f'cannot decode depth image {path} ({exc.err})') from exc
     if raw is None or raw.ndim != 2 or raw.dtype != np.uint16:
         raise InputError(f'cannot read {path} as a 16-bit single-channel depth image')
     return raw.astype(np.float32) / units_per_metre
 
 
 def load_rgb(path: str | Path) -> np.ndarray:
-    """Read an image file as (H, W, 3) uint8 RGB; InputError if unreadable."""
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    """Read an image file as (H, W, 3) uint8 RGB; InputError if unreadable (the header's size is
+    checked before decoding)."""
+    check_image_file(path)
+    try:
+        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    except cv2.error as exc:
+        raise InputError(f'cannot decode image {path} ({exc.err})') from exc
     if bgr is None:
         raise InputError(f'cannot read image {path}')
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)

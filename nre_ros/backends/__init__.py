@@ -121,15 +121,26 @@ def load_backend(config: BackendConfig = BackendConfig(), model=None) -> Backend
         from nre_ros.backends.torch_backend import TorchRunner
         runner = TorchRunner(model.networks(), device, fp16=config.fp16, threads=config.threads)
     else:
-        from nre_ros.backends.onnx_backend import export_onnx
+        from nre_ros.backends.onnx_backend import export_onnx, export_problem
         cache = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
         onnx_dir = cache / 'onnx' / (f'{model.spec.name}-{model.spec.weights_sha256[:12]}-'
                                      f'{graph_digest()}')
         spec_file = onnx_dir / f'{model.spec.name}.spec.json'
+        if spec_file.exists():
+            problem = export_problem(spec_file, list(model.networks()))
+            if problem:
+                logger.warning('ONNX cache %s is not the graph nre_ros exported (%s): '
+                               'exporting again', onnx_dir, problem)
+                import shutil
+                shutil.rmtree(onnx_dir, ignore_errors=True)
         if not spec_file.exists():
             logger.warning('exporting %s networks to ONNX, this takes 10-40 s (first run with '
                            'these weights; cached in %s)', model.spec.name, onnx_dir)
             _export_atomically(model, onnx_dir, export_onnx)
+        problem = export_problem(spec_file, list(model.networks()))
+        if problem:
+            raise BackendUnavailable(f'the ONNX export in {onnx_dir} does not verify ({problem});'
+                                     ' delete the folder and retry')
         paths = {level: onnx_dir / f'{model.spec.name}-{level}.onnx' for level in model.networks()}
         if config.backend == 'onnxruntime':
             from nre_ros.backends.onnx_backend import OnnxRunner

@@ -1,7 +1,7 @@
 """ONNX export (dynamic H/W) of a model's level networks and an ONNX Runtime runner.
 
-Files: ``<dir>/<model>-<level>.onnx`` plus ``<dir>/<model>.spec.json`` (the ModelSpec), written by
-``export_onnx`` (``nre-ros export``). Input ``image`` (1, 3, H, W) float32 in [0, 1] with H, W
+Files: ``<dir>/<model>-<level>.onnx`` plus ``<dir>/<model>.spec.json`` (the ModelSpec and the
+SHA-256 of each graph, checked before every use), written by ``export_onnx`` (``nre-ros export``). Input ``image`` (1, 3, H, W) float32 in [0, 1] with H, W
 multiples of the model's pad multiple; outputs ``descriptors`` (1, C, H/s, W/s) L2-normalized and,
 for coarse levels that have one, ``scores`` (1, 1, H, W).
 """
@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from nre_ros.errors import BackendUnavailable
+from nre_ros.models.base import file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -73,9 +74,33 @@ def export_onnx(model, out_dir: str | Path) -> dict[str, Path]:
     spec_path = out_dir / f'{model.spec.name}.spec.json'
     spec_path.write_text(json.dumps({'spec': json.loads(model.spec.to_json()),
                                      'pad_multiple': model.pad_multiple,
-                                     'levels': sorted(paths)}, indent=2, sort_keys=True))
+                                     'levels': sorted(paths),
+                                     'sha256': {level: file_sha256(p)
+                                                for level, p in paths.items()}},
+                                    indent=2, sort_keys=True))
     paths['spec'] = spec_path
     return paths
+
+
+def export_problem(spec_path: str | Path, levels: list[str] | tuple[str, ...]) -> str | None:
+    """Why the exported graphs next to ``spec_path`` cannot be trusted (no recorded SHA-256,
+    a graph missing, or a graph whose SHA-256 differs from the one recorded at export: planted,
+    truncated or half-written), or None when every level matches."""
+    spec_path = Path(spec_path)
+    try:
+        recorded = json.loads(spec_path.read_text()).get('sha256')
+    except (OSError, ValueError, AttributeError) as exc:
+        return f'{spec_path} is unreadable ({exc!r})'
+    if not isinstance(recorded, dict):
+        return f'{spec_path} records no SHA-256 of the graphs (exported by an older nre_ros)'
+    for level in levels:
+        graph = spec_path.with_name(spec_path.name.replace('.spec.json', f'-{level}.onnx'))
+        if not graph.is_file():
+            return f'{graph} is missing'
+        if recorded.get(level) != file_sha256(graph):
+            return (f'{graph} has SHA-256 {file_sha256(graph)[:12]}…, the export recorded '
+                    f'{str(recorded.get(level))[:12]}…')
+    return None
 
 
 class OnnxRunner:
