@@ -150,3 +150,51 @@ def test_fisheye_keyframes_round_trip_through_a_map_file(tmp_path):
         np.testing.assert_array_equal(b.dist[:cam.dist.size], cam.dist)
     # a map without fisheye keyframes stores no kf_fisheye tensor (files as before)
     assert _synthetic_map([radtan]).kf_fisheye is None
+
+
+def fisheye_view(image: np.ndarray, source: Camera, fisheye: Camera) -> np.ndarray:
+    """What ``fisheye`` (same optical frame) sees of the scene ``source`` imaged: each fisheye
+    pixel's ray, projected (with distortion) into the source image, sampled bilinearly."""
+    v, u = np.mgrid[0:fisheye.height, 0:fisheye.width].astype(np.float64)
+    xy = fisheye.undistort_pixels(np.stack([u.ravel(), v.ravel()], 1))
+    src, _ = source.project(np.concatenate([xy, np.ones((len(xy), 1))], 1))
+    return cv2.remap(image, src[:, 0].reshape(u.shape).astype(np.float32),
+                     src[:, 1].reshape(u.shape).astype(np.float32), cv2.INTER_LINEAR,
+                     borderMode=cv2.BORDER_CONSTANT)
+
+
+@pytest.mark.slow
+def test_fisheye_queries_localize_against_a_pinhole_map():
+    """The demo queries re-imaged by a fisheye lens localize as well as the originals; told they
+    are pinhole images (the model ignored), they do not localize as well (or not at all)."""
+    from nre_ros.datasets import TumSequence
+    from nre_ros.geometry import invert, pose_error
+    from nre_ros.paths import shared_file
+    from nre_ros.pipeline import PipelineConfig, Relocalizer
+    reloc = Relocalizer.from_config(shared_file('maps/demo/fr1_rpy.nremap'), PipelineConfig())
+    queries = TumSequence(shared_file('maps/demo/queries'))
+    src = queries.camera
+    # same size; focal chosen so the image edge sees the pinhole image's edge (about 32 deg)
+    f = (src.width / 2) / np.arctan((src.width / 2) / src.fx)
+    lens = Camera(src.width, src.height, np.array([[f, 0, src.cx], [0, f, src.cy], [0, 0, 1]]),
+                  np.array([0.02, -0.01, 0.003, 0.0]), fisheye=True)
+    wrong = Camera(lens.width, lens.height, lens.K)
+    rows = []
+    for frame in queries.frames:
+        T_gt = invert(frame.T_world_cam)
+        img = fisheye_view(queries.load_rgb(frame), src, lens)
+        for name, cam, im in (('original', src, queries.load_rgb(frame)),
+                              ('fisheye', lens, img), ('fisheye as pinhole', wrong, img)):
+            out = reloc.localize(im, cam)
+            err = pose_error(out.T_cam_world, T_gt) if out.ok else (np.inf, np.inf)
+            rows.append((name, frame.name, out.ok, *err))
+    for name in ('original', 'fisheye', 'fisheye as pinhole'):
+        r = [x for x in rows if x[0] == name]
+        good = [x for x in r if x[3] < 0.05 and x[4] < 2.0]
+        med = np.median([x[3] for x in r if x[2]]) if any(x[2] for x in r) else np.inf
+        print(f'{name:>20}: {sum(x[2] for x in r)}/{len(r)} localized, {len(good)} within '
+              f'5 cm / 2 deg, median {100 * med:.1f} cm')
+    n_good = {name: sum(1 for x in rows if x[0] == name and x[3] < 0.05 and x[4] < 2.0)
+              for name in ('original', 'fisheye', 'fisheye as pinhole')}
+    assert n_good['fisheye'] >= n_good['original'] - 1
+    assert n_good['fisheye as pinhole'] < n_good['fisheye']
