@@ -546,8 +546,8 @@ def print_report(args, results, raw, thresholds, th_info, wall, meta: dict) -> N
         tim = [t for r in raw.values() for t in r['timings'][mode]]
         for stage, n, p50, p90 in stage_table(tim):
             print(f'| {mode} | {stage} | {n} | {p50:.0f} | {p90:.0f} |')
-    print('Stages nest as the pipeline times them: fine_maps includes fine_features (the fine '
-          'level\'s network pass); total is the wall time of localize().')
+    print('The stages are disjoint and add up to total, the wall time of localize() (fine_features '
+          'is the fine network pass, fine_maps the fine windows).')
     track = [(ds, x) for ds, r in raw.items() for x in r['track']]
     if track:
         print()

@@ -8,6 +8,7 @@ import numpy as np
 
 from nre_ros.datasets import TumSequence
 from nre_ros.eval.metrics import errors, summarize
+from nre_ros.eval.run_metrics import predicted_sigmas
 from nre_ros.geometry import invert
 from nre_ros.paths import shared_file
 from nre_ros.pipeline import PipelineConfig, Relocalizer
@@ -45,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         if out.ok:
             t_err, r_err = errors([out.T_cam_world], invert(frame.T_world_cam)[None])
             c = out.T_world_cam[:3, 3]
-            sigma = float(np.sqrt(np.trace(out.covariance[:3, :3])))
+            sigma = predicted_sigmas(out.covariance)[0]
             print(f'{frame.name:<26} {"localized":<20} {c[0]:7.3f} {c[1]:7.3f} {c[2]:7.3f} '
                   f'{t_err[0]:7.3f} {r_err[0]:7.2f} {sigma:7.3f} {ms[-1]:6.0f}')
         else:

@@ -11,6 +11,7 @@ import numpy as np
 from nre_ros.camera import Camera
 from nre_ros.datasets import load_depth, load_rgb, write_tum_poses
 from nre_ros.errors import InputError
+from nre_ros.eval.run_metrics import predicted_sigmas
 from nre_ros.pipeline import PipelineConfig, Relocalizer
 
 NAME = 'localize'
@@ -128,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
             print(_failure_line(name, out.reason, out.detail, ms))
             continue
         T = reloc.map_T_model.camera_pose_in_map(out.T_cam_world)
-        sigma = float(np.sqrt(np.trace(out.covariance[:3, :3])))
+        sigma = predicted_sigmas(out.covariance)[0]
         print(f'{name:<32} {"localized":<10} {T[0, 3]:7.3f} {T[1, 3]:7.3f} '
               f'{T[2, 3]:7.3f} {base_yaw_deg(T):6.1f} {sigma:7.3f} {ms or float("nan"):6.0f}')
         if stamps_all is not None:
