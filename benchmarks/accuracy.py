@@ -35,8 +35,12 @@ Latency: per-stage p50/p90 (``timings_ms``) of the in-map queries in global mode
 tracking mode (prior = ground truth perturbed by 5 cm / 2 deg in a random direction, seed 0)
 and RGB-D mode.
 
-Maps and the peers' keyframe features are cached under ``--cache`` (default
-``out/accuracy_cache``); a map built with another model is rebuilt.
+Maps are what a user gets: each TUM map is built by running ``nre-ros build-map SEQ OUT
+--builder rgbd --split SPLIT`` with every other option at its default (the MegaDepth map, which
+has no CLI equivalent, from the given 3D points). Maps and the peers' keyframe features are
+cached under ``--cache`` (default ``out/accuracy_cache``); a map built with another model or by
+another command (e.g. older defaults) is rebuilt. Data: ``$NRE_SHARED_DATA``, default
+``shared/data`` beside the checkout (``nre_ros.paths.shared_data_dir``).
 
 ``--every N`` subsamples every dataset except ``cabinet`` and ``nre_megadepth_pair`` (14 and 1
 queries, always all). ``--raw DIR`` saves each dataset's per-query records as it finishes;
