@@ -30,8 +30,11 @@ class FakeRelocalizer:
     """Stands in for nre_ros.pipeline.Relocalizer: returns a fixed pose (or a Failure)."""
 
     def __init__(self, T_map_cam=T_MAP_CAM, cov=COV_XI, map_T_model=None, fail: str = '',
-                 delay_s: float = 0.0):
+                 delay_s: float = 0.0, map_=None, support=None):
         self.T_cam_world = np.linalg.inv(T_map_cam)
+        if map_ is not None:             # what the node's RViz outputs read (points, keyframes)
+            self.map = map_
+        self.support = support
         self.cov, self.fail, self.delay_s = cov, fail, delay_s
         self.map_T_model = map_T_model or Sim3.identity()
         self.map_frame_id = 'map'
@@ -50,7 +53,8 @@ class FakeRelocalizer:
         if self.fail:
             return Failure(self.fail, 'fake failure', {'total': 1.0})
         return Result(self.T_cam_world, self.cov, cost=10.0, mean_cost=0.5, num_points=20,
-                      num_supported=18, iterations=3, timings_ms={'total': 1.0})
+                      num_supported=18, iterations=3, timings_ms={'total': 1.0},
+                      support=self.support)
 
 
 def fake_factory(**kwargs):

@@ -46,11 +46,19 @@ def test_real_pipeline_localizes_tum_queries(pipeline):
     rclpy.init(context=ctx)
     try:
         params = dict(map_path=str(MAP), tf_mode='map_to_base', min_consistent_fixes=1,
-                      max_rate=0.0, tf_lookup_timeout=1.0)
+                      max_rate=0.0, tf_lookup_timeout=1.0, publish_debug_image=True)
         node = RelocalizationNode(context=ctx, parameter_overrides=[
             Parameter(k, value=v) for k, v in params.items()],
             cli_args=['--ros-args', '-r', 'image:=camera/image_raw'])
         rig = Rig(ctx)
+        from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+        from sensor_msgs.msg import Image, PointCloud2
+        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        clouds, debug = [], []
+        rig.create_subscription(PointCloud2, '/nre_relocalization/map_points', clouds.append,
+                                latched)
+        rig.create_subscription(Image, '/nre_relocalization/debug_image', debug.append, 5)
         spin = h.Spinner(ctx, node, rig)
         assert node.autostart()
         # base_link == camera optical frame: the published base pose is T_world_cam
@@ -77,6 +85,19 @@ def test_real_pipeline_localizes_tum_queries(pipeline):
             assert dt < 0.10 and dr < 3.0, (dt, dr)
             cov = np.array(pose.pose.covariance).reshape(6, 6)
             assert np.allclose(cov, cov.T) and np.linalg.eigvalsh(cov).min() > 0
+            # RViz: the debug image of this frame shows its supported points (green to red)
+            assert h.wait_until(lambda: len(debug) > i, 5.0)
+            shown = msgs.image_to_rgb(debug[i])
+            assert msgs.stamp_to_ns(debug[i].header.stamp) == stamp_ns
+            drawn = (shown[..., 2] == 0) & (shown[..., :2].max(axis=2) == 255)
+            assert drawn.sum() > 500, drawn.sum()
+        from nre_ros.maps.format import load_map
+        from nre_ros.ros.visualization import cloud_to_numpy
+        assert clouds and clouds[0].header.frame_id == 'map'
+        demo = load_map(MAP)
+        pts, rgb = cloud_to_numpy(clouds[0])
+        np.testing.assert_allclose(pts, demo.points_world, atol=1e-6)   # no map_T_model
+        np.testing.assert_array_equal(rgb, demo.points_rgb)
         spin.stop()
         node.on_shutdown(None)
         node.destroy_node()

@@ -39,6 +39,7 @@ from nre_ros.ros.diagnostics import to_status
 from nre_ros.ros.params import NodeConfig, declare_parameters, read_config
 from nre_ros.ros.tf import TfBroadcaster, TfLookupError, make_buffer_and_listener, \
     make_transform_stamped
+from nre_ros.ros.visualization import VisualizationPublisher
 from nre_ros.stream import (BAD_INPUT, TF_MISSING, Decision, Frame, FrameInputs,
                             LocalizationStream, StreamStats)
 from nre_ros.stream.stream import check_inputs
@@ -90,6 +91,7 @@ class RelocalizationNode(LifecycleNode):
         self._load_lock = threading.Lock()
         self._active_entities: list = []
         self._pose_pub = self._tf_pub = None
+        self._viz: VisualizationPublisher | None = None
         self._tf_buffer = None
         self._worker: threading.Thread | None = None
         self._stop = threading.Event()
@@ -130,8 +132,7 @@ class RelocalizationNode(LifecycleNode):
                                                          POSE_QOS)
         if cfg.tf_owner != 'none':
             self._tf_pub = TfBroadcaster(self, lifecycle=True)
-        if cfg.publish_debug_image:
-            self.get_logger().warning('publish_debug_image is not implemented yet; ignored')
+        self._viz = VisualizationPublisher(self, cfg.map_frame, cfg.publish_debug_image)
         self._stop.clear()
         self._worker = threading.Thread(target=self._worker_loop, name='nre_worker', daemon=True)
         self._worker.start()
@@ -198,7 +199,9 @@ class RelocalizationNode(LifecycleNode):
             self.stats.state = 'active'
         self.get_logger().info(f'Activated: image {in_topic} ({in_type.__name__}), camera_info '
                                f'{info_topic}' + (f', depth {depth_topic}' if depth_topic else ''))
-        return super().on_activate(state)
+        result = super().on_activate(state)       # activates the lifecycle publishers
+        self._viz.publish_map(self.reloc)         # latched: RViz gets it whenever it joins
+        return result
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self.stream.deactivate()
@@ -253,7 +256,9 @@ class RelocalizationNode(LifecycleNode):
             self.destroy_lifecycle_publisher(self._pose_pub)
         if self._tf_pub is not None:
             self._tf_pub.destroy()
-        self._pose_pub = self._tf_pub = None
+        if self._viz is not None:
+            self._viz.destroy()
+        self._pose_pub = self._tf_pub = self._viz = None
         self.stream, self.cfg = None, None
         self._last_tf_ns = 0
         gc.collect()
@@ -342,6 +347,7 @@ class RelocalizationNode(LifecycleNode):
                 return response
             self.cfg = cfg
             self.stream.replace_relocalizer(reloc, hint)
+            self._viz.publish_map(reloc)
             with self.stats.lock:
                 self.stats.map_id = path
             gc.collect()
@@ -406,7 +412,12 @@ class RelocalizationNode(LifecycleNode):
                     depth = msgs.depth_to_metres(depth_msg)
                 except InputError as exc:
                     return stream.reject(frame, BAD_INPUT, f'depth: {exc}')
-        return stream.localize(frame, FrameInputs(rgb, camera, depth, T_base_cam, T_odom_base))
+        decision = stream.localize(frame, FrameInputs(rgb, camera, depth, T_base_cam,
+                                                      T_odom_base))
+        viz = self._viz
+        if viz is not None and decision.outcome is not None:
+            viz.publish_debug(rgb, camera, decision.outcome, image.header, stream.relocalizer)
+        return decision
 
     # ================================================================== outputs
     def _publish(self, decision: Decision, frame: Frame) -> None:

@@ -48,7 +48,8 @@ class NodeConfig(StreamConfig):
                                    'in the node', choices=IMAGE_TRANSPORTS)
     publish_identity_until_localized: bool = setting(False, 'identity map->odom before the 1st '
                                                      'fix')
-    publish_debug_image: bool = setting(False, 'publish ~/debug_image (not implemented yet)')
+    publish_debug_image: bool = setting(False, 'publish ~/debug_image: the query with the '
+                                        'supported map points drawn by NRE cost')
     diagnostic_period: float = setting(1.0, 'diagnostics period (s)', range=(0.05, 60.0),
                                        ros_name='diagnostic_updater.period')
 

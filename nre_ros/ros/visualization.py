@@ -122,7 +122,8 @@ def debug_image(rgb: np.ndarray, camera: Camera, outcome: Result | Failure,
     out = np.ascontiguousarray(rgb, dtype=np.uint8).copy()
     if not outcome.ok:
         caption = f'no pose: {outcome.reason}'
-    elif outcome.support is None or outcome.support.point_idx is None or points_model is None:
+    elif (outcome.support is None or outcome.support.point_idx is None or points_model is None
+          or np.max(outcome.support.point_idx, initial=-1) >= len(points_model)):
         caption = f'pose: {outcome.num_supported} supported / {outcome.num_points} points'
     else:
         s = outcome.support
