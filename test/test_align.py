@@ -97,3 +97,25 @@ def test_units_warning_only_for_unaligned_non_metric_maps():
     sfm = replace(demo, metadata=replace(demo.metadata, units='sfm'))
     assert 'not metres' in units_warning(sfm)
     assert units_warning(replace(sfm, metadata=replace(sfm.metadata, map_T_model=MOVE))) is None
+
+
+def test_align_to_bag_poses_matches_keyframes_by_stamp(cabinet, tmp_path):
+    """Reference poses read from a bag (GT topic), keyframes named by their stamps: the
+    similarity that moved the keyframe centres is found again."""
+    from nre_ros.bagio.poses import PoseSource
+    from nre_ros.eval import bags
+    from nre_ros.maps.align import ReferencePoses, bag_reference_poses, umeyama
+    idx = list(range(30, 36))
+    path = tmp_path / 'b'
+    bags.write_bag([bags.BagSample(bags.seconds_to_ns(cabinet[i].timestamp),
+                                   cabinet.load_rgb(cabinet[i]), cabinet[i].T_world_cam)
+                    for i in idx], cabinet.camera, path, pose_offset_ns=3_000_000)
+    ref = bag_reference_poses(path, bags.TOPIC_IMAGE, PoseSource(topic=bags.TOPIC_GROUND_TRUTH))
+    assert isinstance(ref, ReferencePoses)
+    names = [f'{bags.TOPIC_IMAGE}@{cabinet[i].timestamp:.6f}000' for i in idx]
+    target, has = ref.centres_for(names)
+    assert has.all()
+    model = (np.stack([cabinet[i].T_world_cam[:3, 3] for i in idx]) - MOVE.translation) \
+        @ MOVE.rotation / MOVE.scale                           # centres in a "model" frame
+    sim = umeyama(model, target)
+    assert np.isclose(sim.scale, MOVE.scale, rtol=1e-2)

@@ -66,6 +66,25 @@ def build_bag(args: argparse.Namespace, model, opts):
     return build_bag_map(args.source, model, topics, poses, opts, policy, progress=True)
 
 
+def align(m, args: argparse.Namespace):
+    """``--align-to``: the map with ``map_T_model`` fitted to the reference poses (printed)."""
+    from pathlib import Path
+
+    from nre_ros.errors import InputError
+    from nre_ros.maps.align import align_map, bag_reference_poses, read_reference_poses
+    if (Path(args.align_to) / 'metadata.yaml').is_file():           # a rosbag2 directory
+        source = pose_source(args)
+        if source is None or not args.image_topic:
+            raise InputError('--align-to BAG needs --image-topic and a pose source '
+                             '(--pose-topic, --pose-tf or --poses)')
+        ref = bag_reference_poses(args.align_to, args.image_topic, source)
+    else:
+        ref = read_reference_poses(args.align_to, args.pose_tolerance)
+    m, alignment = align_map(m, ref)
+    print(alignment.describe())
+    return m
+
+
 def bag_flags(args: argparse.Namespace) -> dict:
     """The bag options for the map's provenance command line."""
     flags = {'image-topic': args.image_topic, 'camera-info-topic': args.camera_info_topic,

@@ -49,7 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--align-to', default=None, metavar='POSES',
                         help='fit a similarity (Umeyama on camera centres) to these poses of the '
                         'same images and store it as map_T_model: TUM file (times in the '
-                        'image names), "name tx ty tz qx qy qz qw" file or TUM folder')
+                        'image names), "name tx ty tz qx qy qz qw" file, TUM folder, or a bag '
+                        'with --image-topic and a pose source')
     _bag_options.add_bag_arguments(parser)
 
 
@@ -91,9 +92,7 @@ def run(args: argparse.Namespace) -> int:
         m = maps.build_sfm_map(args.source, model, opts, exclude=args.exclude,
                                work_dir=args.work_dir, progress=True)
     if args.align_to:
-        from nre_ros.maps.align import align_map, read_reference_poses
-        m, alignment = align_map(m, read_reference_poses(args.align_to, args.pose_tolerance))
-        print(alignment.describe())
+        m = _bag_options.align(m, args)
     m = maps.with_command(m, command_line(args))
     path = m.save(args.output)
     s = map_summary(m, path)

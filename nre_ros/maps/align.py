@@ -7,7 +7,8 @@ Reference poses (``read_reference_poses``) come from
   names carry a time (``rgb/1305031229.528748.png``, ``/image@1305031229.528748000``),
   interpolated within a tolerance;
 - a named pose file ``name tx ty tz qx qy qz qw`` (camera-to-world), matched by name or base name;
-- a TUM-layout folder (its ``poses_T_world_cam.txt`` by rgb name).
+- a TUM-layout folder (its ``poses_T_world_cam.txt`` by rgb name);
+- a bag: the camera poses of its image stamps (``bag_reference_poses``), matched by time.
 """
 from __future__ import annotations
 
@@ -145,6 +146,17 @@ def read_reference_poses(path: str | Path, tolerance_s: float = DEFAULT_TOLERANC
         arr = np.stack(timed)
         traj = Trajectory.from_seconds(arr[:, 0], tum_to_pose(arr[:, 1:]))
     return ReferencePoses(named, traj, str(path), tolerance_s)
+
+
+def bag_reference_poses(bag_path: str | Path, image_topic: str, source) -> ReferencePoses:
+    """Reference poses from a bag: ``T_map_cam`` at the image stamps (``source``: a
+    ``nre_ros.bagio.poses.PoseSource``), matched to keyframes by the time in their names."""
+    from nre_ros.bagio.poses import ground_truth_by_stamp
+    truth, _ = ground_truth_by_stamp(bag_path, image_topic, source)
+    stamps = np.array(sorted(truth), np.int64)
+    return ReferencePoses(trajectory=Trajectory(stamps, np.stack([truth[s] for s in stamps])),
+                          source=f'{bag_path} ({source.describe()})',
+                          tolerance_s=source.tolerance_s)
 
 
 def _name_time_ns(name: str) -> int:
