@@ -214,3 +214,21 @@ def test_ground_truth_for_evaluation_from_offset_topic_or_tf(cabinet, tmp_path):
             assert np.abs(T[:3, 3] - cabinet[i].T_world_cam[:3, 3]).max() < 2e-3
     with pytest.raises(InputError, match='no pose within 0.001 s'):
         ground_truth_by_stamp(path, IMAGE, PoseSource(topic=GT, tolerance_s=1e-3))
+
+
+def test_read_bag_for_evaluation_with_compressed_images_and_interpolated_truth(cabinet,
+                                                                               tmp_path):
+    from nre_ros.bagio.poses import ground_truth_by_stamp
+    idx = [5, 6, 7]
+    path = tmp_path / 'b'
+    bags.write_bag(_samples(cabinet, idx), cabinet.camera, path, image_format='png',
+                   pose_offset_ns=5_000_000)
+    topic = IMAGE + '/compressed'
+    exact = list(bags.read_bag(path, image_topic=topic))
+    assert all(f.T_world_cam is None for f in exact)      # no GT at the image stamps
+    truth, _ = ground_truth_by_stamp(path, topic, PoseSource(topic=GT))
+    frames = list(bags.read_bag(path, image_topic=topic, ground_truth=truth))
+    assert len(frames) == 3 and all(f.camera is not None for f in frames)
+    for f, i in zip(frames, idx):
+        assert np.array_equal(f.rgb, cabinet.load_rgb(cabinet[i]))          # png: lossless
+        assert np.abs(f.T_world_cam[:3, 3] - cabinet[i].T_world_cam[:3, 3]).max() < 2e-3

@@ -336,15 +336,25 @@ def read_truth(path: str | Path, gt_topic: str = TOPIC_GROUND_TRUTH) -> BagTruth
 
 
 def read_bag(path: str | Path, *, image_topic: str = TOPIC_IMAGE,
-             camera_info_topic: str = TOPIC_CAMERA_INFO, depth_topic: str = TOPIC_DEPTH,
-             gt_topic: str = TOPIC_GROUND_TRUTH, with_depth: bool = True) -> Iterator[BagFrame]:
-    """Yield the images of a bag in stamp order with the messages of the same header stamp.
+             camera_info_topic: str | None = None, depth_topic: str = TOPIC_DEPTH,
+             gt_topic: str = TOPIC_GROUND_TRUTH, with_depth: bool = True,
+             ground_truth: dict[int, np.ndarray] | None = None) -> Iterator[BagFrame]:
+    """Yield the images (Image or CompressedImage) of a bag in stamp order with the messages of
+    the same header stamp.
 
-    Camera info, ground truth and odom -> base are matched by exact header stamp; small topics
-    are read first, then images are streamed (one image in memory at a time).
+    Camera info (default: the image topic's sibling ``camera_info``), ground truth and
+    odom -> base are matched by exact header stamp; ``ground_truth`` (``T_map_cam`` by image
+    stamp, e.g. ``nre_ros.bagio.poses.ground_truth_by_stamp``: interpolated from any pose topic,
+    TF or TUM file) replaces ``gt_topic``. Small topics are read first, then images are streamed
+    (one image in memory at a time).
     """
     from rosbags.rosbag2 import Reader
+
+    from nre_ros.bagio.reader import sibling_camera_info_topic
+    camera_info_topic = camera_info_topic or sibling_camera_info_topic(image_topic)
     truth = read_truth(path, gt_topic)
+    if ground_truth is not None:
+        truth.T_map_cam = dict(ground_truth)
     ts = typestore('humble')
     with Reader(path) as reader:
         topics = topic_connections(reader)
@@ -368,7 +378,9 @@ def read_bag(path: str | Path, *, image_topic: str = TOPIC_IMAGE,
             if conn.topic == depth_topic:
                 depths[stamp] = msgs.depth_to_metres(msg)
             else:
-                pending = (stamp, msgs.image_to_rgb(msg))
+                pending = (stamp, msgs.compressed_to_rgb(msg)
+                           if conn.msgtype == 'sensor_msgs/msg/CompressedImage'
+                           else msgs.image_to_rgb(msg))
             if pending is not None and (not depth_conns or pending[0] in depths):
                 yield _frame(pending, cams, gts, depths, odom)
                 pending = None
