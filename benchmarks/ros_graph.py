@@ -71,8 +71,8 @@ def time_configure(args) -> int:
     import rclpy
 
     from nre_ros.commands.evaluate import _parse_params
-    from nre_ros.eval.live import (NodeProcess, Recorder, Spinner, default_params_file,
-                                   node_command)
+    from nre_ros.eval.live import NODE_NAME, NodeProcess, default_params_file, node_command
+    from nre_ros.ros.replay import Recorder, Spinner
     cmd = node_command(args.map, params_file=default_params_file(),
                        params=_parse_params(args.param), use_sim_time=False)
     rows = []
@@ -81,7 +81,7 @@ def time_configure(args) -> int:
         proc = NodeProcess(cmd, args.node_log, env=dict(os.environ))
         ctx = rclpy.Context()
         rclpy.init(context=ctx)
-        rec = Recorder(ctx)
+        rec = Recorder(ctx, NODE_NAME)
         spin = Spinner(ctx, rec.node)
         try:
             t = rec.ensure_active(lambda pred, timeout: Spinner.wait(pred, timeout), 600.0)
@@ -128,10 +128,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from nre_ros.commands.evaluate import _parse_params
     from nre_ros.eval.bags import FRAME_BASE, FRAME_CAMERA, FRAME_ODOM, T_BASE_CAM
-    from nre_ros.eval.live import (NodeProcess, Recorder, Spinner, default_params_file,
-                                   node_command, node_counters)
+    from nre_ros.eval.live import (NODE_NAME, NodeProcess, default_params_file, node_command,
+                                   node_counters)
     from nre_ros.eval.run_metrics import latency_percentiles
     from nre_ros.ros import conversions as conv
+    from nre_ros.ros.replay import Recorder, Spinner
     from nre_ros.ros.tf import TfBroadcaster, make_transform_stamped
 
     frames = load_frames(Path(args.bag))
@@ -153,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     proc = NodeProcess(cmd, args.node_log, env=dict(os.environ))
     ctx = rclpy.Context()
     rclpy.init(context=ctx)
-    rec = Recorder(ctx)
+    rec = Recorder(ctx, NODE_NAME)
     spin = Spinner(ctx, rec.node)
     out: dict = {'hz': args.hz, 'duration_s': args.duration, 'image': f'{w}x{h} rgb8',
                  'oracle': args.oracle, 'load_before': load_before}

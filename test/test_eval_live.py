@@ -82,7 +82,8 @@ def test_build_records_matches_and_checks_tf():
 
     from nre_ros.eval.bags import T_BASE_CAM
     from nre_ros.eval.bags import BagTruth
-    from nre_ros.eval.live import Recording, TfSample, build_records
+    from nre_ros.eval.live import build_records
+    from nre_ros.ros.replay import Recording, TfSample
     from nre_ros.geometry import invert, make_transform, so3_exp
     from nre_ros.ros import conversions as conv
     from nre_ros.stream.covariance import CovarianceModel

@@ -64,3 +64,31 @@ def test_cli_help_lists_commands():
     out = subprocess.run([sys.executable, '-m', 'nre_ros.cli', '--help'], cwd=REPO,
                          capture_output=True, text=True, check=True)
     assert 'demo' in out.stdout
+
+
+def _imports(path: Path) -> set[str]:
+    """Absolute module names a file imports (anywhere in it, lazily or not)."""
+    import ast
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module)
+    return names
+
+
+def test_import_layering():
+    """Only nre_ros/ros/ imports rclpy; the core (everything but ros/, eval/, commands/, cli)
+    never imports ros, eval, commands, cli or nre_training."""
+    outer = ('ros', 'eval', 'commands')
+    for path in sorted((REPO / 'nre_ros').rglob('*.py')):
+        rel = path.relative_to(REPO / 'nre_ros')
+        names = _imports(path)
+        if rel.parts[0] != 'ros':
+            assert not any(n == 'rclpy' or n.startswith('rclpy.') for n in names), rel
+        if rel.parts[0] in outer or rel.name == 'cli.py':
+            continue
+        bad = [n for n in names if n.split('.')[0] == 'nre_training' or
+               any(n == f'nre_ros.{o}' or n.startswith(f'nre_ros.{o}.') for o in outer + ('cli',))]
+        assert not bad, (rel, bad)

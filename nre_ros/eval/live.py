@@ -14,6 +14,9 @@ nre_ros.ros.node`` and a params file, or already running: ``attach``), and this 
 4. turns that into the same ``FrameRecord`` list as the offline replay, so the CSV, TUM files,
    JSON summary and HTML report are written by the same code.
 
+Steps 1-3 (everything that imports rclpy) are ``nre_ros.ros.replay.record_session``; this module
+starts the node process and builds the records and metrics.
+
 Latency of a frame = monotonic receive time of its pose - monotonic time just before its image
 was published (both in this process): DDS both ways + pairing + TF wait + localization.
 
@@ -25,35 +28,35 @@ to it; when they show no drops, both definitions agree.
 """
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from nre_ros import messages as msgs
 from nre_ros.errors import InputError, NreError
-from nre_ros.eval.bags import (FRAME_BASE, FRAME_CAMERA, FRAME_MAP, FRAME_ODOM, TOPIC_CAMERA_INFO,
-                               TOPIC_DEPTH, TOPIC_IMAGE, BagTruth, read_truth, topic_connections,
-                               typestore)
+from nre_ros.eval.bags import (FRAME_BASE, FRAME_CAMERA, FRAME_ODOM, TOPIC_DEPTH, TOPIC_IMAGE,
+                               BagTruth, read_truth)
 from nre_ros.eval.evaluate import FAILURE, FIX, FrameRecord
 from nre_ros.geometry import invert, pose_error
 from nre_ros.ros.dds import ensure_isolation, ensure_large_image_profile
 from nre_ros.stream.covariance import CovarianceModel
+
+if TYPE_CHECKING:   # the ROS side (rclpy) is imported only when a live run starts
+    from nre_ros.ros.replay import Recording, TfSample
 
 logger = logging.getLogger(__name__)
 
 NODE_NAME = '/nre_relocalization'
 REPO = Path(__file__).resolve().parents[2]
 NO_POSE = 'no_pose'
-DISCOVERY_SETTLE_S = 1.0   # after topics match, before the first frame (see run_live)
 # diagnostics key -> summary key
 COUNTERS = {
     'frames received': 'frames_received', 'frames paired': 'frames_paired',
@@ -161,271 +164,6 @@ def proc_status_kb(pid: int, key: str) -> float:
     return float('nan')
 
 
-# ============================================================================= ROS side
-def _msg_class(msgtype: str):
-    """'sensor_msgs/msg/Image' -> sensor_msgs.msg.Image."""
-    pkg, kind, name = msgtype.split('/')
-    return getattr(importlib.import_module(f'{pkg}.{kind}'), name)
-
-
-@dataclass
-class TfSample:
-    recv_s: float
-    parent: str
-    child: str
-    stamp_ns: int
-    T: np.ndarray
-
-
-@dataclass
-class Recording:
-    """Everything the recorder saw (monotonic seconds of this process)."""
-
-    sent: dict[int, float] = field(default_factory=dict)          # image stamp -> send time
-    order: list[int] = field(default_factory=list)                # image stamps as sent
-    poses: dict[int, tuple[float, object]] = field(default_factory=dict)  # stamp -> (recv, msg)
-    unmatched_poses: int = 0
-    duplicate_poses: int = 0
-    tf: list[TfSample] = field(default_factory=list)
-    diagnostics: dict[str, str] = field(default_factory=dict)
-    diagnostics_recv_s: float = float('nan')
-    messages_sent: int = 0
-    first_send_s: float = float('nan')
-    last_send_s: float = float('nan')
-
-
-class Recorder:
-    """A plain node in this process: publishers for the bag topics, recorder of the outputs."""
-
-    def __init__(self, context, node_name: str = NODE_NAME, pose_topic: str | None = None,
-                 map_frame: str = FRAME_MAP):
-        from diagnostic_msgs.msg import DiagnosticArray
-        from geometry_msgs.msg import PoseWithCovarianceStamped
-        from rclpy.node import Node
-        from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-        from tf2_msgs.msg import TFMessage
-
-        from nre_ros.ros.tf import TF_QOS
-        self.node = Node('nre_live_replay', context=context)
-        self.node_name = node_name if node_name.startswith('/') else '/' + node_name
-        self.map_frame = map_frame
-        self.rec = Recording()
-        self._lock = threading.Lock()
-        self._pubs: dict[str, object] = {}
-        pose_qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
-                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
-        self.pose_topic = pose_topic or f'{self.node_name}/pose'
-        self.node.create_subscription(PoseWithCovarianceStamped, self.pose_topic, self._on_pose,
-                                      pose_qos)
-        self.node.create_subscription(TFMessage, '/tf', self._on_tf, TF_QOS)
-        self.node.create_subscription(DiagnosticArray, '/diagnostics', self._on_diag, 10)
-        self.hardware_id = f'nre_ros/{self.node_name.rsplit("/", 1)[-1]}'
-        self._clock_pub = None
-
-    # ------------------------------------------------------------------ publishers
-    def publisher(self, topic: str, msgtype: str):
-        """Publisher for a bag topic (reliable; /tf_static transient local; images keep 5)."""
-        if topic not in self._pubs:
-            from rclpy.qos import QoSProfile, ReliabilityPolicy
-
-            from nre_ros.ros.tf import TF_QOS, TF_STATIC_QOS
-            qos = {'/tf': TF_QOS, '/tf_static': TF_STATIC_QOS}.get(
-                topic, QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE))
-            self._pubs[topic] = self.node.create_publisher(_msg_class(msgtype), topic, qos)
-        return self._pubs[topic]
-
-    def publish_clock(self, stamp_ns: int) -> None:
-        from rosgraph_msgs.msg import Clock
-
-        from nre_ros.ros.conversions import ns_to_stamp
-        if self._clock_pub is None:
-            self._clock_pub = self.node.create_publisher(Clock, '/clock', 10)
-        self._clock_pub.publish(Clock(clock=ns_to_stamp(int(stamp_ns))))
-
-    def mark_sent(self, stamp_ns: int) -> None:
-        now = time.monotonic()
-        with self._lock:
-            if stamp_ns not in self.rec.sent:
-                self.rec.order.append(stamp_ns)
-            self.rec.sent[stamp_ns] = now
-            if not np.isfinite(self.rec.first_send_s):
-                self.rec.first_send_s = now
-            self.rec.last_send_s = now
-
-    # ------------------------------------------------------------------ callbacks
-    def _on_pose(self, msg) -> None:
-        now = time.monotonic()
-        stamp = msgs.stamp_to_ns(msg.header.stamp)
-        with self._lock:
-            if stamp not in self.rec.sent:
-                self.rec.unmatched_poses += 1     # e.g. a latched pose of an earlier run
-            elif stamp in self.rec.poses:
-                self.rec.duplicate_poses += 1
-            else:
-                self.rec.poses[stamp] = (now, msg)
-
-    def _on_tf(self, msg) -> None:
-        now = time.monotonic()
-        for t in msg.transforms:
-            if t.header.frame_id.lstrip('/') == self.map_frame:
-                with self._lock:
-                    self.rec.tf.append(TfSample(now, self.map_frame, t.child_frame_id.lstrip('/'),
-                                                msgs.stamp_to_ns(t.header.stamp),
-                                                msgs.transform_to_matrix(t.transform)))
-
-    def _on_diag(self, msg) -> None:
-        for st in msg.status:
-            if st.hardware_id == self.hardware_id:
-                with self._lock:
-                    self.rec.diagnostics = {kv.key: kv.value for kv in st.values}
-                    self.rec.diagnostics['_message'] = st.message
-                    self.rec.diagnostics_recv_s = time.monotonic()
-
-    def snapshot(self) -> Recording:
-        with self._lock:
-            return Recording(dict(self.rec.sent), list(self.rec.order), dict(self.rec.poses),
-                             self.rec.unmatched_poses, self.rec.duplicate_poses,
-                             list(self.rec.tf), dict(self.rec.diagnostics),
-                             self.rec.diagnostics_recv_s, self.rec.messages_sent,
-                             self.rec.first_send_s, self.rec.last_send_s)
-
-    def num_poses(self) -> int:
-        with self._lock:
-            return len(self.rec.poses)
-
-    # ------------------------------------------------------------------ lifecycle
-    def ensure_active(self, executor_wait, configure_timeout_s: float = 300.0) -> dict:
-        """Bring the node to ``active`` through its lifecycle services; time each transition.
-
-        Returns {'initial_state', 'configure_s', 'activate_s'} (NaN for steps not needed).
-        """
-        from lifecycle_msgs.msg import Transition
-        from lifecycle_msgs.srv import ChangeState, GetState
-        get_state = self.node.create_client(GetState, f'{self.node_name}/get_state')
-        change = self.node.create_client(ChangeState, f'{self.node_name}/change_state')
-        if not get_state.wait_for_service(timeout_sec=configure_timeout_s):
-            raise NreError(f'no lifecycle node {self.node_name} answered on '
-                           f'{self.node_name}/get_state within {configure_timeout_s:.0f} s')
-        change.wait_for_service(timeout_sec=10.0)
-
-        def call(client, request, timeout_s):
-            t0 = time.monotonic()
-            fut = client.call_async(request)
-            if not executor_wait(fut.done, timeout_s):
-                raise NreError(f'{client.srv_name} did not answer within {timeout_s:.0f} s')
-            return fut.result(), time.monotonic() - t0
-
-        state = call(get_state, GetState.Request(), 10.0)[0].current_state.label
-        out = {'initial_state': state, 'configure_s': float('nan'),
-               'activate_s': float('nan')}
-        if state == 'unconfigured':
-            res, out['configure_s'] = call(change, ChangeState.Request(transition=Transition(
-                id=Transition.TRANSITION_CONFIGURE)), configure_timeout_s)
-            if not res.success:
-                raise NreError(f'configure of {self.node_name} failed (see the node log)')
-            state = 'inactive'
-        if state == 'inactive':
-            res, out['activate_s'] = call(change, ChangeState.Request(transition=Transition(
-                id=Transition.TRANSITION_ACTIVATE)), 30.0)
-            if not res.success:
-                raise NreError(f'activate of {self.node_name} failed (see the node log)')
-        elif state != 'active':
-            raise NreError(f'node {self.node_name} is in state {state!r}; expected '
-                           'unconfigured, inactive or active')
-        self.node.destroy_client(get_state)
-        self.node.destroy_client(change)
-        return out
-
-
-class Spinner:
-    """SingleThreadedExecutor in a background thread (rclpy's MultiThreadedExecutor busy-polls
-    and would take a core from the node it measures)."""
-
-    def __init__(self, context, node):
-        from rclpy.executors import SingleThreadedExecutor
-        self.executor = SingleThreadedExecutor(context=context)
-        self.executor.add_node(node)
-        self.thread = threading.Thread(target=self._spin, name='nre_live_spin', daemon=True)
-        self.thread.start()
-
-    def _spin(self) -> None:
-        try:
-            self.executor.spin()
-        except Exception:  # noqa: BLE001 - context shut down at the end
-            pass
-
-    @staticmethod
-    def wait(pred, timeout_s: float, period_s: float = 0.01) -> bool:
-        end = time.monotonic() + timeout_s
-        while time.monotonic() < end:
-            if pred():
-                return True
-            time.sleep(period_s)
-        return bool(pred())
-
-    def stop(self) -> None:
-        self.executor.shutdown(timeout_sec=2.0)
-        self.thread.join(timeout=5.0)
-
-
-# ============================================================================= bag side
-def create_publishers(recorder: Recorder, bag: str | Path, use_depth: bool = False) -> list:
-    """Publishers of every bag topic ``play_bag`` will send, created before playing so that
-    discovery can match them first (a publisher created at its first message loses that message
-    to a best-effort subscriber not yet matched: the first CameraInfo went missing)."""
-    from rosbags.rosbag2 import Reader
-    wanted = {TOPIC_IMAGE, TOPIC_CAMERA_INFO, '/tf', '/tf_static'} | (
-        {TOPIC_DEPTH} if use_depth else set())
-    with Reader(bag) as reader:
-        topics = topic_connections(reader)
-        return [recorder.publisher(t, conns[0].msgtype) for t, conns in sorted(topics.items())
-                if t in wanted and conns]
-
-
-def play_bag(recorder: Recorder, bag: str | Path, *, rate: float = 1.0, use_depth: bool = False,
-             clock: bool = True, clock_period_s: float = 0.02,
-             progress=None) -> None:
-    """Publish the bag's sensor topics raw at ``rate`` x bag time (stamps = bag stamps).
-
-    Image, CameraInfo, /tf, /tf_static (and the depth topic with ``use_depth``); the ground
-    truth is not published. With ``clock``, /clock carries bag time between messages (and
-    equals a message's stamp when it is sent).
-    """
-    from rosbags.rosbag2 import Reader
-    if rate <= 0:
-        raise InputError(f'--rate must be > 0, got {rate}')
-    ts = typestore('humble')
-    wanted = {TOPIC_IMAGE, TOPIC_CAMERA_INFO, '/tf', '/tf_static'} | (
-        {TOPIC_DEPTH} if use_depth else set())
-    with Reader(bag) as reader:
-        topics = topic_connections(reader)
-        if TOPIC_IMAGE not in topics:
-            raise InputError(f'bag {bag} has no topic {TOPIC_IMAGE}; topics: {sorted(topics)}')
-        if use_depth and TOPIC_DEPTH not in topics:
-            raise InputError(f'--use-depth: bag {bag} has no depth topic {TOPIC_DEPTH}')
-        conns = [c for t in wanted for c in topics.get(t, [])]
-        t0_bag = start = None
-        for conn, t_ns, raw in reader.messages(connections=conns):
-            pub = recorder.publisher(conn.topic, conn.msgtype)
-            if start is None:
-                t0_bag, start = t_ns, time.monotonic()
-            target = start + (t_ns - t0_bag) * 1e-9 / rate
-            while True:
-                now = time.monotonic()
-                if clock:
-                    recorder.publish_clock(min(t0_bag + int((now - start) * rate * 1e9), t_ns))
-                if now >= target:
-                    break
-                time.sleep(min(clock_period_s if clock else 1.0, target - now))
-            if conn.topic == TOPIC_IMAGE:
-                stamp = msgs.stamp_to_ns(ts.deserialize_cdr(raw, conn.msgtype).header.stamp)
-                recorder.mark_sent(stamp)
-                if progress:
-                    progress()
-            pub.publish(bytes(raw))
-            recorder.rec.messages_sent += 1
-
-
 # ============================================================================= records
 def _tf_candidates(tfs: list[TfSample], lo_s: float, hi_s: float, child: str) -> list[TfSample]:
     """map -> ``child`` samples received in [lo_s, hi_s]."""
@@ -528,8 +266,6 @@ class LiveResult:
 def run_live(bag: str | Path, map_path: str, out_dir: str | Path,
              opts: LiveOptions = LiveOptions(), show_progress: bool = True) -> LiveResult:
     """Start (or attach to) the node, replay ``bag`` through it, record; see module docstring."""
-    import rclpy
-    from tqdm import tqdm
     bag, out_dir = Path(bag), Path(out_dir)
     if not bag.exists():
         raise InputError(f'bag {bag} does not exist')
@@ -538,6 +274,10 @@ def run_live(bag: str | Path, map_path: str, out_dir: str | Path,
     # Fast DDS reads the profile at the process's first participant: call this from a fresh
     # process (the CLI) or set FASTDDS_DEFAULT_PROFILES_FILE before any rclpy.init.
     profile = ensure_large_image_profile()
+    try:   # after the DDS settings: rclpy is imported here, never by a plain evaluation
+        from nre_ros.ros.replay import record_session
+    except ImportError as exc:
+        raise NreError(f'--live needs rclpy and tf2_msgs ({exc}); see scripts/install_ros.sh')
     truth = read_truth(bag)
     from nre_ros.eval.bags import count_images
     total = count_images(bag)
@@ -551,69 +291,14 @@ def run_live(bag: str | Path, map_path: str, out_dir: str | Path,
                            depth_topic=TOPIC_DEPTH if opts.use_depth else None)
         proc = NodeProcess(cmd, opts.node_log or out_dir / 'node.log', env=dict(os.environ))
         logger.info('started the node (pid %d): %s', proc.pid, ' '.join(cmd))
-    ctx = rclpy.Context()
-    rclpy.init(context=ctx)
-    recorder = Recorder(ctx, opts.node_name, opts.pose_topic)
-    spin = Spinner(ctx, recorder.node)
     live: dict = {'node_pid': proc.pid if proc else None, 'attached': opts.attach,
                   'rate': opts.rate, 'clock': opts.clock, 'fastdds_profile': profile,
                   'node_log': str(proc.log_path) if proc else None}
     try:
-        def wait(pred, timeout_s):
-            def check():
-                if proc is not None and not proc.alive():
-                    raise NreError(f'the node exited with code {proc.proc.returncode}:\n'
-                                   f'{proc.log_tail()}')
-                return pred()
-            return Spinner.wait(check, timeout_s)
-        if opts.clock:   # bag time from the start, so the node's clock is not at 0
-            recorder.publish_clock(truth.start_ns)
-        try:
-            live.update(recorder.ensure_active(wait, opts.startup_timeout_s))
-        except NreError as exc:
-            tail = proc.log_tail() if proc else ''
-            raise NreError(f'{exc}\n{tail}') from None
-        live['rss_start_mb'] = proc.status_kb('VmRSS') / 1024 if proc else float('nan')
-        img_pub = recorder.publisher(TOPIC_IMAGE, 'sensor_msgs/msg/Image')
-        if not wait(lambda: img_pub.get_subscription_count() > 0
-                    and recorder.node.count_publishers(recorder.pose_topic) > 0, 30.0):
-            raise NreError(f'the node does not subscribe to {TOPIC_IMAGE} or publish '
-                           f'{recorder.pose_topic} (remaps? node name {opts.node_name}?)')
-        pubs = create_publishers(recorder, bag, opts.use_depth)
-        if not wait(lambda: all(p.get_subscription_count() > 0 for p in pubs), 15.0):
-            logger.warning('not every bag topic has a subscriber yet: %s', ', '.join(
-                p.topic_name for p in pubs if p.get_subscription_count() == 0))
-        # Discovery is asymmetric: our writers seeing the node's readers does not mean those
-        # readers have matched our writers yet, and best-effort samples sent before that are
-        # lost (seen as a missing first frame on a busy machine). Give them a moment.
-        wait(lambda: False, DISCOVERY_SETTLE_S)
-        with tqdm(total=total, unit='frame', desc='live', disable=not show_progress) as bar:
-            play_bag(recorder, bag, rate=opts.rate, use_depth=opts.use_depth, clock=opts.clock,
-                     progress=bar.update)
-        rec = recorder.rec
-
-        def keep_clock(pred, timeout_s: float) -> bool:
-            """Wait for pred; bag time keeps running on /clock (the node's timers use it)."""
-            end = time.monotonic() + timeout_s
-            while time.monotonic() < end and not pred():
-                if opts.clock:
-                    last = rec.order[-1] if rec.order else truth.start_ns
-                    recorder.publish_clock(last + int((time.monotonic() - rec.last_send_s)
-                                                      * opts.rate * 1e9))
-                time.sleep(0.02)
-            return pred()
-        keep_clock(lambda: recorder.num_poses() >= len(rec.order), opts.settle_s)
-        t_diag = time.monotonic()       # counters as of after the last pose
-        keep_clock(lambda: rec.diagnostics_recv_s > t_diag, 5.0)
-        live['rss_end_mb'] = proc.status_kb('VmRSS') / 1024 if proc else float('nan')
-        live['rss_peak_mb'] = proc.status_kb('VmHWM') / 1024 if proc else float('nan')
+        rec = record_session(bag, truth, total, opts, proc, live, show_progress)
     finally:
-        spin.stop()
-        recorder.node.destroy_node()
-        rclpy.try_shutdown(context=ctx)
         if proc is not None:
             live['node_exit_code'] = proc.stop()
-    rec = recorder.snapshot()
     records, checks = build_records(rec, truth)
     live.update(checks)
     live.update({'images_sent': len(rec.order), 'poses_received': len(rec.poses),
