@@ -41,6 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--oracle', nargs=2, type=float, metavar=('SIGMA_T_M', 'SIGMA_R_DEG'),
                         help='harness self-check: evaluate ground truth + this noise instead of '
                         'the relocalizer (no map needed); not a relocalization result')
+    parser.add_argument('--oracle-fail-rate', type=float, default=0.0, metavar='P',
+                        help='with --oracle: answer this fraction of the frames with a Failure '
+                        '(seeded, the same frames offline and --live)')
     parser.add_argument('--no-progress', action='store_true', help='no tqdm progress bar')
     live = parser.add_argument_group('live replay over ROS 2 (--live)')
     live.add_argument('--live', action='store_true',
@@ -101,7 +104,8 @@ def run_live(args: argparse.Namespace) -> int:
     if args.oracle:
         import sys
         program = [sys.executable, '-m', 'nre_ros.eval.oracle_node', str(args.bag),
-                   str(args.oracle[0]), str(args.oracle[1])]
+                   str(args.oracle[0]), str(args.oracle[1]),
+                   '--fail-rate', str(args.oracle_fail_rate)]
         map_path = map_path or 'oracle'
         meta = {'localizer': f'ORACLE in the node (ground truth + noise {args.oracle[0]} m, '
                              f'{args.oracle[1]} deg): harness self-check'}
@@ -142,7 +146,8 @@ def run(args: argparse.Namespace) -> int:
         from nre_ros.eval.fakes import OracleLocalizer
         localizer = OracleLocalizer.from_frames(read_bag(args.bag, with_depth=False),
                                                 sigma_t_m=args.oracle[0],
-                                                sigma_r_deg=args.oracle[1])
+                                                sigma_r_deg=args.oracle[1],
+                                                fail_rate=args.oracle_fail_rate)
         meta = {'localizer': f'ORACLE (ground truth + noise {args.oracle[0]} m, '
                              f'{args.oracle[1]} deg): harness self-check'}
     else:
