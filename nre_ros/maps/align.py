@@ -1,5 +1,5 @@
 """Metric alignment of a map in arbitrary units (SfM / COLMAP): a similarity fitted on camera
-centres (Umeyama), stored as the map's ``map_T_model``.
+centres and orientations (Umeyama), stored as the map's ``map_T_model``.
 
 Reference poses (``read_reference_poses``) come from
 
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from nre_ros.errors import InputError
-from nre_ros.geometry import Sim3, invert, tum_to_pose
+from nre_ros.geometry import Sim3, invert, rotation_angle_deg, tum_to_pose
 from nre_ros.maps.format import Map
 from nre_ros.trajectory import DEFAULT_TOLERANCE_S, Trajectory
 
@@ -29,16 +29,19 @@ _TIME = re.compile(r'(\d{6,}(?:\.\d+)?)')
 
 @dataclass(frozen=True)
 class Alignment:
-    """``map_T_model`` fitted on ``n`` camera centres; residuals in the reference's metres."""
+    """``map_T_model`` fitted on ``n`` cameras; residuals of their centres in the reference's
+    metres and of their orientations in degrees."""
 
     sim: Sim3
     n: int
     rms_m: float
     max_m: float
+    rotation_rms_deg: float
 
     def describe(self) -> str:
         return (f'aligned on {self.n} keyframes: scale {self.sim.scale:.6g}, residual RMS '
-                f'{self.rms_m:.4f} m, max {self.max_m:.4f} m')
+                f'{self.rms_m:.4f} m, max {self.max_m:.4f} m, camera rotation RMS '
+                f'{self.rotation_rms_deg:.2f} deg')
 
 
 def umeyama(src: np.ndarray, dst: np.ndarray, with_scale: bool = True) -> Sim3:
@@ -69,20 +72,36 @@ def apply(sim: Sim3, points: np.ndarray) -> np.ndarray:
     return sim.scale * np.asarray(points) @ np.asarray(sim.rotation).T + sim.translation
 
 
-def align_map(m: Map, reference: dict[str, np.ndarray] | 'ReferencePoses') -> tuple[Map, Alignment]:
-    """The map with ``map_T_model`` fitted to the reference camera centres of its keyframes."""
+def align_map(m: Map, reference: 'dict[str, np.ndarray] | ReferencePoses'
+              ) -> tuple[Map, Alignment]:
+    """The map with ``map_T_model`` fitted to the reference poses of its keyframes.
+
+    Umeyama on the camera centres, then twice on the centres plus three points along each
+    camera's axes (``lever`` metres out, ``lever / scale`` in model units): camera orientations
+    then fix the rotation even when the centres barely spread (a camera turning on the spot).
+    """
     ref = reference if isinstance(reference, ReferencePoses) else ReferencePoses(reference)
-    centres = invert(np.asarray(m.kf_T_cam_world))[:, :3, 3]
-    targets, has = ref.centres_for(m.keyframe_names)
+    T_model_cam = invert(np.asarray(m.kf_T_cam_world))
+    T_ref, has = ref.poses_for(m.keyframe_names)
     if has.sum() < MIN_KEYFRAMES:
         raise InputError(f'only {int(has.sum())} of {m.num_keyframes} keyframes have a '
                          f'reference pose ({ref.source}); alignment needs {MIN_KEYFRAMES} '
                          f'(keyframes e.g. {list(m.keyframe_names[:3])})')
-    sim = umeyama(centres[has], targets[has])
-    res = np.linalg.norm(apply(sim, centres[has]) - targets[has], axis=1)
-    al = Alignment(sim, int(has.sum()), float(np.sqrt(np.mean(res ** 2))), float(res.max()))
+    Tm, Tr = T_model_cam[has], T_ref[has]
+    cm, cr = Tm[:, :3, 3], Tr[:, :3, 3]
+    sim = umeyama(cm, cr)
+    lever = max(float(np.sqrt(np.mean(np.sum((cr - cr.mean(0)) ** 2, 1)))), 0.5)
+    for _ in range(2):
+        am = (cm[:, None] + (lever / sim.scale) * np.swapaxes(Tm[:, :3, :3], 1, 2)).reshape(-1, 3)
+        ar = (cr[:, None] + lever * np.swapaxes(Tr[:, :3, :3], 1, 2)).reshape(-1, 3)
+        sim = umeyama(np.concatenate([cm, am]), np.concatenate([cr, ar]))
+    res = np.linalg.norm(apply(sim, cm) - cr, axis=1)
+    rot = rotation_angle_deg(np.asarray(sim.rotation) @ Tm[:, :3, :3], Tr[:, :3, :3])
+    al = Alignment(sim, int(has.sum()), float(np.sqrt(np.mean(res ** 2))), float(res.max()),
+                   float(np.sqrt(np.mean(rot ** 2))))
     prov = {**m.metadata.provenance, 'alignment': {
-        'reference': ref.source, 'keyframes': al.n, 'rms_m': al.rms_m, 'max_m': al.max_m}}
+        'reference': ref.source, 'keyframes': al.n, 'rms_m': al.rms_m, 'max_m': al.max_m,
+        'rotation_rms_deg': al.rotation_rms_deg}}
     return replace(m, metadata=replace(m.metadata, map_T_model=sim, provenance=prov)), al
 
 
@@ -98,21 +117,26 @@ class ReferencePoses:
         self.source = source
         self.tolerance_s = tolerance_s
 
-    def centres_for(self, names) -> tuple[np.ndarray, np.ndarray]:
-        """(K, 3) reference camera centres of the named keyframes and (K,) found."""
-        out = np.zeros((len(names), 3))
+    def poses_for(self, names) -> tuple[np.ndarray, np.ndarray]:
+        """(K, 4, 4) reference ``T_world_cam`` of the named keyframes and (K,) found."""
+        out = np.tile(np.eye(4), (len(names), 1, 1))
         has = np.zeros(len(names), bool)
         for i, n in enumerate(names):
             T = self.by_name.get(n, self.by_base.get(Path(n).name))
             if T is not None:
-                out[i], has[i] = T[:3, 3], True
+                out[i], has[i] = T, True
         if self.trajectory is not None:
             stamps = np.array([_name_time_ns(n) for n in names], np.int64)
             timed = (stamps >= 0) & ~has
             T, ok = self.trajectory.interpolate(stamps[timed], self.tolerance_s)
             idx = np.flatnonzero(timed)[ok]
-            out[idx], has[idx] = T[ok][:, :3, 3], True
+            out[idx], has[idx] = T[ok], True
         return out, has
+
+    def centres_for(self, names) -> tuple[np.ndarray, np.ndarray]:
+        """(K, 3) reference camera centres of the named keyframes and (K,) found."""
+        T, has = self.poses_for(names)
+        return T[:, :3, 3], has
 
 
 def read_reference_poses(path: str | Path, tolerance_s: float = DEFAULT_TOLERANCE_S
