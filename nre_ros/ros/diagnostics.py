@@ -26,6 +26,8 @@ def _level_message(s: StreamStats, lost_after: int) -> tuple[bytes, str]:
         return DiagnosticStatus.ERROR, f'Bad input: {s.last_problem_detail}'
     state = s.localization_state(lost_after)
     if state == LOCALIZED:
+        if s.map_units_warning:
+            return DiagnosticStatus.WARN, 'Localized, in a map without metric units'
         return DiagnosticStatus.OK, 'Localized'
     if state == LOST:
         return DiagnosticStatus.ERROR, 'Localization lost'
@@ -41,6 +43,7 @@ def to_status(s: StreamStats, hardware_id: str, lost_after: int) -> DiagnosticSt
         lat = np.array(s.latencies_ms, dtype=np.float64)
         values = {
             'state': s.state, 'map id': s.map_id, 'localized': str(s.localized),
+            'map units': s.map_units_warning or 'metric',
             'last success age (s)': age, 'points used': str(s.last_points),
             'final cost': f'{s.last_cost:.4f}',
             'latency p50 (ms)': f'{np.percentile(lat, 50):.1f}' if lat.size else '',

@@ -34,6 +34,7 @@ from std_srvs.srv import SetBool, Trigger
 
 from nre_ros import messages as msgs
 from nre_ros.errors import InputError
+from nre_ros.maps.align import units_warning
 from nre_ros.ros import conversions as conv
 from nre_ros.ros.diagnostics import to_status
 from nre_ros.ros.params import NodeConfig, declare_parameters, read_config
@@ -139,11 +140,20 @@ class RelocalizationNode(LifecycleNode):
         with self.stats.lock:
             self.stats.map_loaded, self.stats.map_id = True, cfg.map_path
             self.stats.state = 'inactive'
+        self._note_units(reloc)
         self.get_logger().info(
             f'Configured: map {cfg.map_path} loaded in {t_load:.2f} s, warm-up '
             f'{time.perf_counter() - t0 - t_load:.2f} s; tf_mode={cfg.tf_owner}, '
             f'frames {cfg.map_frame}/{cfg.odom_frame}/{cfg.base_frame}')
         return TransitionCallbackReturn.SUCCESS
+
+    def _note_units(self, reloc) -> None:
+        """Warn (log and diagnostics) when the map does not serve poses in metres."""
+        warning = units_warning(reloc.map) if hasattr(reloc, 'map') else None
+        if warning:
+            self.get_logger().warning(warning)
+        with self.stats.lock:
+            self.stats.map_units_warning = warning or ''
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         cfg = self.cfg
@@ -350,6 +360,7 @@ class RelocalizationNode(LifecycleNode):
             self._viz.publish_map(reloc)
             with self.stats.lock:
                 self.stats.map_id = path
+            self._note_units(reloc)
             gc.collect()
             response.success = True
             response.message = (f'loaded {path} in {time.perf_counter() - t0:.2f} s'

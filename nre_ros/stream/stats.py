@@ -17,6 +17,7 @@ class StreamStats:
     state: str = 'unconfigured'     # lifecycle state, set by the node
     map_id: str = ''
     map_loaded: bool = False
+    map_units_warning: str = ''     # non-empty: the map does not serve metric poses
     frames_received: int = 0
     frames_paired: int = 0
     frames_processed: int = 0
