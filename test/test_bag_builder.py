@@ -232,3 +232,28 @@ def test_read_bag_for_evaluation_with_compressed_images_and_interpolated_truth(c
     for f, i in zip(frames, idx):
         assert np.array_equal(f.rgb, cabinet.load_rgb(cabinet[i]))          # png: lossless
         assert np.abs(f.T_world_cam[:3, 3] - cabinet[i].T_world_cam[:3, 3]).max() < 2e-3
+
+
+def test_evaluate_with_compressed_images_and_ground_truth_from_tf(cabinet, tmp_path, capsys):
+    """nre-ros evaluate (oracle localizer) on a bag whose ground truth is only in TF and whose
+    images are JPEG gives the same metrics as on the same frames with /ground_truth."""
+    import json
+
+    from nre_ros.cli import main
+    idx = list(range(20, 26))
+    runs = {}
+    for name, kw, extra in (('topic', {}, []),
+                            ('tf', dict(image_format='jpeg', poses_as='tf'),
+                             ['--image-topic', IMAGE + '/compressed', '--gt-tf', 'map',
+                              'base_link'])):
+        bag = tmp_path / name
+        bags.write_bag(_samples(cabinet, idx), cabinet.camera, bag, **kw)
+        with Bag(bag) as b:
+            assert (GT in b.topics) == (name == 'topic')
+        out = tmp_path / f'eval_{name}'
+        assert main(['evaluate', str(bag), '--oracle', '0', '0', '--out', str(out),
+                     '--no-progress', *extra]) == 0
+        runs[name] = json.loads((out / 'summary.json').read_text())['metrics']
+    for key in ('num_frames', 'num_fixes', 'recall_25cm_2deg', 'ate_rmse_m'):
+        assert runs['tf'][key] == pytest.approx(runs['topic'][key], abs=1e-6), key
+    assert runs['tf']['num_frames'] == len(idx) and runs['tf']['num_fixes'] >= 3

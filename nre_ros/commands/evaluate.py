@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from nre_ros.commands import _bag_options
 from nre_ros.errors import InputError, NreError
 
 NAME = 'evaluate'
@@ -45,6 +46,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='with --oracle: answer this fraction of the frames with a Failure '
                         '(seeded, the same frames offline and --live)')
     parser.add_argument('--no-progress', action='store_true', help='no tqdm progress bar')
+    topics = parser.add_argument_group('topics (offline; default: the make-bag layout)')
+    topics.add_argument('--image-topic', default=None,
+                        help='Image or CompressedImage topic (default /camera/color/image_raw)')
+    topics.add_argument('--camera-info-topic', default=None,
+                        help='CameraInfo topic (default: the image topic\'s sibling camera_info)')
+    topics.add_argument('--depth-topic', default=None, help='depth topic for --use-depth '
+                        '(default /camera/aligned_depth_to_color/image_raw)')
+    _bag_options.add_ground_truth_arguments(parser)
     live = parser.add_argument_group('live replay over ROS 2 (--live)')
     live.add_argument('--live', action='store_true',
                       help='replay through the nre_relocalization node over ROS 2 and record '
@@ -128,10 +137,23 @@ def run(args: argparse.Namespace) -> int:
     from nre_ros.eval.evaluate import ReplayMode, evaluate_bag, load_baseline, load_stream_config
     if not Path(args.bag).exists():
         raise InputError(f'bag {args.bag} does not exist')
+    gt_source = _bag_options.ground_truth_source(args)
     if args.live:
+        if gt_source is not None or args.image_topic or args.camera_info_topic \
+                or args.depth_topic:
+            raise InputError('--gt-* and topic options apply to offline evaluation; --live '
+                             'replays the make-bag layout')
         return run_live(args)
     if args.attach:
         raise InputError('--attach only goes with --live')
+    from nre_ros.eval.bags import TOPIC_DEPTH, TOPIC_IMAGE
+    read_options = {'image_topic': args.image_topic or TOPIC_IMAGE,
+                    'camera_info_topic': args.camera_info_topic,
+                    'depth_topic': args.depth_topic or TOPIC_DEPTH}
+    if gt_source is not None:
+        from nre_ros.bagio.poses import ground_truth_by_stamp
+        read_options['ground_truth'], _ = ground_truth_by_stamp(
+            args.bag, read_options['image_topic'], gt_source)
     params = _parse_params(args.param)
     if args.max_rate is not None:
         if args.max_rate <= 0:
@@ -144,7 +166,8 @@ def run(args: argparse.Namespace) -> int:
     if args.oracle:
         from nre_ros.eval.bags import read_bag
         from nre_ros.eval.fakes import OracleLocalizer
-        localizer = OracleLocalizer.from_frames(read_bag(args.bag, with_depth=False),
+        localizer = OracleLocalizer.from_frames(read_bag(args.bag, with_depth=False,
+                                                         **read_options),
                                                 sigma_t_m=args.oracle[0],
                                                 sigma_r_deg=args.oracle[1],
                                                 fail_rate=args.oracle_fail_rate)
@@ -156,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
                 'config': args.config or 'defaults'}
     baselines = {str(b): load_baseline(b) for b in args.baseline}
     metrics, paths = evaluate_bag(args.bag, localizer, args.out, mode, config, meta, baselines,
-                                  show_progress=not args.no_progress)
+                                  show_progress=not args.no_progress, read_options=read_options)
     lat = metrics['latency_ms']
     print(f"{metrics['num_frames']} frames, {metrics['num_fixes']} fixes published "
           f"({metrics['num_rejected_by_gate']} held back by the consistency gate); recall "

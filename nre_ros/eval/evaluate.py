@@ -337,19 +337,23 @@ def write_outputs(out_dir: str | Path, records: list[FrameRecord], metrics: dict
 def evaluate_bag(bag: str | Path, localizer: Localizer, out_dir: str | Path,
                  mode: ReplayMode = ReplayMode(), config: StreamConfig = StreamConfig(),
                  meta: dict | None = None, baselines: dict[str, dict] | None = None,
-                 show_progress: bool = True) -> tuple[dict, dict[str, Path]]:
+                 show_progress: bool = True, read_options: dict | None = None
+                 ) -> tuple[dict, dict[str, Path]]:
     """Replay ``bag`` through the stream over ``localizer`` and write every output to
-    ``out_dir``. Returns (metrics, {'csv', 'estimate', 'ground_truth', 'summary', 'report':
-    path})."""
+    ``out_dir``. ``read_options``: topics and ``ground_truth`` for ``read_bag``. Returns
+    (metrics, {'csv', 'estimate', 'ground_truth', 'summary', 'report': path})."""
     from tqdm import tqdm
 
-    from nre_ros.eval.bags import FRAME_BASE, FRAME_CAMERA, count_images, read_bag, read_static_tf
-    total = count_images(bag)
+    from nre_ros.eval.bags import (FRAME_BASE, FRAME_CAMERA, TOPIC_IMAGE, count_images, read_bag,
+                                   read_static_tf)
+    read_options = dict(read_options or {})
+    total = count_images(bag, read_options.get('image_topic', TOPIC_IMAGE))
     T_base_cam = read_static_tf(bag, FRAME_BASE, FRAME_CAMERA)
     if callable(getattr(localizer, 'warmup', None)):
         localizer.warmup()      # as the node does at configure: not part of any frame's time
     with tqdm(total=total, unit='frame', desc='evaluate', disable=not show_progress) as bar:
-        records = replay(read_bag(bag, with_depth=config.use_depth), localizer, mode, config,
+        records = replay(read_bag(bag, with_depth=config.use_depth, **read_options), localizer,
+                         mode, config,
                          T_base_cam, progress=bar.update)
     metrics = summarize_run(records)
     rate = f'max_rate {config.max_rate:g} Hz' if config.max_rate > 0 else 'no max_rate'
