@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument('--sizes', type=int, nargs='+', default=[100, 1000, 5000])
     p.add_argument('--queries', type=int, default=8)
     p.add_argument('--base', type=Path, default=DEMO_MAP)
-    p.add_argument('--work', type=Path, default=Path('/tmp/nre_map_scale'))
+    p.add_argument('--work', type=Path, default=ROOT / 'out' / 'map_scale')
     p.add_argument('--child', type=Path, help=argparse.SUPPRESS)
     p.add_argument('--queries-for', type=Path, nargs='+', help=argparse.SUPPRESS)
     args = p.parse_args(argv)

@@ -38,8 +38,8 @@ else
   fi
 fi
 # launch, launch_ros, launch_testing (not on PyPI: built from the sources next to the recipe).
-if (cd / && "$PY" -c 'import launch_ros, launch_testing') 2>/dev/null; then
-  echo "[install_ros] launch / launch_ros / launch_testing already installed"
+if (cd / && "$PY" -c 'import launch, launch_ros') 2>/dev/null; then
+  echo "[install_ros] launch / launch_ros already installed"
 elif [[ -x "$SHARED_ROS/install_launch.sh" ]]; then
   echo "[install_ros] installing launch, launch_ros, launch_testing (about 30 s, cached afterwards)"
   PYTHON="$PY" "$SHARED_ROS/install_launch.sh"

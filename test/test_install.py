@@ -103,3 +103,22 @@ def test_shipped_fastdds_profile_is_the_one_the_tools_write():
     from nre_ros.ros.dds import LARGE_SHM_PROFILE
     assert (REPO / 'config' / 'fastdds_large_shm.xml').read_text() == LARGE_SHM_PROFILE
     assert "glob('config/*.xml')" in (REPO / 'setup.py').read_text()   # installed with config/
+
+
+def test_no_absolute_path_outside_the_repository():
+    """Code, docs and shipped metadata name other places relative to the checkout or by an
+    environment variable (NRE_SHARED_DATA, ...), never by an absolute path of this machine."""
+    out = subprocess.run(['git', 'ls-files'], cwd=REPO, capture_output=True, text=True)
+    if out.returncode != 0:
+        pytest.skip('not a git checkout')
+    pattern = re.compile(r'(?<![\w.~$}])/(work|home|root)/')
+    suffixes = ('.py', '.sh', '.md', '.yaml', '.yml', '.json', '.txt', '.xml', '.srv', '.cfg',
+                '.ini', '.rviz', 'Makefile', 'run')
+    hits = []
+    for rel in out.stdout.split():
+        path = REPO / rel
+        if rel.endswith(suffixes) and path.is_file():
+            for i, line in enumerate(path.read_text(errors='replace').splitlines(), 1):
+                if pattern.search(line):
+                    hits.append(f'{rel}:{i}: {line.strip()[:120]}')
+    assert not hits, '\n'.join(hits)
