@@ -302,11 +302,20 @@ class Relocalizer:
         return kept
 
     def _points_of(self, keyframes: np.ndarray) -> np.ndarray:
-        """Unique point indices seen by ``keyframes`` (better-ranked keyframes first), capped."""
-        pts = np.concatenate([self.map.observations(int(i)).point_idx for i in keyframes])
+        """Unique point indices seen by ``keyframes``, capped at ``retrieval.max_points``.
+
+        Taken round-robin over the keyframes (each one's strongest keypoints first, the
+        better-ranked keyframe first within a round), so the cap keeps every keyframe's view
+        however dense the map: filled by the first keyframes alone, the point set of a query
+        came from a narrow set of views and left sideways translation + yaw loosely held
+        (docs/decisions.md)."""
+        lists = [self.map.observations(int(i)).point_idx for i in keyframes]
+        pts = np.concatenate(lists)
+        within = np.concatenate([np.arange(len(p)) for p in lists])
+        rank = np.concatenate([np.full(len(p), r) for r, p in enumerate(lists)])
+        pts = pts[np.lexsort((rank, within))]
         _, first = np.unique(pts, return_index=True)
-        ordered = pts[np.sort(first)]
-        return ordered[:self.config.retrieval.max_points].astype(np.int64)
+        return pts[np.sort(first)][:self.config.retrieval.max_points].astype(np.int64)
 
     def _descriptors(self, point_idx: np.ndarray, keyframes: np.ndarray, level: str
                      ) -> torch.Tensor:

@@ -147,3 +147,27 @@ def test_stage_times_add_up_to_the_total_in_the_report(reloc, queries):
     total = table.pop('total')['mean']
     assert sum(v['mean'] for v in table.values()) == pytest.approx(total, rel=0.05)
     assert 'sum of stages' in render_html(records, summarize_run(records), {}, {})
+
+
+def test_point_cap_keeps_every_retrieved_keyframe(reloc):
+    """With the cap biting, every retrieved keyframe keeps its strongest points (not only the
+    first keyframes' points)."""
+    from dataclasses import replace
+
+    from nre_ros.pipeline import RetrievalConfig
+    def capped(n):
+        return Relocalizer(reloc.map, reloc.model,
+                           replace(PipelineConfig(), retrieval=RetrievalConfig(5, n)))
+
+    small = capped(250)
+    keyframes = np.arange(5)
+    idx = small._points_of(keyframes)
+    assert len(idx) == 250 and len(np.unique(idx)) == 250
+    for k in keyframes:
+        seen = reloc.map.observations(int(k)).point_idx
+        assert np.isin(seen[:30], idx).all()      # its 30 best points are in
+    # below the cap: every point of the keyframes, once
+    big = capped(10 ** 6)
+    all_pts = np.unique(np.concatenate([reloc.map.observations(int(k)).point_idx
+                                        for k in keyframes]))
+    np.testing.assert_array_equal(np.sort(big._points_of(keyframes)), all_pts)
