@@ -25,6 +25,7 @@ from nre_ros.ros import visualization as viz  # noqa: E402
 LATCHED = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST,
                      reliability=ReliabilityPolicy.RELIABLE,
                      durability=DurabilityPolicy.TRANSIENT_LOCAL)
+METRIC = SimpleNamespace(units='m', map_T_model=None)      # what the node reads of a map
 SIM = Sim3(so3_exp([0.0, 0.0, 0.7]), np.array([1.0, -2.0, 0.3]), 1.5)
 
 
@@ -34,7 +35,7 @@ def _fake_map(n_points=30, n_kf=4):
                    for _ in range(n_kf)])
     return SimpleNamespace(points_world=rng.normal(size=(n_points, 3)).astype(np.float32),
                            points_rgb=rng.integers(0, 256, (n_points, 3)).astype(np.uint8),
-                           kf_T_cam_world=kf)
+                           kf_T_cam_world=kf, metadata=METRIC)
 
 
 def _subscribe(rig, msg_type, topic, qos):
@@ -71,7 +72,7 @@ def test_debug_image_shows_the_supported_points(running):
     p_model = p_cam @ h.T_MAP_CAM[:3, :3].T + h.T_MAP_CAM[:3, 3]   # fake pose: T_MAP_CAM
     fake_map = SimpleNamespace(points_world=p_model.astype(np.float64),
                                points_rgb=np.zeros((2, 3), np.uint8),
-                               kf_T_cam_world=np.eye(4)[None])
+                               kf_T_cam_world=np.eye(4)[None], metadata=METRIC)
     support = PointSupport(np.array([0.5, 9.0], np.float32), 4.0, np.array([0, 1]))
     node, rig, _ = running(publish_debug_image=True,
                            fake={'map_': fake_map, 'support': support})
