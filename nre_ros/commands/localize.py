@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
             print(_failure_line(name, out.reason, out.detail, ms))
             continue
         T = reloc.map_T_model.camera_pose_in_map(out.T_cam_world)
-        sigma = predicted_sigmas(out.covariance)[0]
+        sigma = reloc.map_T_model.scale * predicted_sigmas(out.covariance)[0]   # map units
         print(f'{name:<32} {"localized":<10} {T[0, 3]:7.3f} {T[1, 3]:7.3f} '
               f'{T[2, 3]:7.3f} {base_yaw_deg(T):6.1f} {sigma:7.3f} {ms or float("nan"):6.0f}')
         if stamps_all is not None:
