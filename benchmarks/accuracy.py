@@ -63,7 +63,6 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from accuracy_peers import PEERS, Extractors, Peers, build_db, load_db, save_db  # noqa: E402
@@ -81,6 +80,7 @@ from nre_ros.paths import shared_data_dir  # noqa: E402
 from nre_ros.pipeline import (FineConfig, PipelineConfig, Prior, Relocalizer,  # noqa: E402
                               load_configured_model)
 from nre_ros.results import Result  # noqa: E402
+from nre_ros.threads import apply_threads  # noqa: E402
 from nre_ros.solver.baselines import (argmax_correspondences, re_opencv_magsac,  # noqa: E402
                                       re_poselib)
 
@@ -597,7 +597,7 @@ def main(argv: list[str] | None = None) -> None:
                     help='no localization: render the report from the --raw records')
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    torch.set_num_threads(PipelineConfig().num_threads)
+    apply_threads(PipelineConfig().num_threads)
     model = load_model(DEFAULT_MODEL, 'cpu')          # builds the maps (torch)
     # localizes: the product's default backend (ONNX Runtime on CPU), as Relocalizer.from_config
     loc_model = load_configured_model(DEFAULT_MODEL, PipelineConfig())

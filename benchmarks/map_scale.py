@@ -75,12 +75,11 @@ NETWORK_STAGES = ('features', 'fine_features')     # image-only stages (no map d
 
 def measure_load(map_path: Path) -> dict:
     """Load time and memory of one map, in this (fresh) process."""
-    import torch
-
     from nre_ros.maps import load_map
     from nre_ros.pipeline import PipelineConfig, Relocalizer, load_configured_model
+    from nre_ros.threads import apply_threads
     config = PipelineConfig()
-    torch.set_num_threads(config.num_threads)
+    apply_threads(config.num_threads)
     model = load_configured_model(load_map(DEMO_MAP).spec.name, config)
     model.extract(np.zeros((480, 640, 3), np.uint8))                 # warm
     rss0, _ = _rss_mb()
@@ -102,14 +101,13 @@ def measure_load(map_path: Path) -> dict:
 def measure_queries(map_paths: list[Path], n_queries: int) -> list[dict]:
     """Global queries on every map, round robin per query (same load for all sizes), and the
     retrieval step alone (numpy / FAISS)."""
-    import torch
-
     from nre_ros.datasets import TumSequence
     from nre_ros.geometry import invert, pose_error
     from nre_ros.maps import RetrievalIndex, load_map
     from nre_ros.pipeline import PipelineConfig, Relocalizer, load_configured_model
+    from nre_ros.threads import apply_threads
     config = PipelineConfig()
-    torch.set_num_threads(config.num_threads)
+    apply_threads(config.num_threads)
     model = load_configured_model(load_map(DEMO_MAP).spec.name, config)
     relocs = [Relocalizer(load_map(p), model, config) for p in map_paths]
     relocs[0].warmup()

@@ -28,7 +28,8 @@ ARGUMENTS = {
     'image_transport': ('', 'raw | compressed'),
     'depth': ('', 'registered depth topic; set = RGB-D (use_depth: true)'),
     'pipeline_config': ('', 'PipelineConfig YAML (config/pipeline.yaml)'),
-    'threads': ('', 'CPU threads of the networks (num_threads; "" = the pipeline config\'s)'),
+    'threads': ('', 'CPU threads of the networks (num_threads: auto or N; "" = the params '
+                'file\'s, default auto)'),
     'pose': ('', 'remap ~/pose to this topic, e.g. amcl_pose ("" = ~/pose)'),
     'autostart': ('false', 'configure + activate without a lifecycle manager'),
     'use_sim_time': ('false', 'use /clock (bag replay)'),
@@ -43,7 +44,8 @@ def _node(context):
         if arg[name]:
             overrides[name] = arg[name]
     if arg['threads']:
-        overrides['num_threads'] = int(arg['threads'])
+        overrides['num_threads'] = arg['threads'] if arg['threads'] == 'auto' \
+            else int(arg['threads'])
     remappings = [('image', arg['image'])]
     if arg['camera_info']:
         remappings.append(('camera_info', arg['camera_info']))

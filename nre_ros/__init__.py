@@ -3,3 +3,8 @@
 Nothing in this package imports rclpy except ``nre_ros.ros``.
 """
 __version__ = '0.1.0'
+
+from nre_ros.threads import prefer_passive_openmp as _prefer_passive_openmp
+
+# before anything imports torch: its OpenMP workers sleep instead of spinning (nre_ros.threads)
+_prefer_passive_openmp()

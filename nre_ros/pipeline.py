@@ -36,6 +36,7 @@ from nre_ros.solver import (FineLevel, MsacResult, SolverConfig, VerdictConfig, 
                            refine_level, solve_coarse, verdict)
 from nre_ros.solver import se3
 from nre_ros.solver.depth_init import DepthInitConfig, depth_msac
+from nre_ros.threads import apply_threads, check_threads, resolve_threads
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +87,9 @@ class PipelineConfig:
     # ~/.cache/nre_ros), torch on CUDA; or torch | onnxruntime | tensorrt.
     backend: str = 'auto'
     device: str = 'cpu'            # cpu | cuda (tensorrt implies cuda)
-    num_threads: int = 2
+    # CPU threads of the networks and torch ops: 'auto' = the CPUs this process may use
+    # (affinity, cgroup quota; nre_ros.threads), or a count
+    num_threads: int | str = 'auto'
     max_image_side: int = 640
     retrieval: RetrievalConfig = RetrievalConfig()
     rotation: RotationConfig = RotationConfig()
@@ -99,6 +102,9 @@ class PipelineConfig:
     solver: SolverConfig = SolverConfig(
         verdict=VerdictConfig(min_supported_fraction=0.3, max_mean_cost=7.0,
                               covariance_scale=1000.0))
+
+    def __post_init__(self) -> None:
+        check_threads(self.num_threads, 'pipeline.num_threads')
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> 'PipelineConfig':
@@ -153,7 +159,7 @@ def load_configured_model(name: str, config: 'PipelineConfig'):
         logger.info('loading ONNX Runtime networks (exported once into the cache; the first '
                     'time takes longer)')
     return load_backend(BackendConfig(model=name, backend=backend, device=config.device,
-                                      threads=config.num_threads))
+                                      threads=resolve_threads(config.num_threads)))
 
 
 class Init(str, Enum):
@@ -215,14 +221,15 @@ class Relocalizer:
     def from_config(cls, map_path: str | Path, config: PipelineConfig = PipelineConfig()
                     ) -> 'Relocalizer':
         """Load the map and the model (``config.model``, or the map's own with 'auto')."""
-        torch.set_num_threads(config.num_threads)
+        threads = apply_threads(config.num_threads)
         t0 = time.perf_counter()
         map_ = load_map(map_path)
         name = map_.spec.name if config.model == 'auto' else config.model
         model = load_configured_model(name, config)
-        logger.info('loaded model %s (%s) and map %s (%d keyframes, %d points) in %.0f ms',
-                    model.spec.name, resolve_backend(config.backend, config.device), map_path,
-                    map_.num_keyframes, map_.num_points, 1e3 * (time.perf_counter() - t0))
+        logger.info('loaded model %s (%s, %d threads) and map %s (%d keyframes, %d points) in '
+                    '%.0f ms', model.spec.name, resolve_backend(config.backend, config.device),
+                    threads, map_path, map_.num_keyframes, map_.num_points,
+                    1e3 * (time.perf_counter() - t0))
         return cls(map_, model, config)
 
     @property

@@ -51,6 +51,15 @@ def test_torch_cpu_backend_equals_model(torch_model, real_images):
     assert _max_diff(a.coarse, b.coarse) < 1e-5 and _max_diff(a.fine, b.fine) < 1e-5
 
 
+def test_onnxruntime_threads_follow_num_threads(onnx_model):
+    from nre_ros.threads import available_cpus
+    model, _ = onnx_model
+    for session in model.runner.sessions.values():
+        opts = session.get_session_options()
+        assert (opts.intra_op_num_threads, opts.inter_op_num_threads) == (available_cpus(), 1)
+        assert opts.get_session_config_entry('session.intra_op.allow_spinning') == '0'
+
+
 def test_onnx_export_files_and_spec(onnx_model):
     import onnx
     model, cfg = onnx_model

@@ -53,3 +53,28 @@ def test_removed_parameter_given_to_the_node_is_an_error():
         node.destroy_node()
     finally:
         rclpy.try_shutdown(context=ctx)
+
+
+@pytest.mark.parametrize('given, expected', [(None, 'auto'), (4, 4), ('auto', 'auto'), (0, 0)])
+def test_num_threads_is_auto_or_a_count(given, expected):
+    """Dynamically typed: a YAML / launch integer and the string 'auto' are both accepted."""
+    import rclpy
+    from rclpy.node import Node
+    from rclpy.parameter import Parameter
+
+    from nre_ros.ros.params import declare_parameters, read_config
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx)
+    try:
+        overrides = [Parameter('map_path', value='m.nremap')]
+        if given is not None:
+            overrides.append(Parameter('num_threads', value=given))
+        node = Node('params_probe', context=ctx, parameter_overrides=overrides)
+        declare_parameters(node)
+        assert read_config(node).num_threads == expected
+        node.set_parameters([Parameter('num_threads', value='many')])
+        with pytest.raises(ConfigError, match='num_threads'):
+            read_config(node)
+        node.destroy_node()
+    finally:
+        rclpy.try_shutdown(context=ctx)

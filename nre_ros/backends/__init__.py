@@ -19,6 +19,7 @@ import torch
 from nre_ros.backends.base import BackendModel, Runner
 from nre_ros.errors import BackendUnavailable, ConfigError
 from nre_ros.models import DEFAULT_MODEL, load_model
+from nre_ros.threads import apply_threads
 
 __all__ = ['BackendConfig', 'BackendModel', 'Runner', 'load_backend', 'BACKENDS',
            'default_cache_dir', 'graph_digest']
@@ -37,7 +38,8 @@ class BackendConfig:
         backend: one of BACKENDS.
         device: 'cpu' or 'cuda' ('tensorrt' implies cuda).
         fp16: half precision for torch on CUDA (TensorRT always builds fp16; ONNX Runtime fp32).
-        threads: CPU threads (torch.set_num_threads / ORT intra-op threads).
+        threads: CPU threads (torch intra-op / ORT intra-op threads): 'auto' (the CPUs this
+            process may use, nre_ros.threads), a count, or 0 = leave torch's as they are.
         cache_dir: where ONNX files and TensorRT engines go ('' = default_cache_dir()).
         image_sizes: (H, W) input sizes the TensorRT profile must cover.
         with_fine: compute the fine level by default in ``extract``.
@@ -47,7 +49,7 @@ class BackendConfig:
     backend: str = 'torch'
     device: str = 'cpu'
     fp16: bool = False
-    threads: int = 2
+    threads: int | str = 'auto'
     cache_dir: str = ''
     image_sizes: tuple[tuple[int, int], ...] = ((480, 640),)
     with_fine: bool = True
@@ -110,8 +112,7 @@ def load_backend(config: BackendConfig = BackendConfig(), model=None) -> Backend
     """
     if config.backend not in BACKENDS:
         raise ConfigError(f'unknown backend {config.backend!r}; available: {BACKENDS}')
-    if config.threads:
-        torch.set_num_threads(int(config.threads))
+    threads = apply_threads(config.threads) if config.threads else None
     device = 'cuda' if config.backend == 'tensorrt' else config.device
     if config.backend == 'torch' and device.startswith('cuda') and not torch.cuda.is_available():
         raise BackendUnavailable('torch CUDA backend asked for, but torch.cuda.is_available() is '
@@ -119,7 +120,7 @@ def load_backend(config: BackendConfig = BackendConfig(), model=None) -> Backend
     model = model or load_model(config.model, 'cpu' if config.backend != 'torch' else device)
     if config.backend == 'torch':
         from nre_ros.backends.torch_backend import TorchRunner
-        runner = TorchRunner(model.networks(), device, fp16=config.fp16, threads=config.threads)
+        runner = TorchRunner(model.networks(), device, fp16=config.fp16, threads=threads)
     else:
         from nre_ros.backends.onnx_backend import export_onnx, export_problem
         cache = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
@@ -144,7 +145,7 @@ def load_backend(config: BackendConfig = BackendConfig(), model=None) -> Backend
         paths = {level: onnx_dir / f'{model.spec.name}-{level}.onnx' for level in model.networks()}
         if config.backend == 'onnxruntime':
             from nre_ros.backends.onnx_backend import OnnxRunner
-            runner = OnnxRunner(paths, device, threads=config.threads)
+            runner = OnnxRunner(paths, device, threads=threads)
         else:
             from nre_ros.backends.tensorrt_backend import TensorRTRunner
             sizes = [_padded(s, model.pad_multiple) for s in config.image_sizes]

@@ -18,6 +18,7 @@ from torch import nn
 
 from nre_ros.errors import BackendUnavailable
 from nre_ros.models.base import file_sha256
+from nre_ros.threads import resolve_threads
 
 logger = logging.getLogger(__name__)
 
@@ -109,11 +110,12 @@ class OnnxRunner:
     Args:
         paths: {'coarse': onnx path, 'fine': onnx path}.
         device: 'cpu' (CPUExecutionProvider) or 'cuda' (CUDAExecutionProvider, CPU fallback off).
-        threads: intra-op threads for the CPU provider.
+        threads: intra-op threads for the CPU provider: a count or 'auto' (nre_ros.threads;
+            the same count torch gets); inter-op 1 (the graphs run one at a time).
     """
 
     def __init__(self, paths: dict[str, str | Path], device: str = 'cpu',
-                 threads: int | None = 2) -> None:
+                 threads: int | str | None = 'auto') -> None:
         try:
             import onnxruntime as ort
         except ImportError as exc:
@@ -130,9 +132,8 @@ class OnnxRunner:
         # ORT's worker threads otherwise spin for a while after each run, taking the cores
         # from the torch work that follows
         opts.add_session_config_entry('session.intra_op.allow_spinning', '0')
-        if threads:
-            opts.intra_op_num_threads = int(threads)
-            opts.inter_op_num_threads = 1
+        opts.inter_op_num_threads = 1
+        opts.intra_op_num_threads = resolve_threads(threads)
         self.sessions = {k: ort.InferenceSession(str(p), opts, providers=providers)
                          for k, p in paths.items()}
         self.device = torch.device('cpu')   # outputs are copied to host memory

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from nre_ros.errors import BackendUnavailable
+from nre_ros.threads import apply_threads
 
 logger = logging.getLogger(__name__)
 
@@ -19,14 +20,15 @@ class TorchRunner:
         networks: {'coarse': net, 'fine': net} as returned by ``model.networks()``.
         device: 'cpu' or 'cuda[:i]'.
         fp16: run in half precision (CUDA only; outputs are returned as float32).
-        threads: torch intra-op threads (CPU), from the config.
+        threads: torch intra-op threads (CPU): a count or 'auto' (nre_ros.threads); None
+            leaves torch's setting.
         channels_last: levels run in NHWC memory format (the fine level only by default:
             oneDNN's 1-channel first convolution is slow in NCHW, while XFeat coarse is slower
             in NHWC; docs/decisions.md).
     """
 
     def __init__(self, networks: dict[str, nn.Module], device: str | torch.device = 'cpu',
-                 fp16: bool = False, threads: int | None = 2,
+                 fp16: bool = False, threads: int | str | None = 'auto',
                  channels_last: tuple[str, ...] = ('fine',)) -> None:
         self.device = torch.device(device)
         if self.device.type == 'cuda' and not torch.cuda.is_available():
@@ -35,7 +37,7 @@ class TorchRunner:
         if fp16 and self.device.type != 'cuda':
             raise BackendUnavailable('fp16 needs CUDA; on CPU use fp16=False')
         if threads and self.device.type == 'cpu':
-            torch.set_num_threads(int(threads))
+            apply_threads(threads)
         self.fp16 = fp16
         self.input_dtype = torch.float16 if fp16 else torch.float32
         # private copies per level: the caller's model stays untouched by the dtype and

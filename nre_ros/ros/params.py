@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from nre_ros.errors import ConfigError
+from nre_ros.threads import check_threads
 from nre_ros.stream.config import Param, StreamConfig, check_removed, coerce, params_of, setting
 
 IMAGE_QOS = ('SENSOR_DATA', 'RELIABLE')
@@ -28,8 +29,10 @@ class NodeConfig(StreamConfig):
     map_path: str = setting('', 'map file to load at configure (required)')
     pipeline_config: str = setting('', 'PipelineConfig YAML ("" = built-in defaults); holds the '
                                    'quality thresholds (solver.verdict)')
-    num_threads: int = setting(0, "CPU threads of the networks (0 = the pipeline config's)",
-                               range=(0, 256))
+    num_threads: int | str = setting(
+        'auto', 'CPU threads of the networks: "auto" = the CPUs this process may use (affinity, '
+        "cgroup quota), N, or 0 = the pipeline config's num_threads", range=(0, 256),
+        kinds=(str, int))
     map_frame: str = setting('map', 'global frame of the map (REP 105)')
     odom_frame: str = setting('odom', 'odometry frame (REP 105)')
     base_frame: str = setting('base_link', 'robot base frame; the pose is of this frame')
@@ -55,6 +58,8 @@ class NodeConfig(StreamConfig):
 
     def validate(self) -> 'NodeConfig':
         super().validate()
+        if self.num_threads != 0:
+            check_threads(self.num_threads, 'parameter num_threads')
         frames = [self.map_frame, self.odom_frame, self.base_frame]
         if any(not f for f in frames) or len(set(frames)) != 3:
             raise ConfigError(f'map_frame, odom_frame and base_frame must be distinct and '
@@ -85,11 +90,11 @@ PARAMETERS: tuple[Param, ...] = _ordered()
 def _descriptor(p: Param):
     from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
     desc = p.description + (f' (one of {", ".join(p.choices)})' if p.choices else '')
-    d = ParameterDescriptor(description=desc)
+    d = ParameterDescriptor(description=desc, dynamic_typing=len(p.kinds or ()) > 1)
     if p.range is not None and isinstance(p.default, float):
         d.floating_point_range = [FloatingPointRange(from_value=float(p.range[0]),
                                                      to_value=float(p.range[1]), step=0.0)]
-    elif p.range is not None and isinstance(p.default, int) and not isinstance(p.default, bool):
+    elif p.range is not None and type(p.default) is int:
         d.integer_range = [IntegerRange(from_value=int(p.range[0]), to_value=int(p.range[1]),
                                         step=1)]
     return d

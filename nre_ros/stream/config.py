@@ -35,11 +35,14 @@ REMOVED_PARAMETERS = {
 
 
 def setting(default: Any, description: str, *, range: tuple[float, float] | None = None,
-            choices: tuple[str, ...] | None = None, ros_name: str | None = None) -> Any:
+            choices: tuple[str, ...] | None = None, ros_name: str | None = None,
+            kinds: tuple[type, ...] | None = None) -> Any:
     """A dataclass field that is also a declared parameter (``ros_name`` defaults to the
-    field name)."""
+    field name; ``kinds``: the value types accepted, default the default's type; more than one
+    makes the ROS parameter dynamically typed, e.g. 'auto' or an int)."""
     return field(default=default, metadata={'description': description, 'range': range,
-                                            'choices': choices, 'ros_name': ros_name})
+                                            'choices': choices, 'ros_name': ros_name,
+                                            'kinds': kinds})
 
 
 @dataclass(frozen=True)
@@ -52,13 +55,14 @@ class Param:
     description: str
     range: tuple[float, float] | None = None
     choices: tuple[str, ...] | None = None
+    kinds: tuple[type, ...] | None = None
 
 
 def params_of(cls) -> tuple[Param, ...]:
     """The declared parameters of a settings dataclass, in field order."""
     return tuple(Param(f.metadata.get('ros_name') or f.name, f.name, f.default,
                        f.metadata['description'], f.metadata.get('range'),
-                       f.metadata.get('choices'))
+                       f.metadata.get('choices'), f.metadata.get('kinds'))
                  for f in dataclasses.fields(cls) if 'description' in f.metadata)
 
 
@@ -140,7 +144,8 @@ class StreamConfig:
             if p.choices is not None and value not in p.choices:
                 raise ConfigError(f'parameter {p.name}={value!r}: expected one of '
                                   f'{list(p.choices)}')
-            if p.range is not None and not p.range[0] <= value <= p.range[1]:
+            if p.range is not None and isinstance(value, (int, float)) and \
+                    not p.range[0] <= value <= p.range[1]:
                 raise ConfigError(f'parameter {p.name}={value!r} outside [{p.range[0]}, '
                                   f'{p.range[1]}]')
         return self
@@ -160,11 +165,13 @@ class StreamConfig:
 def coerce(p: Param, value: Any) -> Any:
     """A parameter value with the declared type (ints are accepted for floats, as ROS does with
     YAML); ConfigError for another type."""
-    kind = type(p.default)
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+    kinds = p.kinds or (type(p.default),)
+    if float in kinds and int not in kinds and isinstance(value, int) and \
+            not isinstance(value, bool):
         return float(value)
-    if type(value) is not kind:
-        raise ConfigError(f'parameter {p.name}={value!r}: expected a {kind.__name__}')
+    if type(value) not in kinds:
+        raise ConfigError(f'parameter {p.name}={value!r}: expected a '
+                          f'{" or ".join(k.__name__ for k in kinds)}')
     return value
 
 
