@@ -70,14 +70,12 @@ def check_output(path: str | Path, force: bool) -> None:
 def run(args: argparse.Namespace) -> int:
     check_output(args.output, args.force)
     from nre_ros import maps
-    from nre_ros.models import load_model
     opts = BuildOptions(split=args.split, keyframe_step=args.step,
                         max_keyframes=args.max_keyframes, max_points_per_keyframe=args.max_points,
                         keypoint_mode=args.keypoints, image_max_size=args.max_size,
                         descriptor_dtype='float32' if args.float32 else 'float16')
     t0 = time.perf_counter()
-    from nre_ros.models import DEFAULT_MODEL
-    model = load_model(args.model or DEFAULT_MODEL, args.device)
+    model = feature_model(args.model, args.device)
     if args.builder == 'rgbd':
         m = maps.build_rgbd_map(args.source, model, opts, progress=True)
     elif args.builder == 'posed':
@@ -102,6 +100,18 @@ def run(args: argparse.Namespace) -> int:
     print(f'wrote {path} ({s["keyframes"]} keyframes, {s["points"]} points, '
           f'{s["size_mb"]:.2f} MB) in {time.perf_counter() - t0:.1f} s')
     return 0
+
+
+def feature_model(name: str | None, device: str):
+    """The networks the map is built with: the relocalizer's own backend and threads
+    (``PipelineConfig`` defaults: ONNX Runtime on CPU, torch on CUDA), so building runs the
+    product's fastest path and stores the descriptors it will be compared with."""
+    from nre_ros.models import DEFAULT_MODEL
+    from nre_ros.pipeline import PipelineConfig, load_configured_model
+    from nre_ros.threads import apply_threads
+    config = PipelineConfig(device=device)
+    apply_threads(config.num_threads)
+    return load_configured_model(name or DEFAULT_MODEL, config)
 
 
 def command_line(args: argparse.Namespace) -> str:
