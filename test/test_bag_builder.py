@@ -257,3 +257,16 @@ def test_evaluate_with_compressed_images_and_ground_truth_from_tf(cabinet, tmp_p
     for key in ('num_frames', 'num_fixes', 'recall_25cm_2deg', 'ate_rmse_m'):
         assert runs['tf'][key] == pytest.approx(runs['topic'][key], abs=1e-6), key
     assert runs['tf']['num_frames'] == len(idx) and runs['tf']['num_fixes'] >= 3
+
+
+def test_map_save_that_fails_leaves_nothing(tmp_path):
+    """A save that fails half-way (unserializable provenance) leaves no map and no temp dir."""
+    from dataclasses import replace
+    from pathlib import Path
+
+    from nre_ros.maps import load_map
+    demo = load_map(Path(__file__).resolve().parents[1] / 'maps/demo/fr1_rpy.nremap')
+    bad = replace(demo, metadata=replace(demo.metadata, provenance={'x': object()}))
+    with pytest.raises(TypeError):
+        bad.save(tmp_path / 'm.nremap')
+    assert list(tmp_path.iterdir()) == []

@@ -194,6 +194,17 @@ class Map:
         tmp = path.with_name(path.name + '.tmp')
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
+        try:
+            self._write(tmp)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)      # nothing half-written is left behind
+            raise
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+        return path
+
+    def _write(self, tmp: Path) -> None:
         save_file(self.tensors(), str(tmp / TENSORS_FILE))
         meta = {
             'format': FORMAT_NAME, 'version': FORMAT_VERSION,
@@ -210,10 +221,6 @@ class Map:
             'tensors_sha256': file_sha256(tmp / TENSORS_FILE),
         }
         (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=1) + '\n')
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-        return path
 
 
 def with_command(m: Map, command: str) -> Map:
