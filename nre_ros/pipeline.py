@@ -35,6 +35,8 @@ from nre_ros.models.base import DenseFeatures
 from nre_ros.solver import (FineLevel, MsacResult, SolverConfig, VerdictConfig, msac,
                            refine_level, solve_coarse, verdict)
 from nre_ros.solver import se3
+from nre_ros.solver import intrinsics_check
+from nre_ros.solver.intrinsics_check import IntrinsicsCheckConfig
 from nre_ros.solver.depth_init import DepthInitConfig, depth_msac
 from nre_ros.threads import apply_threads, check_threads, resolve_threads
 
@@ -96,6 +98,7 @@ class PipelineConfig:
     fine: FineConfig = FineConfig()
     tracking: TrackingConfig = TrackingConfig()
     depth: DepthInitConfig = DepthInitConfig()   # RGB-D queries: Kabsch initialization
+    intrinsics: IntrinsicsCheckConfig = IntrinsicsCheckConfig()   # refuse poses K cannot explain
     # Verdict thresholds between in-map and out-of-map queries of real maps; covariance_scale
     # k^2: the points' errors are far from independent, so the Laplace covariance is too
     # small (docs/decisions.md). The solver's own defaults stay generic.
@@ -268,6 +271,9 @@ class Relocalizer:
             out, mode = self._localize(prep0, prior, timings)
         except (InputError, ShapeError) as exc:
             return Failure('bad_input', str(exc), {'total': _ms_since(t0)})
+        if 'focal_ratio' in out.info:
+            out = replace(out, info={**out.info, 'estimated_focal_px': [
+                out.info['focal_ratio'] * camera.fx, out.info['focal_ratio'] * camera.fy]})
         if out.ok and not is_rigid(out.T_cam_world, atol=1e-6):
             out = Failure('diverged', 'the solver returned a non-rigid pose', out.timings_ms,
                           out.info)
@@ -387,7 +393,26 @@ class Relocalizer:
             if level is not None:
                 sol = refine_level(sol, level, cfg)
         out = sol if isinstance(sol, Failure) else verdict(sol, cfg.verdict)
+        if out.ok and self.config.intrinsics.enabled:
+            out = self._check_intrinsics(out, sol)
         return self._to_caller_frame(out, c, timings)
+
+    def _check_intrinsics(self, out: Outcome, sol) -> Outcome:
+        """Refuse a pose whose coarse maps fit other intrinsics than the given ones
+        (``nre_ros.solver.intrinsics_check``); the focal ratio goes to ``info`` either way."""
+        t = time.perf_counter()
+        lvl = sol.coarse
+        problem, est = intrinsics_check.check(lvl.points_world, lvl.maps, lvl.K,
+                                              sol.T_cam_world, self.config.intrinsics)
+        timings = {**out.timings_ms, 'intrinsics_check': _ms_since(t)}
+        if est is None:
+            return replace(out, timings_ms=timings)
+        info = {**out.info, 'focal_ratio': est.focal_scale,
+                'principal_offset_grid': list(est.principal_offset)}
+        if problem:
+            return Failure('intrinsics_inconsistent', f'the given camera intrinsics cannot '
+                           f'explain the image: {problem}', timings, info)
+        return replace(out, timings_ms=timings, info=info)
 
     def _metres_per_unit(self) -> float | None:
         """Size of one map unit in metres (None when the map is not metric)."""
