@@ -28,8 +28,8 @@ from nre_ros.lossmaps import LossMaps, coarse_loss_maps, fine_loss_maps
 from nre_ros.maps import Map, RetrievalIndex, global_descriptor, load_map
 from nre_ros.maps.retrieval import nearest_keyframes
 from nre_ros.models import FeatureModel, load_model
-from nre_ros.preprocess import (PreparedImage, check_prepared_size, check_prior_pose, prepare,
-                                rotated)
+from nre_ros.preprocess import (PreparedImage, check_prepared_size, check_prior_pose,
+                                match_focal, prepare, rotated)
 from nre_ros.results import Failure, Outcome, Prior
 from nre_ros.models.base import DenseFeatures
 from nre_ros.solver import (FineLevel, MsacResult, SolverConfig, VerdictConfig, msac,
@@ -62,6 +62,17 @@ class RotationConfig:
     # MSAC support (supported / candidate maps) is below this fraction (1.0 = always search);
     # between the support of right and of rolled orientations (docs/decisions.md).
     early_exit_support: float = 0.6
+
+
+@dataclass(frozen=True)
+class ScaleConfig:
+    """Bring queries to the map's pixel scale (XFeat descriptors are not scale invariant):
+    resample when the query's focal length differs from the map keyframes' median focal length
+    by more than ``tolerance`` (relative), upsampling at most ``max_upscale`` times."""
+
+    enabled: bool = True
+    tolerance: float = 0.15
+    max_upscale: float = 2.5
 
 
 @dataclass(frozen=True)
@@ -99,6 +110,7 @@ class PipelineConfig:
     tracking: TrackingConfig = TrackingConfig()
     depth: DepthInitConfig = DepthInitConfig()   # RGB-D queries: Kabsch initialization
     intrinsics: IntrinsicsCheckConfig = IntrinsicsCheckConfig()   # refuse poses K cannot explain
+    scale: ScaleConfig = ScaleConfig()           # resample queries to the map's focal length
     # Verdict thresholds between in-map and out-of-map queries of real maps; covariance_scale
     # k^2: the points' errors are far from independent, so the Laplace covariance is too
     # small (docs/decisions.md). The solver's own defaults stay generic.
@@ -204,6 +216,8 @@ class Relocalizer:
         self._kf_T_cam_world = np.asarray(map_.kf_T_cam_world, np.float64)
         self._map_T_model = map_.metadata.map_T_model or Sim3.identity()
         self._map_checked_at, self._map_change = time.monotonic(), None
+        K = np.asarray(map_.kf_K, np.float64)
+        self._map_focal = float(np.median(np.sqrt(K[:, 0, 0] * K[:, 1, 1])))
 
     def check_map_file(self, every_s: float = 10.0) -> str | None:
         """How the map's files changed on disk since loading (None if not), checked at most
@@ -267,6 +281,9 @@ class Relocalizer:
                 prior = Prior(*check_prior_pose(prior.T_cam_world, prior.covariance))
             prep0 = prepare(image, camera, self.config.max_image_side, 0, depth)
             check_prepared_size(prep0, MIN_IMAGE_SIDE)
+            sc = self.config.scale
+            if sc.enabled:
+                prep0 = match_focal(prep0, self._map_focal, sc.tolerance, sc.max_upscale)
             timings['prepare'] = _ms_since(t0)
             out, mode = self._localize(prep0, prior, timings)
         except (InputError, ShapeError) as exc:
@@ -408,6 +425,7 @@ class Relocalizer:
         if est is None:
             return replace(out, timings_ms=timings)
         info = {**out.info, 'focal_ratio': est.focal_scale,
+                'focal_ratio_log_sigma': est.focal_scale_sigma,
                 'principal_offset_grid': list(est.principal_offset)}
         if problem:
             return Failure('intrinsics_inconsistent', f'the given camera intrinsics cannot '

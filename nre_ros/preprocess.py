@@ -195,3 +195,24 @@ def check_prepared_size(prep: PreparedImage, min_side: int) -> None:
     if min(h, w) < min_side:
         raise InputError(f'image is {w}x{h} after resizing to at most {max(w, h)} px, smaller '
                          f'than the {min_side} px the networks need')
+
+
+def match_focal(prep: PreparedImage, focal: float, tolerance: float, max_upscale: float
+                ) -> PreparedImage:
+    """``prep`` resampled so that its focal length (geometric mean of fx, fy) is ``focal``
+    (the map's pixel scale: descriptors are not scale invariant), when it differs by more than
+    the relative ``tolerance``; upsampling is capped at ``max_upscale``. Exact: K follows the
+    pixel-centre resize rule, the camera frame does not change (R_img_cam is kept)."""
+    cam = prep.camera
+    s = focal / float(np.sqrt(cam.fx * cam.fy))
+    if abs(s - 1.0) <= tolerance:
+        return prep
+    s = min(s, max_upscale)
+    w, h = max(1, round(cam.width * s)), max(1, round(cam.height * s))
+    new_cam = cam.resized(w, h)
+    img = cv2.resize(prep.image, (w, h), interpolation=cv2.INTER_AREA if s < 1 else
+                     cv2.INTER_LINEAR)
+    d = None
+    if prep.depth is not None:
+        d = cv2.resize(prep.depth, (w, h), interpolation=cv2.INTER_NEAREST)
+    return PreparedImage(img, new_cam, prep.R_img_cam, prep.quarter_turns, d)

@@ -19,7 +19,7 @@ from scipy.spatial.transform import Rotation
 @dataclass(frozen=True)
 class IntrinsicsCheckConfig:
     enabled: bool = True
-    max_focal_change: float = 0.12     # |s - 1| above -> inconsistent (s = estimated / given f)
+    max_focal_change: float = 0.2      # |s - 1| above -> inconsistent (s = estimated / given f)
     max_principal_shift: float = 0.06  # principal-point offset, in units of the given focal
     min_points: int = 30               # fewer supported points: no check (too little evidence)
     robust_scale_cells: float = 1.0    # Cauchy scale of the fit, in grid cells
@@ -33,6 +33,7 @@ class IntrinsicsEstimate:
     ``T_cam_world`` (4, 4) of the joint fit and the number of points used."""
 
     focal_scale: float
+    focal_scale_sigma: float           # 1-sigma of log(focal_scale) from the fit's curvature
     principal_offset: tuple[float, float]
     T_cam_world: np.ndarray
     num_points: int
@@ -74,10 +75,18 @@ def estimate_intrinsics(points_world: np.ndarray, uv: np.ndarray, K: np.ndarray,
     res = least_squares(residual, x0[:n_free], loss='cauchy', f_scale=cfg.robust_scale_cells,
                         x_scale='jac', max_nfev=40, method='trf')
     p = np.concatenate([res.x, np.zeros(9 - n_free)])
+    J = res.jac
+    dof = max(1, J.shape[0] - J.shape[1])
+    try:
+        cov = np.linalg.inv(J.T @ J) * (2.0 * res.cost / dof)
+        sigma = float(np.sqrt(max(cov[6, 6], 0.0)))
+    except np.linalg.LinAlgError:
+        sigma = float('inf')
     T_fit = np.eye(4)
     T_fit[:3, :3] = Rotation.from_rotvec(p[:3]).as_matrix()
     T_fit[:3, 3] = p[3:6]
-    return IntrinsicsEstimate(float(np.exp(p[6])), (float(p[7]), float(p[8])), T_fit, len(X))
+    return IntrinsicsEstimate(float(np.exp(p[6])), sigma, (float(p[7]), float(p[8])), T_fit,
+                              len(X))
 
 
 def inconsistency(est: IntrinsicsEstimate, K: np.ndarray,
