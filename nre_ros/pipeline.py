@@ -506,13 +506,25 @@ class Relocalizer:
         T_prior = np.asarray(prior.T_cam_world, dtype=np.float64)
         n_kf = min(self.config.tracking.keyframes, self.map.num_keyframes)
         # nearest keyframes by view: 1 degree of relative rotation ~ 1 cm between centres
-        nearest = nearest_keyframes(self._kf_T_cam_world, T_prior)[:n_kf]
+        # the roll is known from the prior: turn the image to the roll of the keyframe nearest
+        # by position and optical axis (no rotation search; descriptors are not rotation
+        # invariant), then take the nearest keyframes of the turned camera
+        kf = self._kf_T_cam_world
+        axis_deg = np.degrees(np.arccos(np.clip(kf[:, 2, :3] @ T_prior[2, :3], -1.0, 1.0)))
+        centres = -np.einsum('kji,kj->ki', kf[:, :3, :3], kf[:, :3, 3])
+        centre = -T_prior[:3, :3].T @ T_prior[:3, 3]
+        closest = int(np.argmin(axis_deg + 100.0 * np.linalg.norm(centres - centre, axis=1)))
+        prep = rotated(prep, quarter_turns_to(kf[closest], T_prior))
+        T_init = np.eye(4)
+        T_init[:3, :3] = prep.R_img_cam
+        T_init = T_init @ T_prior
+        nearest = nearest_keyframes(kf, T_init)[:n_kf]
         c = replace(self._candidate(prep, timings), keyframes=nearest,
                     point_idx=self._points_of(nearest))
         if len(c.point_idx) < self.config.solver.min_points:
             return Failure('too_few_points', 'no map points near the prior', timings)
         c = self._coarse_maps(c, timings)
-        out = self._solve(c, T_prior, True, self.config.tracking.fine, timings)
+        out = self._solve(c, T_init, True, self.config.tracking.fine, timings)
         if out.ok:
             dt, dr = pose_error(out.T_cam_world, T_prior)
             cfg = self.config.tracking
@@ -546,6 +558,15 @@ class Relocalizer:
         support = None if out.support is None else replace(out.support, point_idx=c.point_idx)
         return replace(out, T_cam_world=T, covariance=cov, timings_ms=timings, info=info,
                        support=support)
+
+
+def quarter_turns_to(T_kf_world: np.ndarray, T_cam_world: np.ndarray) -> int:
+    """Counter-clockwise quarter turns of a camera's image (``preprocess.rotated``) that best
+    align its roll with a keyframe's: from the in-plane angle of R_kf_cam = R_kf_world
+    R_cam_world^T (one quarter turn maps camera (x, y) to (y, -x), i.e. -90 deg about z)."""
+    R = np.asarray(T_kf_world)[:3, :3] @ np.asarray(T_cam_world)[:3, :3].T
+    angle = np.degrees(np.arctan2(R[1, 0], R[0, 0]))
+    return int(round(-angle / 90.0)) % 4
 
 
 def _ms_since(t0: float) -> float:

@@ -39,3 +39,23 @@ def test_half_resolution_queries_localize_as_well(reloc):
         assert out.ok, out
         dt, dr = pose_error(out.T_cam_world, invert(frame.T_world_cam))
         assert dt < 0.05 and dr < 2.0, (frame.name, dt, dr)
+
+
+def test_rolled_camera_is_tracked_without_rotation_search(reloc):
+    """A camera mounted upside down: with a prior (e.g. the previous fix) the roll is known, the
+    image is turned once and tracked (no MSAC, no search over the four rotations)."""
+    seq = TumSequence(shared_file('maps/demo/queries'))
+    frame, cam = seq.frames[4], seq.camera
+    img = np.ascontiguousarray(np.rot90(seq.load_rgb(frame), 2))
+    K = cam.K.copy()
+    K[0, 2], K[1, 2] = cam.width - 1 - cam.cx, cam.height - 1 - cam.cy
+    rolled = Camera(cam.width, cam.height, K)
+    T_gt = np.diag([-1.0, -1.0, 1.0, 1.0]) @ invert(frame.T_world_cam)
+    T_prior = T_gt.copy()
+    T_prior[:3, 3] += [0.03, -0.02, 0.02]
+    from nre_ros.pipeline import Prior
+    out = reloc.localize(img, rolled, prior=Prior(T_prior))
+    assert out.ok and out.info['mode'] == 'tracking' and out.info['quarter_turns'] == 2
+    assert 'msac' not in out.timings_ms
+    dt, dr = pose_error(out.T_cam_world, T_gt)
+    assert dt < 0.05 and dr < 2.0
