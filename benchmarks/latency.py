@@ -30,6 +30,7 @@ line (e.g. other defaults) is rebuilt. Data: ``$NRE_SHARED_DATA`` (``nre_ros.pat
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -92,8 +93,9 @@ def get_map(cache: Path, model: str | None) -> Path:
         log(f'{path} is stale: rebuilding')
     cache.mkdir(parents=True, exist_ok=True)
     log('nre-ros ' + ' '.join(argv + ['--force']))
-    if nre_ros_cli(argv + ['--force']) != 0:
-        raise RuntimeError('build-map failed')
+    with contextlib.redirect_stdout(sys.stderr):        # stdout is the table / JSON
+        if nre_ros_cli(argv + ['--force']) != 0:
+            raise RuntimeError('build-map failed')
     return path
 
 
