@@ -98,3 +98,13 @@ def test_torch_openmp_waits_passively_unless_the_user_chose(user_policy, spincou
         assert line.split('=')[1].strip() == spincount
     else:
         assert line.split('=')[1].strip() != "'0'"
+
+
+@pytest.mark.skipif(not hasattr(os, 'sched_setaffinity'), reason='needs sched_setaffinity')
+def test_auto_follows_a_pinned_process():
+    """A process pinned to one CPU (taskset -c N) runs torch on one thread under auto."""
+    cpu = min(os.sched_getaffinity(0))
+    code = ('import os, nre_ros, torch; os.sched_setaffinity(0, {%d}); '
+            'from nre_ros.threads import apply_threads; '
+            'print(apply_threads("auto"), torch.get_num_threads())' % cpu)
+    assert _fresh_python(code).stdout.split() == ['1', '1']
