@@ -506,15 +506,16 @@ class Relocalizer:
         T_prior = np.asarray(prior.T_cam_world, dtype=np.float64)
         n_kf = min(self.config.tracking.keyframes, self.map.num_keyframes)
         # nearest keyframes by view: 1 degree of relative rotation ~ 1 cm between centres
-        # the roll is known from the prior: turn the image to the roll of the keyframe nearest
-        # by position and optical axis (no rotation search; descriptors are not rotation
-        # invariant), then take the nearest keyframes of the turned camera
+        # the roll is known from the prior: descriptors are not rotation invariant, so turn the
+        # image by quarter turns to the roll of the best-aligned of the keyframes nearest by
+        # position and optical axis (none for moderate rolls), then take the nearest keyframes
+        # of the turned camera
         kf = self._kf_T_cam_world
         axis_deg = np.degrees(np.arccos(np.clip(kf[:, 2, :3] @ T_prior[2, :3], -1.0, 1.0)))
         centres = -np.einsum('kji,kj->ki', kf[:, :3, :3], kf[:, :3, 3])
         centre = -T_prior[:3, :3].T @ T_prior[:3, 3]
-        closest = int(np.argmin(axis_deg + 100.0 * np.linalg.norm(centres - centre, axis=1)))
-        prep = rotated(prep, quarter_turns_to(kf[closest], T_prior))
+        near = np.argsort(axis_deg + 100.0 * np.linalg.norm(centres - centre, axis=1))[:n_kf]
+        prep = rotated(prep, quarter_turns_to(kf[near], T_prior))
         T_init = np.eye(4)
         T_init[:3, :3] = prep.R_img_cam
         T_init = T_init @ T_prior
@@ -560,13 +561,17 @@ class Relocalizer:
                        support=support)
 
 
-def quarter_turns_to(T_kf_world: np.ndarray, T_cam_world: np.ndarray) -> int:
-    """Counter-clockwise quarter turns of a camera's image (``preprocess.rotated``) that best
-    align its roll with a keyframe's: from the in-plane angle of R_kf_cam = R_kf_world
-    R_cam_world^T (one quarter turn maps camera (x, y) to (y, -x), i.e. -90 deg about z)."""
-    R = np.asarray(T_kf_world)[:3, :3] @ np.asarray(T_cam_world)[:3, :3].T
-    angle = np.degrees(np.arctan2(R[1, 0], R[0, 0]))
-    return int(round(-angle / 90.0)) % 4
+def quarter_turns_to(T_kf_world: np.ndarray, T_cam_world: np.ndarray,
+                     upright_deg: float = 100.0) -> int:
+    """Counter-clockwise quarter turns of a camera's image (``preprocess.rotated``) that align
+    its roll with the best-aligned of keyframes ``T_kf_world`` (K, 4, 4): from the in-plane
+    angle of R_kf_cam = R_kf_world R_cam_world^T (one quarter turn maps camera (x, y) to
+    (y, -x), i.e. -90 deg about z). 0 while the best-aligned roll is within ``upright_deg``:
+    the upright image matches rolled views better than a turned one (docs/decisions.md)."""
+    R = np.asarray(T_kf_world).reshape(-1, 4, 4)[:, :3, :3] @ np.asarray(T_cam_world)[:3, :3].T
+    angle = np.degrees(np.arctan2(R[:, 1, 0], R[:, 0, 0]))
+    best = float(angle[np.argmin(np.abs(angle))])
+    return 0 if abs(best) < upright_deg else int(round(-best / 90.0)) % 4
 
 
 def _ms_since(t0: float) -> float:

@@ -59,3 +59,23 @@ def test_rolled_camera_is_tracked_without_rotation_search(reloc):
     assert 'msac' not in out.timings_ms
     dt, dr = pose_error(out.T_cam_world, T_gt)
     assert dt < 0.05 and dr < 2.0
+
+
+def test_quarter_turns_only_for_large_rolls():
+    """fr1_rpy queries sit up to 80 deg of roll from their nearest keyframes and track best
+    upright (turning them cost 7 of 48 fixes); a camera upside down is turned twice."""
+    from scipy.spatial.transform import Rotation
+
+    from nre_ros.pipeline import quarter_turns_to
+
+    def rolled(deg):
+        T = np.eye(4)
+        T[:3, :3] = Rotation.from_euler('z', deg, degrees=True).as_matrix()
+        return T
+
+    kfs = np.stack([rolled(0.0), rolled(85.0)])
+    assert quarter_turns_to(kfs, rolled(80.0)) == 0       # the 85-deg keyframe is 5 deg away
+    assert quarter_turns_to(kfs[:1], rolled(80.0)) == 0   # moderate roll: upright
+    assert quarter_turns_to(kfs[:1], rolled(180.0)) == 2
+    assert quarter_turns_to(kfs[:1], rolled(-120.0)) in (1, 3)
+    assert quarter_turns_to(kfs[:1], rolled(-120.0)) != quarter_turns_to(kfs[:1], rolled(120.0))
