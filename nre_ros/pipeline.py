@@ -511,10 +511,7 @@ class Relocalizer:
         # position and optical axis (none for moderate rolls), then take the nearest keyframes
         # of the turned camera
         kf = self._kf_T_cam_world
-        axis_deg = np.degrees(np.arccos(np.clip(kf[:, 2, :3] @ T_prior[2, :3], -1.0, 1.0)))
-        centres = -np.einsum('kji,kj->ki', kf[:, :3, :3], kf[:, :3, 3])
-        centre = -T_prior[:3, :3].T @ T_prior[:3, 3]
-        near = np.argsort(axis_deg + 100.0 * np.linalg.norm(centres - centre, axis=1))[:n_kf]
+        near = nearest_keyframes(kf, T_prior, with_roll=False)[:n_kf]
         prep = rotated(prep, quarter_turns_to(kf[near], T_prior))
         T_init = np.eye(4)
         T_init[:3, :3] = prep.R_img_cam

@@ -77,15 +77,19 @@ class RetrievalIndex:
 
 
 def nearest_keyframes(kf_T_cam_world: np.ndarray, T_cam_world: np.ndarray,
-                      metres_per_degree: float = 0.01) -> np.ndarray:
+                      metres_per_degree: float = 0.01, with_roll: bool = True) -> np.ndarray:
     """(K,) keyframe indices sorted by view distance to a pose ``T_cam_world`` (4, 4).
 
     Distance = full relative rotation angle (deg, roll included: the descriptors are not
-    rotation invariant) + distance between camera centres / metres_per_degree.
+    rotation invariant; with ``with_roll=False`` the angle between the optical axes) + distance
+    between camera centres / metres_per_degree.
     """
     kf = np.asarray(kf_T_cam_world, np.float64)
     T = np.asarray(T_cam_world, np.float64)
-    angle = rotation_angle_deg(kf[:, :3, :3], T[:3, :3])
+    if with_roll:
+        angle = rotation_angle_deg(kf[:, :3, :3], T[:3, :3])
+    else:
+        angle = np.degrees(np.arccos(np.clip(kf[:, 2, :3] @ T[2, :3], -1.0, 1.0)))
     centres = -np.einsum('kji,kj->ki', kf[:, :3, :3], kf[:, :3, 3])
     centre = -T[:3, :3].T @ T[:3, 3]
     dist = angle + np.linalg.norm(centres - centre, axis=1) / metres_per_degree
