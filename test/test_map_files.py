@@ -167,3 +167,60 @@ def test_relocalizer_logs_a_changed_map_file_once(demo, caplog):
         assert 'modified' in reloc.check_map_file(every_s=0.0)
         reloc.check_map_file(every_s=0.0)
     assert sum('map file changed on disk' in r.message for r in caplog.records) == 1
+
+
+def test_read_map_file_holds_one_copy_and_hashes_on_the_way(tmp_path):
+    """The file is read straight into one buffer: peak allocation ~ the file size (reading
+    chunks and joining them held two copies), and the chunked hash equals the file's sha256."""
+    import hashlib
+    import tracemalloc
+    from nre_ros.maps.files import read_map_file
+    size = 70 * 2**20 + 12345                 # more than one read chunk of any chunking
+    rng = np.random.default_rng(0)
+    with open(tmp_path / 'big.bin', 'wb') as f:
+        f.write(rng.integers(0, 256, 2**20, dtype=np.uint8).tobytes())
+        f.truncate(size)                      # sparse tail: zeros
+    hasher = hashlib.sha256()
+    tracemalloc.start()
+    try:
+        data, stamp = read_map_file(tmp_path, 'big.bin', hasher=hasher)
+        current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(data) == size == stamp.size and not data.flags.writeable
+    assert peak < 1.05 * size, f'peak allocation {peak / size:.2f}x the file'
+    assert hasher.hexdigest() == hashlib.sha256((tmp_path / 'big.bin').read_bytes()).hexdigest()
+    assert bytes(data[:2**20]) == (tmp_path / 'big.bin').read_bytes()[:2**20]
+
+
+def test_count_nonfinite_is_exact_on_every_float16_bit_pattern():
+    """The bit-pattern check (exponent all ones) against np.isfinite: all 65,536 float16
+    values (both signs of inf, every NaN payload, subnormals, +-65504), and float32/64
+    specials; blocks smaller than the array exercise the block loop."""
+    from nre_ros.maps.format import count_nonfinite
+    every = np.arange(2**16, dtype=np.uint16).view(np.float16)
+    assert count_nonfinite(every, block=1000) == int(np.sum(~np.isfinite(every))) == 2 * 1024
+    assert count_nonfinite(every[np.isfinite(every)].reshape(-1, 4), block=999) == 0
+    assert count_nonfinite(every.astype('>f2')) == 2 * 1024           # byte order respected
+    rng = np.random.default_rng(0)
+    for dtype in (np.float32, np.float64):
+        x = rng.normal(size=(1000, 7)).astype(dtype)
+        x.flat[[3, 500, 6999]] = [np.inf, -np.nan, -np.inf]
+        x.flat[10] = np.finfo(dtype).max
+        x.flat[11] = np.finfo(dtype).smallest_subnormal
+        assert count_nonfinite(x, block=64) == 3
+
+
+def test_nonfinite_float16_descriptors_are_refused(tmp_path):
+    from dataclasses import replace
+    m = load_map(shared_file('maps/demo/fr1_rpy.nremap'))
+    for bad in (np.inf, -np.inf, np.nan):
+        fine = np.array(m.obs_fine)
+        assert fine.dtype == np.float16
+        fine[7, 3] = bad
+        with pytest.raises(MapFormatError, match="'obs_fine' has 1 non-finite"):
+            replace(m, obs_fine=fine).save(tmp_path / 'bad.nremap')
+    coarse = np.array(m.obs_coarse)
+    coarse[-1, :] = np.float16(np.nan)
+    with pytest.raises(MapFormatError, match=f"'obs_coarse' has {coarse.shape[1]} non-finite"):
+        replace(m, obs_coarse=coarse).save(tmp_path / 'bad.nremap')

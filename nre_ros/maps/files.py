@@ -10,6 +10,9 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
+
+import numpy as np
 
 from nre_ros.errors import MapFormatError
 
@@ -17,6 +20,13 @@ logger = logging.getLogger(__name__)
 
 MAX_JSON_BYTES = 64 * 1024 * 1024      # metadata.json (keyframe names, provenance)
 MAX_JSON_DEPTH = 32                    # nesting of objects / arrays in map JSON
+READ_CHUNK_BYTES = 4 * 1024 * 1024     # read (and hash) in chunks that stay in the CPU cache
+
+
+class Hasher(Protocol):
+    """What ``read_map_file`` feeds the bytes to (``hashlib.sha256()`` and friends)."""
+
+    def update(self, data: memoryview, /) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -57,12 +67,20 @@ def resolve_inside(folder: Path, name: str) -> Path:
     return target
 
 
-def read_map_file(folder: Path, name: str, max_bytes: int | None = None
-                  ) -> tuple[bytes, FileStamp]:
-    """Bytes of the regular file ``folder/name`` (inside the folder) and its stamp.
+def read_map_file(folder: Path, name: str, max_bytes: int | None = None,
+                  hasher: Hasher | None = None) -> tuple[np.ndarray, FileStamp]:
+    """Contents of the regular file ``folder/name`` (inside the folder) and its stamp.
+
+    The file is read once, chunk by chunk, straight into one preallocated buffer (no second
+    copy); ``hasher`` (e.g. ``hashlib.sha256()``) is updated with each chunk as it arrives.
+
+    Returns:
+        data: (size,) read-only uint8 array holding the file's bytes (a bytes-like object).
+        stamp: the file's identity when it was opened.
 
     Raises MapFormatError when it is missing, leaves the folder through a symlink, is not a
-    regular file (FIFO, device, directory: checked without blocking) or exceeds ``max_bytes``.
+    regular file (FIFO, device, directory: checked without blocking), exceeds ``max_bytes`` or
+    changes size while being read.
     """
     path = resolve_inside(folder, name)
     try:
@@ -78,18 +96,21 @@ def read_map_file(folder: Path, name: str, max_bytes: int | None = None
         if max_bytes is not None and st.st_size > max_bytes:
             raise MapFormatError(f'map {folder}: {name} is {st.st_size} bytes, more than the '
                                  f'{max_bytes} allowed')
-        chunks, left = [], st.st_size
-        while left > 0:
-            chunk = os.read(fd, min(left, 1 << 26))
-            if not chunk:
+        data = np.empty(st.st_size, np.uint8)     # numpy: huge pages for large buffers
+        view, got = memoryview(data), 0
+        while got < st.st_size:
+            n = os.readv(fd, [view[got:got + READ_CHUNK_BYTES]])
+            if n == 0:
                 break
-            chunks.append(chunk)
-            left -= len(chunk)
-        data = b''.join(chunks)
-        if len(data) != st.st_size:
+            if hasher is not None:
+                hasher.update(view[got:got + n])
+            got += n
+        if got != st.st_size or os.read(fd, 1):
             raise MapFormatError(f'map {folder}: {name} changed size while being read '
-                                 f'({len(data)} of {st.st_size} bytes); retry when it is '
+                                 f'({st.st_size} bytes at open, then '
+                                 f'{got if got < st.st_size else "more"}); retry when it is '
                                  'complete')
+        data.flags.writeable = False
         return data, FileStamp.of(st, path)
     finally:
         os.close(fd)
@@ -108,10 +129,11 @@ def json_depth(value: object) -> int:
     return depth
 
 
-def parse_json(data: bytes, where: str, max_depth: int = MAX_JSON_DEPTH) -> object:
+def parse_json(data: bytes | np.ndarray, where: str, max_depth: int = MAX_JSON_DEPTH
+               ) -> object:
     """Parse UTF-8 JSON bytes; MapFormatError for invalid or too deeply nested text."""
     try:
-        value = json.loads(data.decode('utf-8'))
+        value = json.loads(bytes(data).decode('utf-8'))
     except RecursionError as exc:
         raise MapFormatError(f'{where} is nested too deeply (more than {max_depth} levels)'
                              ) from exc

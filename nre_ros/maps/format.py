@@ -256,10 +256,12 @@ def load_map(path: str | Path, expected_spec: ModelSpec | None = None,
             raise MapFormatError(f'map {path} was built with model {spec.name!r} and does not '
                                  f'match the configured model ({diff}); rebuild the map with '
                                  f'`nre-ros build-map` or select the matching model')
-    # read once into memory: the hash is checked on the very bytes the arrays are made of
-    data, tensors_stamp = read_map_file(path, TENSORS_FILE)
-    if verify_hash:
-        digest = hashlib.sha256(data).hexdigest()
+    # read once into memory, hashed chunk by chunk as it arrives: the hash is checked on the
+    # very bytes the arrays are made of
+    hasher = hashlib.sha256() if verify_hash else None
+    data, tensors_stamp = read_map_file(path, TENSORS_FILE, hasher=hasher)
+    if hasher is not None:
+        digest = hasher.hexdigest()
         if digest != meta.get('tensors_sha256'):
             raise MapFormatError(
                 f'map {path}: content hash of {TENSORS_FILE} is {digest[:12]}…, metadata says '
@@ -356,8 +358,29 @@ def _check_array(where: str, name: str, a: np.ndarray, shape: tuple) -> None:
     if a.ndim != len(shape) or any(s is not None and s != d for s, d in zip(shape, a.shape)):
         want = 'x'.join('?' if s is None else str(s) for s in shape)
         _fail(where, f'tensor {name!r} has shape {tuple(a.shape)}, expected ({want})')
-    if a.dtype.kind == 'f' and a.size and not np.all(np.isfinite(a)):
-        _fail(where, f'tensor {name!r} has {int(np.sum(~np.isfinite(a)))} non-finite values')
+    if a.dtype.kind == 'f' and a.size:
+        bad = count_nonfinite(a)
+        if bad:
+            _fail(where, f'tensor {name!r} has {bad} non-finite values')
+
+
+def count_nonfinite(a: np.ndarray, block: int = 1 << 20) -> int:
+    """Number of inf / NaN values in a float16/32/64 array, read as its unsigned-integer bit
+    patterns (all exponent bits set = inf or NaN) block by block: no float conversion and no
+    temporary the size of the array (map descriptors are hundreds of MB)."""
+    flat = np.ascontiguousarray(a).reshape(-1)
+    bits = flat.view(flat.dtype.str.replace('f', 'u'))               # '<f2' -> '<u2'
+    nbits = 8 * flat.dtype.itemsize
+    exponent_mask = {16: 0x7C00, 32: 0x7F800000, 64: 0x7FF0000000000000}[nbits]
+    magnitude_mask = (1 << (nbits - 1)) - 1                           # all but the sign bit
+    tmp = np.empty(min(block, bits.size), bits.dtype)
+    count = 0
+    for start in range(0, bits.size, block):
+        t = tmp[:min(block, bits.size - start)]
+        np.bitwise_and(bits[start:start + block], magnitude_mask, out=t)
+        if t.max() >= exponent_mask:
+            count += int(np.count_nonzero(t >= exponent_mask))
+    return count
 
 
 def validate_map(m: Map, where: str = '<memory>') -> None:
@@ -401,7 +424,7 @@ def validate_map(m: Map, where: str = '<memory>') -> None:
     seen = np.bincount(m.obs_point, minlength=P) if O else np.zeros(P, int)
     if np.any(seen == 0):
         _fail(where, f'{int(np.sum(seen == 0))} points are seen by no keyframe')
-    wh = m.kf_image_size[m.obs_keyframe()].astype(np.float32)
+    wh = np.repeat(m.kf_image_size.astype(np.float32), np.diff(off), axis=0)    # (O, 2)
     if O and (np.any(m.obs_uv < -0.5 - 1e-3) or np.any(m.obs_uv > wh - 0.5 + 1e-3)):
         _fail(where, 'obs_uv has pixels outside their keyframe image')
 

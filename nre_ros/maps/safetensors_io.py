@@ -43,8 +43,10 @@ def read_safetensors(path: str | Path, mmap: bool = False) -> dict[str, np.ndarr
     return out
 
 
-def parse_safetensors(data: bytes, where: str) -> dict[str, np.ndarray]:
-    """Tensors of a safetensors file held in memory, as read-only views into ``data``."""
+def parse_safetensors(data: bytes | np.ndarray, where: str) -> dict[str, np.ndarray]:
+    """Tensors of a safetensors file held in memory (bytes, or a (size,) uint8 array), as
+    read-only views into ``data`` (nothing is copied)."""
+    data = memoryview(data).cast('B')
     n, header = _parse_header(data, len(data), where)
     data_start = 8 + n
     body = memoryview(data)[data_start:]
@@ -57,11 +59,11 @@ def parse_safetensors(data: bytes, where: str) -> dict[str, np.ndarray]:
     return out
 
 
-def _parse_header(head: bytes, size: int, where: str) -> tuple[int, dict]:
+def _parse_header(head: bytes | memoryview, size: int, where: str) -> tuple[int, dict]:
     """(header length, header dict without __metadata__) from the start of the file."""
     if len(head) < 8:
         raise MapFormatError(f'{where} is not a safetensors file ({size} bytes)')
-    n = int.from_bytes(head[:8], 'little')
+    n = int.from_bytes(bytes(head[:8]), 'little')
     if n > min(size - 8, MAX_HEADER_BYTES) or len(head) < 8 + n:
         raise MapFormatError(f'{where} is not a safetensors file: declared header length {n} '
                              f'exceeds the file size {size} (truncated, or another format '
