@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from nre_ros import lossmaps_numba
 from nre_ros.errors import ShapeError
 
 __all__ = ['LossMaps', 'argmin_cells', 'bilinear_cost', 'coarse_loss_maps', 'loss_maps_from_logits',
@@ -291,7 +292,10 @@ def fine_loss_maps(query_desc: Tensor, point_desc: Tensor, centres: Tensor, coar
         q = torch.nn.functional.normalize(q, dim=0)
         p = torch.nn.functional.normalize(p, dim=1)
     origin = window_origins(centres.float(), window)
-    logits = window_logits(q, p * float(inv_temperature), origin, window, tile)
+    if lossmaps_numba.usable(q, p):
+        logits = lossmaps_numba.window_logits(q, p * float(inv_temperature), origin, window)
+    else:
+        logits = window_logits(q, p * float(inv_temperature), origin, window, tile)
     return fine_loss_maps_from_logits(logits, origin, coarse, fine_per_coarse, (wf, hf), divisor,
                                       coarse_index)
 
@@ -370,6 +374,11 @@ def fine_loss_maps_from_logits(logits: Tensor, origin: Tensor, coarse: LossMaps,
     wf, hf = grid_size
     ln_omega = math.log(wf * hf + 1)
     logits = logits.float()
+    if lossmaps_numba.usable(logits, coarse.maps):   # same maps, one compiled pass
+        loss = lossmaps_numba.window_loss_maps(logits, origin, coarse.maps, coarse_index,
+                                               coarse.ln_omega, fine_per_coarse, grid_size,
+                                               divisor, ln_omega)
+        return LossMaps(loss, ln_omega, (wf, hf), origin)
     # Usually every window lies inside the fine grid: then no cell needs masking.
     lo, hi = origin.amin(dim=0), origin.amax(dim=0)
     all_inside = bool((lo >= 0).all()) and int(hi[0]) + s <= wf and int(hi[1]) + s <= hf

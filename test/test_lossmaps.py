@@ -183,3 +183,69 @@ def test_window_logits_match_direct_dot_products(tile):
     assert out.shape == (40, s, s)
     assert bool((~inside).any()) and bool(inside.any())       # both kinds are exercised
     torch.testing.assert_close(out * inside, ref)
+
+
+class TestNumbaKernels:
+    """The compiled CPU kernels (nre_ros.lossmaps_numba) against the torch reference, on random
+    data with windows inside, across every edge and wholly outside the fine grid."""
+
+    @staticmethod
+    def _problem(seed=7):
+        """Fine grid 52 x 40, coarse 13 x 10 (4 fine cells per coarse cell); point k's coarse
+        map (row index[k]) peaks near its window centre, as after a coarse solve."""
+        g = torch.Generator().manual_seed(seed)
+        q, p = _random_desc(c=12, h=40, w=52, n=120, seed=seed)
+        centres = torch.rand(120, 2, generator=g) * torch.tensor([80.0, 64.0]) - 14
+        index = torch.randperm(130, generator=g)[:120]
+        peaks = torch.rand(130, 2, generator=g) * torch.tensor([12.0, 9.0])
+        peaks[index] = (centres + 0.5) / 4 - 0.5 + torch.randn(120, 2, generator=g)
+        coarse = loss_maps_from_logits(gaussian_logits(peaks, (13, 10), 1.5))
+        return q, p, coarse, index, centres
+
+    @pytest.mark.parametrize('s', [16, 7])
+    def test_fine_maps_equal_torch(self, s, monkeypatch):
+        pytest.importorskip('numba')
+        from nre_ros import lossmaps_numba
+        q, p, coarse, index, centres = self._problem()
+        got = fine_loss_maps(q, p, centres, coarse, 4, 0.3, s, divisor=2.0, coarse_index=index)
+        monkeypatch.setenv('NRE_ROS_NUMBA', '0')
+        assert not lossmaps_numba.usable(q)
+        ref = fine_loss_maps(q, p, centres, coarse, 4, 0.3, s, divisor=2.0, coarse_index=index)
+        assert torch.equal(got.origin, ref.origin)
+        capped = ref.maps == ref.ln_omega
+        assert 0.2 < float(capped.float().mean()) < 0.8      # both kinds of cells exercised
+        torch.testing.assert_close(got.maps, ref.maps, atol=2e-5, rtol=1e-6)
+
+    def test_window_logits_equal_torch(self):
+        pytest.importorskip('numba')
+        from nre_ros import lossmaps_numba
+        q, p, _, _, centres = self._problem()
+        origin = window_origins(centres, 9)
+        got = lossmaps_numba.window_logits(q, p, origin, 9)
+        ref = window_logits(q, p, origin, 9)
+        d = torch.arange(9)
+        xs = origin[:, 0, None, None] + d[None, None, :]
+        ys = origin[:, 1, None, None] + d[None, :, None]
+        inside = (xs >= 0) & (xs < 52) & (ys >= 0) & (ys < 40)
+        assert bool((~inside.flatten(1).any(1)).any())           # a window wholly outside
+        torch.testing.assert_close(got * inside, ref * inside, atol=1e-5, rtol=1e-5)
+        assert bool((got[~inside] == 0).all())
+
+    def test_non_finite_logits_read_the_cap(self):
+        pytest.importorskip('numba')
+        coarse = loss_maps_from_logits(torch.zeros(2, 12, 16))
+        logits = torch.zeros(2, 8, 8)
+        logits[0, 3, 3] = float('nan')
+        got = fine_loss_maps_from_logits(logits, torch.tensor([[4, 4], [-2, 0]]), coarse, 4,
+                                         (64, 48))
+        assert bool((got.maps[0] == got.ln_omega).all())
+        assert bool((got.maps[1, :, :2] == got.ln_omega).all())
+        assert bool((got.maps[1, :, 2:] < got.ln_omega).all())
+
+    def test_torch_path_kept_for_gradients(self):
+        pytest.importorskip('numba')
+        from nre_ros import lossmaps_numba
+        x = torch.zeros(3, requires_grad=True)
+        assert not lossmaps_numba.usable(x)
+        assert lossmaps_numba.usable(x.detach())
+        assert lossmaps_numba.warmup()

@@ -1,0 +1,145 @@
+"""numba kernels of ``nre_ros.lossmaps_numba`` (imported on first use: importing numba takes
+about half a second, which a process that never builds fine maps should not pay)."""
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+_jit = numba.njit(cache=True, nogil=True, fastmath={'contract'})
+
+
+@_jit
+def _window_dots(q, p, origin, order, out):
+    """out[n, i, j] = p[n] . q[:, y0 + i, x0 + j] (0 outside the grid), points in ``order``.
+
+    Two window rows at a time are accumulated over the channels in two 1-D buffers (two
+    independent chains); unsigned flat indices keep numba's negative-index wraparound out of
+    the inner loops."""
+    c_dim, h, w = q.shape
+    s = out.shape[1]
+    qf = q.reshape(-1)
+    plane = h * w
+    acc0 = np.zeros(s, np.float32)
+    acc1 = np.zeros(s, np.float32)
+    for k in range(order.shape[0]):
+        n = order[k]
+        x0 = origin[n, 0]
+        y0 = origin[n, 1]
+        jlo = max(0, -x0)
+        jhi = min(s, w - x0)
+        ilo = max(0, -y0)
+        ihi = min(s, h - y0)
+        m = jhi - jlo
+        on = out[n]
+        on[:] = 0.0
+        if m <= 0:
+            continue
+        for i in range(ilo, ihi, 2):
+            two = i + 1 < ihi
+            step = np.uint64(w) if two else np.uint64(0)    # a lone last row is read twice
+            for j in range(m):
+                acc0[j] = 0.0
+                acc1[j] = 0.0
+            base = np.uint64((y0 + i) * w + x0 + jlo)
+            for c in range(c_dim):
+                pc = p[n, c]
+                b0 = base + np.uint64(c * plane)
+                b1 = b0 + step
+                for j in range(m):
+                    acc0[j] += pc * qf[b0 + np.uint64(j)]
+                for j in range(m):
+                    acc1[j] += pc * qf[b1 + np.uint64(j)]
+            for j in range(m):
+                on[i, jlo + j] = acc0[j]
+            if two:
+                for j in range(m):
+                    on[i + 1, jlo + j] = acc1[j]
+
+
+@_jit
+def _coarse_log_mass(coarse, rows, origin, s, r, wf, hf, ln_omega_c, out):
+    """``nre_ros.lossmaps._coarse_log_mass`` per window (float64, same overlaps)."""
+    h, w = coarse.shape[1], coarse.shape[2]
+    k = int(math.ceil(s / r)) + 2
+    cap = ln_omega_c - 1e-5
+    ovx = np.empty(k)
+    ovy = np.empty(k)
+    for n in range(origin.shape[0]):
+        ox = float(origin[n, 0])
+        oy = float(origin[n, 1])
+        lo_x = min(max(ox, 0.0), wf) / r - 0.5
+        hi_x = min(max(ox + s, 0.0), wf) / r - 0.5
+        lo_y = min(max(oy, 0.0), hf) / r - 0.5
+        hi_y = min(max(oy + s, 0.0), hf) / r - 0.5
+        j0x = int(math.floor(lo_x + 0.5))
+        j0y = int(math.floor(lo_y + 0.5))
+        for a in range(k):
+            jx = j0x + a
+            jy = j0y + a
+            ovx[a] = max(min(hi_x, jx + 0.5) - max(lo_x, jx - 0.5), 0.0) \
+                if 0 <= jx < w else 0.0
+            ovy[a] = max(min(hi_y, jy + 0.5) - max(lo_y, jy - 0.5), 0.0) \
+                if 0 <= jy < h else 0.0
+        m = coarse[rows[n]]
+        mass = 0.0
+        for a in range(k):
+            if ovy[a] == 0.0:
+                continue
+            y = min(max(j0y + a, 0), h - 1)
+            for b in range(k):
+                if ovx[b] == 0.0:
+                    continue
+                loss = float(m[y, min(max(j0x + b, 0), w - 1)])
+                if loss < cap:
+                    mass += math.exp(-loss) * ovy[a] * ovx[b]
+        out[n] = math.log(max(mass, 1e-30))
+
+
+@_jit
+def _window_loss(logits, origin, wf, hf, lse, log_mass, ln_omega, out):
+    """out = min(max(-(logits - log-sum-exp + log_mass), 0), ln_omega) over the window's cells
+    inside the grid; the others, and every cell of a window with no cell inside or a
+    non-finite log-sum-exp, read ln_omega (``out`` may be ``logits``). ``lse`` (N,) holds the
+    log-sum-exp over the whole window (vectorised by the caller); windows crossing the grid
+    edge recompute theirs over their inside cells."""
+    n_pts, s = logits.shape[0], logits.shape[1]
+    cap = np.float32(ln_omega)
+    zero = np.float32(0.0)
+    for n in range(n_pts):
+        x0 = origin[n, 0]
+        y0 = origin[n, 1]
+        jlo = max(0, -x0)
+        jhi = min(s, wf - x0)
+        ilo = max(0, -y0)
+        ihi = min(s, hf - y0)
+        x = logits[n]
+        o = out[n]
+        if jhi <= jlo or ihi <= ilo:
+            o[:] = cap
+            continue
+        if jlo == 0 and ilo == 0 and jhi == s and ihi == s:
+            shift = lse[n]
+        else:
+            top = -np.inf
+            for i in range(ilo, ihi):
+                for j in range(jlo, jhi):
+                    v = x[i, j]
+                    if v > top or v != v:
+                        top = v
+            total = 0.0
+            for i in range(ilo, ihi):
+                for j in range(jlo, jhi):
+                    total += math.exp(x[i, j] - top)
+            shift = np.float32(top) + np.float32(math.log(total))
+        if not math.isfinite(shift):
+            o[:] = cap
+            continue
+        shift = np.float32(shift - log_mass[n])
+        if ilo > 0 or ihi < s or jlo > 0 or jhi < s:
+            o[:] = cap
+        for i in range(ilo, ihi):
+            for j in range(jlo, jhi):
+                v = shift - x[i, j]
+                o[i, j] = cap if v != v else min(max(v, zero), cap)
