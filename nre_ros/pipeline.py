@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nre_ros import lossmaps_numba
+from nre_ros import compiled
 from nre_ros.camera import Camera
 from nre_ros.config import load_config, read_yaml
 from nre_ros.errors import InputError, MapFormatError, ShapeError
@@ -261,12 +261,11 @@ class Relocalizer:
         return self._map_T_model
 
     def warmup(self) -> None:
-        """One inference on a blank image, and the compiled fine-map kernels loaded (numba
-        compiles them, or reads its disk cache), so the first real query is not slow."""
+        """One inference on a blank image, and the compiled CPU kernels loaded (numba compiles
+        them, or reads its disk cache), so the first real query is not slow."""
         self.model.extract(np.zeros((480, 640, 3), np.uint8))
-        if self.device.type == 'cpu' and self.config.fine.enabled \
-                and self.model.spec.fine_stride > 0:
-            lossmaps_numba.warmup()
+        if self.device.type == 'cpu':
+            compiled.warmup()
 
     # ------------------------------------------------------------------ public API
     def localize(self, image: np.ndarray, camera: Camera, prior: Prior | None = None,

@@ -42,10 +42,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from nre_ros import compiled
 from nre_ros.geometry import se3_exp
 from nre_ros.lossmaps import LossMaps
 
-__all__ = ['GncConfig', 'RefineResult', 'refine', 'smoothed_terms', 'information']
+__all__ = ['GncConfig', 'RefineResult', 'refine', 'smoothed_terms', 'information',
+           'warmup_compiled']
+
+KERNELS = 'nre_ros.solver._gnc_kernels'    # numba kernels of the CPU path (nre_ros.compiled)
 
 
 @dataclass(frozen=True)
@@ -102,12 +106,15 @@ class RefineResult:
 
 @dataclass(frozen=True)
 class _Window:
-    """(2r+1)^2 windows of the weight G around the nearest cells of the projections."""
+    """(2r+1)^2 windows of the weight G around the nearest cells of the projections: gathered
+    (torch path), or only their centre cells (compiled path: the moments kernel reads the
+    patches in place)."""
 
-    G: Tensor                      # (M, K, K) float32 weights of the kept points
+    G: Tensor | None               # (M, K, K) float32 weights of the kept points
     inside: Tensor | None          # (M, 2, K) float 1 for rows / columns inside (None: all)
     f: Tensor                      # (M, 2) offsets of the projections from the window centres
     r: int
+    cell: Tensor | None = None     # (M, 2) int64 window centre cells in the patches (compiled)
 
 
 @dataclass(frozen=True)
@@ -173,6 +180,7 @@ class _Windows:
         self.cut_centre = None            # (N, 2) float32 cells the patches were cut around
         self._basis: dict[int, tuple[Tensor, Tensor]] = {}
         self._grid: dict[int, Tensor] = {}
+        self.kernels = compiled.usable(KERNELS, maps.maps)   # None: torch path
         if not self.cut:                  # the maps are their own patches
             G = (maps.ln_omega - maps.maps).reshape(n, h * w)
             if prune > 0:
@@ -194,11 +202,19 @@ class _Windows:
         self.hi = torch.tensor([[pw - 1.0], [ph - 1.0]], device=self.dev)
         self._grid = {}
 
-    def _gather(self, centre: Tensor, index: Tensor | None) -> Tensor:
+    def _gather(self, centre: Tensor, index: Tensor | None) -> tuple[Tensor, Tensor | None]:
         """(M, S, S) patches of G around the (M, 2) float cells ``centre`` of points
-        ``index`` (None: all)."""
+        ``index`` (None: all), and their (M,) maxima when computed on the way (compiled)."""
         h, w, s = self.h, self.w, self.size
         half = s // 2
+        if self.kernels is not None:
+            pts = np.arange(self.n) if index is None else index.numpy().astype(np.int64)
+            maps = np.ascontiguousarray(self.maps.maps.numpy(), dtype=np.float32)
+            G = np.empty((pts.shape[0], s, s), np.float32)
+            peak = np.empty(pts.shape[0], np.float32)
+            self.kernels._gather_patches(maps, pts, centre.to(torch.int64).numpy(), half,
+                                         float(self.maps.ln_omega), G, peak)
+            return torch.from_numpy(G), torch.from_numpy(peak)
         itype = torch.int32 if self.n * h * w < 2 ** 31 - 1 else torch.int64
         pts = torch.arange(self.n, device=self.dev, dtype=itype) if index is None \
             else index.to(itype)
@@ -213,7 +229,7 @@ class _Windows:
         G.neg_().add_(self.maps.ln_omega)                          # fresh copy: in place
         if not bool(inside.all()):                                 # cells beyond the map: 0
             G.mul_(inside[:, 1, :, None] & inside[:, 0, None, :])
-        return G
+        return G, None
 
     def needs_cut(self, centre: Tensor, ok: Tensor, r: int) -> bool:
         """True if a usable point's (2r+1)^2 window around ``centre`` ((N, 2), all points)
@@ -228,11 +244,12 @@ class _Windows:
     def cut_all(self, centre: Tensor) -> None:
         """Cut every point's patch around ``centre`` ((N, 2) float cells) and choose the
         points kept."""
-        G = self._gather(centre, None)
+        G, peak = self._gather(centre, None)
         self.sel = None
         if self.prune > 0:
-            self.sel = torch.nonzero(G.reshape(self.n, -1).amax(dim=1) > self.prune
-                                     ).reshape(-1)
+            if peak is None:
+                peak = G.reshape(self.n, -1).amax(dim=1)
+            self.sel = torch.nonzero(peak > self.prune).reshape(-1)
             G = G.index_select(0, self.sel)
         self.patch = G.reshape(-1)
         self.cut_centre = centre.clone()
@@ -241,7 +258,7 @@ class _Windows:
 
     def _recut_kept(self, centre: Tensor) -> None:
         """Re-cut the kept points' patches around their (M, 2) cells ``centre``."""
-        self.patch = self._gather(centre, self.sel).reshape(-1)
+        self.patch = self._gather(centre, self.sel)[0].reshape(-1)
         if self.sel is None:
             self.cut_centre = centre.clone()
         else:
@@ -274,13 +291,18 @@ class _Windows:
                 off = centre - self.patch_origin
             # Windows of usable points lie inside their patches; others are clamped there
             # (their kernel is zero).
-            off = off.clamp_(r, s - 1 - r).to(self.itype) - r
+            off = off.clamp_(r, s - 1 - r)
+            if self.kernels is not None:
+                return _Window(None, None, f, r, off.to(torch.int64))
+            off = off.to(self.itype) - r
             base = self.offset + off[:, 1] * s + off[:, 0]
             if r not in self._grid:
                 d = torch.arange(K, device=self.dev, dtype=self.itype)
                 self._grid[r] = d[:, None] * s + d[None, :]
             idx = base[:, None, None] + self._grid[r]             # (M, K, K)
             inside = None
+        elif self.kernels is not None:
+            return _Window(None, None, f, r, centre.to(torch.int64))
         else:
             coords = centre.unsqueeze(-1) + c                     # (M, 2, K) patch cells
             ci = coords.clamp(self.lo, self.hi)
@@ -299,6 +321,12 @@ class _Windows:
         The window sits on the nearest cell, so with c the shared integer offsets (-r..r) and
         f = w - round(w), d = c - f: the power moments in c are one matmul with a (6, K^2)
         basis shared by all points, and a binomial shift gives those in d."""
+        if win.G is None:                                          # compiled path
+            m = np.empty((6, win.f.shape[0]))
+            self.kernels._moments(self.patch.numpy(), self.offset.numpy().astype(np.int64),
+                                  win.cell.numpy(), self.pw, self.ph, win.f.numpy(),
+                                  ok.numpy(), float(sigma), r, m)
+            return torch.from_numpy(m)
         c, B = self._offsets(r)
         K = c.numel()
         G, inside, f = win.G, win.inside, win.f
@@ -621,3 +649,18 @@ def information(points_world: Tensor, maps: LossMaps, K: Tensor, T: Tensor, sigm
     prob = _Problem(points_world, maps, K, config, newton=kind != 'irls')
     ev = prob.evaluate(T.detach().to(torch.float64).cpu().numpy(), sigma)
     return torch.from_numpy(prob.normal_equations(ev).H.copy()).to(T.device)
+
+
+def warmup_compiled() -> bool:
+    """Compile (or load from the disk cache) the kernels of the CPU path on a tiny problem, a
+    cut full-grid map and a window map; False when they are unavailable."""
+    if compiled.kernels(KERNELS) is None:
+        return False
+    g = torch.Generator().manual_seed(0)
+    full = LossMaps(torch.rand(2, 30, 40, generator=g) * 8, 8.0, (40, 30))
+    window = LossMaps(torch.rand(2, 8, 8, generator=g) * 8, 8.0, (40, 30),
+                      torch.tensor([[3, 4], [20, 10]]))
+    uv = torch.tensor([[10.3, 12.6], [24.0, 14.2]])
+    for maps in (full, window):
+        smoothed_terms(maps, uv, torch.ones(2, dtype=torch.bool), 1.0)
+    return True

@@ -1,0 +1,63 @@
+"""Optional compiled CPU kernels (numba): whether they can be used, their lazy import, warm-up.
+
+The torch code each kernel replaces stays the reference and the path for every other device,
+for tensors that need gradients, and whenever numba is missing or disabled (``NRE_ROS_NUMBA=0``).
+Kernel modules (``nre_ros._lossmaps_kernels``, ``nre_ros.solver._gnc_kernels``) import numba,
+which takes about half a second, so they are imported on first use only. Numba compiles a kernel
+on its first call (about a second each) and caches the machine code on disk (``cache=True``:
+beside the module, or in the user's cache directory when that is read-only); ``warmup()`` runs
+every kernel once on tiny inputs so that this happens when a relocalizer is created, not on its
+first query. Kernels are single-threaded: no second thread pool beside torch's.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import os
+from types import ModuleType
+
+import torch
+from torch import Tensor
+
+__all__ = ['available', 'kernels', 'usable', 'warmup']
+
+logger = logging.getLogger(__name__)
+
+_loaded: dict[str, ModuleType | None] = {}   # module name -> module, None if its import failed
+
+
+def available() -> bool:
+    """True when numba is installed and ``NRE_ROS_NUMBA`` is not ``0``."""
+    return os.environ.get('NRE_ROS_NUMBA', '1') != '0' and \
+        importlib.util.find_spec('numba') is not None
+
+
+def kernels(name: str) -> ModuleType | None:
+    """The kernel module ``name`` (imported on first call), None when numba is unavailable
+    or the import failed (logged once)."""
+    if not available():
+        return None
+    if name not in _loaded:
+        try:
+            _loaded[name] = importlib.import_module(name)
+        except Exception as e:  # noqa: BLE001 - any import failure: keep the torch path
+            logger.warning('compiled kernels %s unavailable (%s); using torch', name, e)
+            _loaded[name] = None
+    return _loaded[name]
+
+
+def usable(name: str, *tensors: Tensor) -> ModuleType | None:
+    """The kernel module ``name`` when it can replace the torch code for these tensors (every
+    tensor on the CPU, none needing a gradient), else None."""
+    grad = torch.is_grad_enabled()
+    if not all(t.device.type == 'cpu' and not (grad and t.requires_grad) for t in tensors):
+        return None
+    return kernels(name)
+
+
+def warmup() -> bool:
+    """Compile (or load from the disk cache) every kernel on tiny inputs; False without numba."""
+    from nre_ros import lossmaps_numba
+    from nre_ros.solver import gnc
+    return lossmaps_numba.warmup() and gnc.warmup_compiled()

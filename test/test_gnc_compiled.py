@@ -1,0 +1,99 @@
+"""The compiled GNC kernels (nre_ros.solver._gnc_kernels) against the torch path they replace,
+on exact synthetic maps: patches, smoothed terms, refinements."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from nre_ros.lossmaps import LossMaps
+from nre_ros.solver import GncConfig, refine, solve_coarse
+from nre_ros.solver.gnc import _Windows, smoothed_terms
+from nre_ros.solver.synthetic import fine_builder, random_scene
+
+pytest.importorskip('numba')
+
+
+@pytest.fixture(scope='module')
+def scene():
+    s = random_scene(400, 0.4, noise=1.0, seed=21)
+    sol = solve_coarse(s.points_world, s.maps, s.K)
+    fine = fine_builder(s, ratio=4, window=16, noise=1.0)(sol.T_cam_world)
+    return s, sol.T_cam_world, fine
+
+
+def _close(got, ref):
+    """Equal to float32 rounding: torch sums the window moments in float32, the kernel in
+    float64, so terms that nearly cancel (b, S) differ by ~1e-7 of the largest term."""
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * float(b.abs().max()))
+
+
+def _torch(monkeypatch, fn):
+    with monkeypatch.context() as m:
+        m.setenv('NRE_ROS_NUMBA', '0')
+        return fn()
+
+
+def _projections(points, T, K, jitter=0.0, seed=0):
+    pc = points @ T[:3, :3].T + T[:3, 3]
+    uv = (pc[:, :2] / pc[:, 2:]) * torch.stack([K[0, 0], K[1, 1]]) + K[:2, 2]
+    g = torch.Generator().manual_seed(seed)
+    return uv + jitter * torch.randn(uv.shape, generator=g, dtype=uv.dtype), pc[:, 2] > 0
+
+
+def test_patches_equal_torch(scene, monkeypatch):
+    s, T, _ = scene
+    uv, _ = _projections(s.points_world, T, s.K, jitter=8.0)   # some patches cross the edge
+    centre = uv.float().round()
+    got = _Windows(s.maps, 10)
+    assert got.kernels is not None
+    G, peak = got._gather(centre, None)
+    ref = _torch(monkeypatch, lambda: _Windows(s.maps, 10))
+    assert ref.kernels is None
+    G_ref, _ = ref._gather(centre, None)
+    assert torch.equal(G, G_ref)
+    assert torch.equal(peak, G_ref.reshape(G.shape[0], -1).amax(dim=1))
+
+
+@pytest.mark.parametrize('sigma', [2.0, 0.8])
+@pytest.mark.parametrize('level', ['coarse', 'fine'])
+def test_smoothed_terms_equal_torch(scene, monkeypatch, sigma, level):
+    s, T, fine = scene
+    maps, K = (s.maps, s.K) if level == 'coarse' else (fine.maps, fine.K)
+    uv, valid = _projections(s.points_world, T, K, jitter=3.0)
+    uv[:5] += torch.tensor([2000.0, 0.0], dtype=uv.dtype)               # far outside: unused
+    got = smoothed_terms(maps, uv, valid, sigma, second_moments=True)
+    ref = _torch(monkeypatch, lambda: smoothed_terms(maps, uv, valid, sigma,
+                                                     second_moments=True))
+    assert float(got[0].abs().sum()) > 1.0                             # the maps are read
+    _close(got, ref)
+
+
+@pytest.mark.parametrize('level', ['coarse', 'fine'])
+def test_refinement_equals_torch(scene, monkeypatch, level):
+    s, T, fine = scene
+    maps, K = (s.maps, s.K) if level == 'coarse' else (fine.maps, fine.K)
+    T0 = T.clone()
+    T0[:3, 3] += torch.tensor([0.02, -0.01, 0.03], dtype=T.dtype)
+    got = refine(s.points_world, maps, K, T0, GncConfig())
+    ref = _torch(monkeypatch, lambda: refine(s.points_world, maps, K, T0, GncConfig()))
+    np.testing.assert_allclose(got.T_cam_world.numpy(), ref.T_cam_world.numpy(), atol=1e-7)
+    assert got.iterations == ref.iterations and got.evaluations == ref.evaluations
+    assert got.cost == pytest.approx(ref.cost, rel=1e-5)
+    np.testing.assert_allclose(got.information.numpy(), ref.information.numpy(), rtol=1e-4,
+                               atol=1e-6 * float(ref.information.abs().max()))
+
+
+def test_window_maps_at_the_grid_edge(monkeypatch):
+    """Window maps whose kernel support crosses the window's edge: cells beyond add nothing."""
+    g = torch.Generator().manual_seed(3)
+    maps = LossMaps(torch.rand(6, 8, 8, generator=g) * 5, 5.0, (64, 48),
+                    torch.tensor([[0, 0], [10, 4], [56, 40], [20, 20], [30, 2], [2, 30]]))
+    uv = torch.tensor([[0.2, 0.4], [9.3, 11.6], [63.4, 47.2], [24.0, 23.5], [31.0, 1.2],
+                       [-1.5, 33.0]], dtype=torch.float64)
+    valid = torch.ones(6, dtype=torch.bool)
+    got = smoothed_terms(maps, uv, valid, 1.0, second_moments=True)
+    ref = _torch(monkeypatch, lambda: smoothed_terms(maps, uv, valid, 1.0,
+                                                     second_moments=True))
+    _close(got, ref)
