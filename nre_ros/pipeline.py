@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -51,6 +52,9 @@ class RetrievalConfig:
     # 5 / 2500: the one setting tried that beat 3 / 1500 on both real sets (docs/decisions.md)
     top_k: int = 5                 # keyframes whose points form the query's point set
     max_points: int = 2500         # cap on the point set (points of better keyframes first)
+    # global-descriptor search over all keyframes: exact inner product either way (same
+    # top-k); auto = faiss (IndexFlatIP, optional faiss-cpu) when importable, else numpy
+    backend: Literal['auto', 'numpy', 'faiss'] = 'auto'
 
 
 @dataclass(frozen=True)
@@ -211,7 +215,8 @@ class Relocalizer:
         self.model = model
         self.config = config
         self.device = torch.device(config.device)
-        self.index = RetrievalIndex(map_.global_descriptors)
+        self.index = RetrievalIndex(map_.global_descriptors, config.retrieval.backend)
+        logger.debug('retrieval over %d keyframes with %s', len(self.index), self.index.backend)
         self.points_world = torch.as_tensor(np.array(map_.points_world), dtype=torch.float64,
                                             device=self.device)
         self._kf_T_cam_world = np.asarray(map_.kf_T_cam_world, np.float64)
