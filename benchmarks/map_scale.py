@@ -1,24 +1,31 @@
 """Building-scale maps: load time, memory and global-query latency at 100 / 1,000 / 5,000 keyframes.
 
-Large maps are made from a real one (default: the shipped demo map, 64 fr1_rpy keyframes) by
-replicating its keyframes in disjoint places (copy r moved 100 m * r along x, rotated about z;
-``nre_ros.maps.merge``); copies other than the first get perturbed global descriptors (cosine
-~0.8 to the original) so that retrieval still has to search all keyframes and the true place
-wins. Each size is loaded in a fresh process: ``load_map`` (sha256 check + validation) and
-``Relocalizer`` construction, RSS before and after loading (VmRSS) and peak (VmHWM). Then one
-process runs global ``localize`` on every size, round robin per demo query (so load
-fluctuations hit all sizes alike): p50 of the total and of the total without the image-only
-network stages (the map-dependent part), recall checked; and the retrieval step alone with numpy
-and FAISS (``IndexFlatIP``, exact; when importable) side by side. The first size is the
-baseline of the ratio columns.
+Large maps are made from a real one by replicating its keyframes in disjoint places (copy r
+moved 100 m * r along x, rotated about z; ``nre_ros.maps.merge``); copies other than the first
+get perturbed global descriptors (cosine ~0.8 to the original) so that retrieval still has to
+search all keyframes and the true place wins. The real map (``--base``, default built here
+once): the RGB-D builder on the fr1_rpy map split, every 3rd frame (64 keyframes, as the demo
+map) with ``--max-points`` observations per keyframe (default 1200: ~400 points per keyframe,
+so 5,000 keyframes hold over 2 M points; the shipped demo map has 600, ~250 points per
+keyframe). Each size is loaded in a fresh process: ``load_map`` (sha256 check + validation)
+and ``Relocalizer`` construction, wall and CPU time (the CPU time is what an idle machine
+would take, about), RSS before and after loading (VmRSS) and peak (VmHWM). Then one process
+runs global ``localize`` on every size with both retrieval backends (``retrieval.backend``
+numpy and faiss, when faiss is importable), round robin per demo query (so load fluctuations
+hit all alike): p50 of the total, of the total without the image-only network stages (the
+map-dependent part) and of the pipeline's retrieval stage (global descriptor + top-k over all
+keyframes + point set), recall checked; and the top-k search alone per backend. The first
+size is the baseline of the ratio columns.
 
 Usage: ``python benchmarks/map_scale.py [--sizes 100 1000 5000] [--queries 8]
-[--work /tmp/nre_map_scale]`` (maps are cached in --work; ~1 GB for 5,000 keyframes).
+[--max-points 1200 | --base MAP] [--work out/map_scale]`` (maps are cached in --work; ~1.4 GB
+for 5,000 keyframes).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -33,6 +40,30 @@ sys.path.insert(0, str(ROOT))
 DEMO_MAP = ROOT / 'maps' / 'demo' / 'fr1_rpy.nremap'
 DEMO_QUERIES = ROOT / 'maps' / 'demo' / 'queries'
 SPACING_M = 100.0
+BACKENDS = ('numpy', 'faiss')
+
+
+def make_base_map(max_points: int, out: Path) -> Path:
+    """The real map that is replicated: fr1_rpy map split, every 3rd frame, RGB-D builder,
+    ``max_points`` observations per keyframe (the demo map's recipe with more points)."""
+    from nre_ros.maps import BuildOptions, build_rgbd_map, with_command
+    from nre_ros.models import load_model
+    from nre_ros.paths import shared_data_dir
+    if (out / 'metadata.json').exists():
+        return out
+    opts = BuildOptions(split='map', keyframe_step=3, max_points_per_keyframe=max_points)
+    m = build_rgbd_map(shared_data_dir() / 'tum_rgbd_fr1_rpy', load_model(load_map_spec_name()),
+                       opts)
+    m = with_command(m, f'benchmarks/map_scale.py: fr1_rpy map split, step 3, '
+                        f'--max-points {max_points}')
+    m.save(out)
+    return out
+
+
+def load_map_spec_name() -> str:
+    """The demo map's model (the base map is built with the same one)."""
+    from nre_ros.maps import load_map
+    return load_map(DEMO_MAP).spec.name
 
 
 def make_map(base_path: Path, size: int, out: Path, seed: int = 0) -> Path:
@@ -83,9 +114,9 @@ def measure_load(map_path: Path) -> dict:
     model = load_configured_model(load_map(DEMO_MAP).spec.name, config)
     model.extract(np.zeros((480, 640, 3), np.uint8))                 # warm
     rss0, _ = _rss_mb()
-    t0 = time.perf_counter()
+    c0, t0 = os.times(), time.perf_counter()
     m = load_map(map_path)
-    t_load = time.perf_counter() - t0
+    t_load, c1 = time.perf_counter() - t0, os.times()
     Relocalizer(m, model, config)
     t_reloc = time.perf_counter() - t0
     rss_loaded, hwm = _rss_mb()
@@ -95,12 +126,23 @@ def measure_load(map_path: Path) -> dict:
             'points': m.num_points, 'observations': m.num_observations,
             'size_mb': sum(p.stat().st_size for p in map_path.iterdir()) / 2**20,
             'load_s': t_load, 'load_and_relocalizer_s': t_reloc,
+            'load_cpu_s': (c1.user + c1.system) - (c0.user + c0.system),
             'rss_before_mb': rss0, 'rss_loaded_mb': rss_loaded, 'rss_peak_mb': hwm}
 
 
+def _faiss_available() -> bool:
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def measure_queries(map_paths: list[Path], n_queries: int) -> list[dict]:
-    """Global queries on every map, round robin per query (same load for all sizes), and the
-    retrieval step alone (numpy / FAISS)."""
+    """Global queries on every map with each retrieval backend, round robin per query (same
+    load for all), and the top-k search alone per backend."""
+    from dataclasses import replace as dc_replace
+
     from nre_ros.datasets import TumSequence
     from nre_ros.geometry import invert, pose_error
     from nre_ros.maps import RetrievalIndex, load_map
@@ -109,41 +151,47 @@ def measure_queries(map_paths: list[Path], n_queries: int) -> list[dict]:
     config = PipelineConfig()
     apply_threads(config.num_threads)
     model = load_configured_model(load_map(DEMO_MAP).spec.name, config)
-    relocs = [Relocalizer(load_map(p), model, config) for p in map_paths]
-    relocs[0].warmup()
+    backends = [b for b in BACKENDS if b == 'numpy' or _faiss_available()]
+    maps = [load_map(p) for p in map_paths]
+    relocs = {(i, b): Relocalizer(m, model, dc_replace(
+        config, retrieval=dc_replace(config.retrieval, backend=b)))
+        for i, m in enumerate(maps) for b in backends}
+    assert all(r.index.backend == b for (_, b), r in relocs.items())
+    next(iter(relocs.values())).warmup()
     seq = TumSequence(DEMO_QUERIES)
-    res = [{'total': [], 'map_part': [], 'hits': 0} for _ in relocs]
+    res = {key: {'total': [], 'map_part': [], 'retrieval': [], 'hits': 0} for key in relocs}
     for f in seq.frames[:n_queries]:
         rgb = seq.load_rgb(f)
-        for r, reloc in zip(res, relocs):
+        for key, reloc in relocs.items():
             out = reloc.localize(rgb, seq.camera)
-            tm = out.timings_ms
+            tm, r = out.timings_ms, res[key]
             r['total'].append(tm.get('total', np.nan))
             r['map_part'].append(tm.get('total', np.nan) -
                                  sum(tm.get(k, 0.0) for k in NETWORK_STAGES))
+            r['retrieval'].append(tm.get('retrieval', np.nan))
             if out.ok:
                 dt, dr = pose_error(out.T_cam_world, invert(f.T_world_cam))
                 r['hits'] += int(dt < 0.25 and dr < 2.0)
     out = []
-    for r, reloc in zip(res, relocs):
-        q = np.asarray(reloc.map.kf_global[:50])
-        retrieval = {}
-        for backend in ('numpy', 'faiss'):
-            try:
-                index = RetrievalIndex(reloc.map.global_descriptors, backend)
-            except Exception:                   # noqa: BLE001 - faiss not installed
-                retrieval[backend] = None
+    for i, m in enumerate(maps):
+        q = np.asarray(m.kf_global[:50])
+        row = {}
+        for b in BACKENDS:
+            if (i, b) not in relocs:
+                row[b] = None
                 continue
+            r, index = res[(i, b)], RetrievalIndex(m.global_descriptors, b)
             times = []
-            for i in range(300):
+            for j in range(300):
                 t = time.perf_counter()
-                index.query(q[i % len(q)], 5)
+                index.query(q[j % len(q)], 5)
                 times.append(1e3 * (time.perf_counter() - t))
-            retrieval[backend] = float(np.median(times))
-        out.append({'query_ms_p50': float(np.nanmedian(r['total'])),
-                    'map_part_ms_p50': float(np.nanmedian(r['map_part'])),
-                    'queries': len(r['total']), 'recall': r['hits'],
-                    'retrieval_ms_p50': retrieval})
+            row[b] = {'query_ms_p50': float(np.nanmedian(r['total'])),
+                      'map_part_ms_p50': float(np.nanmedian(r['map_part'])),
+                      'retrieval_stage_ms_p50': float(np.nanmedian(r['retrieval'])),
+                      'topk_ms_p50': float(np.median(times)),
+                      'queries': len(r['total']), 'recall': r['hits']}
+        out.append(row)
     return out
 
 
@@ -151,7 +199,10 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--sizes', type=int, nargs='+', default=[100, 1000, 5000])
     p.add_argument('--queries', type=int, default=8)
-    p.add_argument('--base', type=Path, default=DEMO_MAP)
+    p.add_argument('--max-points', type=int, default=1200,
+                   help='observations per keyframe of the base map built from fr1_rpy')
+    p.add_argument('--base', type=Path, default=None,
+                   help='replicate this map instead (e.g. maps/demo/fr1_rpy.nremap)')
     p.add_argument('--work', type=Path, default=ROOT / 'out' / 'map_scale')
     p.add_argument('--child', type=Path, help=argparse.SUPPRESS)
     p.add_argument('--queries-for', type=Path, nargs='+', help=argparse.SUPPRESS)
@@ -166,10 +217,15 @@ def main(argv: list[str] | None = None) -> None:
     from common import header, run_metadata
     print(header(run_metadata()))
     args.work.mkdir(parents=True, exist_ok=True)
+    if args.base is None:
+        t0 = time.perf_counter()
+        args.base = make_base_map(args.max_points, args.work / f'base_{args.max_points}.nremap')
+        print(f'base map {args.base}: ready in {time.perf_counter() - t0:.0f} s', flush=True)
+    tag = args.base.name.replace('.nremap', '')
     rows, paths = [], []
     for size in args.sizes:
         t0 = time.perf_counter()
-        path = make_map(args.base, size, args.work / f'scale_{size}.nremap')
+        path = make_map(args.base, size, args.work / f'scale_{tag}_{size}.nremap')
         print(f'map {size}: ready in {time.perf_counter() - t0:.0f} s', flush=True)
         res = subprocess.run([sys.executable, __file__, '--child', str(path)],
                              capture_output=True, text=True, check=True)
@@ -179,22 +235,32 @@ def main(argv: list[str] | None = None) -> None:
                           '--queries-for', *paths], capture_output=True, text=True, check=True)
     for row, q in zip(rows, json.loads(res.stdout.strip().splitlines()[-1])):
         row.update(q)
-    base, base_map = rows[0]['query_ms_p50'], rows[0]['map_part_ms_p50']
-    print('map tensors on this commit are', 'memory-mapped' if rows[0]['memory_mapped'] else
-          'copied into memory at load')
-    print('\n| keyframes | points | obs | size MB | load s (map / +relocalizer) | RSS MB '
-          'before / loaded / peak | global query p50 ms (x first) | without networks p50 ms '
-          '(x first) | recall | retrieval p50 ms numpy / faiss |')
-    print('|---|---|---|---|---|---|---|---|---|---|')
+    print(f'base map {args.base}; map tensors on this commit are',
+          'memory-mapped' if rows[0]['memory_mapped'] else 'copied into memory at load')
+    print('\n| keyframes | points | obs | size MB | load s wall / CPU (+relocalizer) | RSS MB '
+          'before / loaded / peak |')
+    print('|---|---|---|---|---|---|')
     for r in rows:
-        ret = r['retrieval_ms_p50']
-        faiss = 'n/a' if ret['faiss'] is None else f"{ret['faiss']:.3f}"
-        print(f"| {r['keyframes']} | {r['points']} | {r['observations']} | {r['size_mb']:.0f} | "
-              f"{r['load_s']:.2f} / {r['load_and_relocalizer_s']:.2f} | "
-              f"{r['rss_before_mb']:.0f} / {r['rss_loaded_mb']:.0f} / {r['rss_peak_mb']:.0f} | "
-              f"{r['query_ms_p50']:.0f} ({r['query_ms_p50'] / base:.2f}x) | "
-              f"{r['map_part_ms_p50']:.0f} ({r['map_part_ms_p50'] / base_map:.2f}x) | "
-              f"{r['recall']}/{r['queries']} | {ret['numpy']:.3f} / {faiss} |")
+        print(f"| {r['keyframes']} | {r['points']:,} | {r['observations']:,} | "
+              f"{r['size_mb']:.0f} | {r['load_s']:.2f} / {r['load_cpu_s']:.2f} "
+              f"({r['load_and_relocalizer_s']:.2f}) | "
+              f"{r['rss_before_mb']:.0f} / {r['rss_loaded_mb']:.0f} / {r['rss_peak_mb']:.0f} |")
+    base = rows[0]['numpy']
+    print('\n| keyframes | retrieval | global query p50 ms (x first numpy) | without networks '
+          'p50 ms (x first numpy) | retrieval stage p50 ms | top-k alone p50 ms | recall |')
+    print('|---|---|---|---|---|---|---|')
+    for r in rows:
+        for b in BACKENDS:
+            q = r[b]
+            if q is None:
+                print(f"| {r['keyframes']} | {b} | n/a (not installed) | | | | |")
+                continue
+            print(f"| {r['keyframes']} | {b} | {q['query_ms_p50']:.0f} "
+                  f"({q['query_ms_p50'] / base['query_ms_p50']:.2f}x) | "
+                  f"{q['map_part_ms_p50']:.0f} "
+                  f"({q['map_part_ms_p50'] / base['map_part_ms_p50']:.2f}x) | "
+                  f"{q['retrieval_stage_ms_p50']:.2f} | {q['topk_ms_p50']:.3f} | "
+                  f"{q['recall']}/{q['queries']} |")
 
 
 if __name__ == '__main__':

@@ -171,26 +171,66 @@ def test_relocalizer_logs_a_changed_map_file_once(demo, caplog):
 
 def test_read_map_file_holds_one_copy_and_hashes_on_the_way(tmp_path):
     """The file is read straight into one buffer: peak allocation ~ the file size (reading
-    chunks and joining them held two copies), and the chunked hash equals the file's sha256."""
+    chunks and joining them held two copies), whether hashed whole (sequentially) or per block
+    on several threads; the digests equal hashlib's over the file (and hash_file's)."""
     import hashlib
     import tracemalloc
-    from nre_ros.maps.files import read_map_file
+    from nre_ros.maps.files import hash_file, read_map_file
     size = 70 * 2**20 + 12345                 # more than one read chunk of any chunking
     rng = np.random.default_rng(0)
     with open(tmp_path / 'big.bin', 'wb') as f:
         f.write(rng.integers(0, 256, 2**20, dtype=np.uint8).tobytes())
         f.truncate(size)                      # sparse tail: zeros
-    hasher = hashlib.sha256()
-    tracemalloc.start()
-    try:
-        data, stamp = read_map_file(tmp_path, 'big.bin', hasher=hasher)
-        current, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert len(data) == size == stamp.size and not data.flags.writeable
-    assert peak < 1.05 * size, f'peak allocation {peak / size:.2f}x the file'
-    assert hasher.hexdigest() == hashlib.sha256((tmp_path / 'big.bin').read_bytes()).hexdigest()
-    assert bytes(data[:2**20]) == (tmp_path / 'big.bin').read_bytes()[:2**20]
+    raw = (tmp_path / 'big.bin').read_bytes()
+    block = 16 * 2**20
+    blocks = tuple(hashlib.sha256(raw[b:b + block]).hexdigest() for b in range(0, size, block))
+    assert hash_file(tmp_path / 'big.bin', block) == (hashlib.sha256(raw).hexdigest(), blocks)
+    for kwargs in ({'file_sha256': True}, {'block_bytes': block, 'threads': 3}):
+        tracemalloc.start()
+        try:
+            content = read_map_file(tmp_path, 'big.bin', **kwargs)
+            current, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert peak < 1.05 * size, f'{kwargs}: peak allocation {peak / size:.2f}x the file'
+        data = content.data
+        assert len(data) == size == content.stamp.size and not data.flags.writeable
+        assert bytes(data) == raw
+        if 'file_sha256' in kwargs:
+            assert content.sha256 == hashlib.sha256(raw).hexdigest()
+        else:
+            assert content.block_sha256 == blocks and len(blocks) == 5
+
+
+def test_block_hashes_name_the_modified_block(demo):
+    """A map written now lists per-block digests; one flipped byte is refused, naming the
+    block; a map with only the whole-file digest (older maps) still loads and is checked."""
+    from nre_ros.maps.format import HASH_BLOCK_BYTES
+    m = load_map(demo)
+    m.save(demo)
+    meta = json.loads((demo / METADATA_FILE).read_text())
+    size = (demo / TENSORS_FILE).stat().st_size
+    assert meta['tensors_sha256_blocks']['block_bytes'] == HASH_BLOCK_BYTES
+    assert len(meta['tensors_sha256_blocks']['sha256']) == -(-size // HASH_BLOCK_BYTES)
+    with open(demo / TENSORS_FILE, 'r+b') as f:
+        f.seek(size - 100)
+        byte = f.read(1)
+        f.seek(size - 100)
+        f.write(bytes([byte[0] ^ 1]))
+    with pytest.raises(MapFormatError, match='block 0 .*truncated or was modified'):
+        load_map(demo)
+    del meta['tensors_sha256_blocks']
+    (demo / METADATA_FILE).write_text(json.dumps(meta))
+    with pytest.raises(MapFormatError, match='hashes to .*truncated or was modified'):
+        load_map(demo)
+    with open(demo / TENSORS_FILE, 'r+b') as f:
+        f.seek(size - 100)
+        f.write(byte)
+    assert load_map(demo).num_points == m.num_points
+    meta['tensors_sha256_blocks'] = {'block_bytes': 0, 'sha256': []}
+    (demo / METADATA_FILE).write_text(json.dumps(meta))
+    with pytest.raises(MapFormatError, match='tensors_sha256_blocks must be'):
+        load_map(demo)
 
 
 def test_count_nonfinite_is_exact_on_every_float16_bit_pattern():

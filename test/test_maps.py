@@ -13,7 +13,7 @@ from safetensors.numpy import load_file, save_file
 
 from nre_ros.errors import MapFormatError
 from nre_ros.maps import BuildOptions, build_rgbd_map, load_map
-from nre_ros.maps.format import METADATA_FILE, TENSORS_FILE
+from nre_ros.maps.format import METADATA_FILE, TENSORS_FILE, tensor_hashes
 from nre_ros.models.base import file_sha256
 
 
@@ -42,7 +42,7 @@ def _rewrite(path, mutate_tensors=None, mutate_meta=None, rehash=True):
         mutate_tensors(tensors)
         save_file(tensors, str(path / TENSORS_FILE))
     if rehash:
-        meta['tensors_sha256'] = file_sha256(path / TENSORS_FILE)
+        meta.update(tensor_hashes(path / TENSORS_FILE))
     if mutate_meta:
         mutate_meta(meta)
     (path / METADATA_FILE).write_text(json.dumps(meta))

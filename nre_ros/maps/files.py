@@ -4,13 +4,14 @@ neither crash the process nor change the loaded map), with a stamp to notice lat
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import stat
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 
@@ -20,13 +21,7 @@ logger = logging.getLogger(__name__)
 
 MAX_JSON_BYTES = 64 * 1024 * 1024      # metadata.json (keyframe names, provenance)
 MAX_JSON_DEPTH = 32                    # nesting of objects / arrays in map JSON
-READ_CHUNK_BYTES = 4 * 1024 * 1024     # read (and hash) in chunks that stay in the CPU cache
-
-
-class Hasher(Protocol):
-    """What ``read_map_file`` feeds the bytes to (``hashlib.sha256()`` and friends)."""
-
-    def update(self, data: memoryview, /) -> None: ...
+READ_CHUNK_BYTES = 4 * 1024 * 1024     # read and hash in chunks that stay in the CPU cache
 
 
 @dataclass(frozen=True)
@@ -67,16 +62,25 @@ def resolve_inside(folder: Path, name: str) -> Path:
     return target
 
 
-def read_map_file(folder: Path, name: str, max_bytes: int | None = None,
-                  hasher: Hasher | None = None) -> tuple[np.ndarray, FileStamp]:
-    """Contents of the regular file ``folder/name`` (inside the folder) and its stamp.
+@dataclass(frozen=True)
+class FileContent:
+    """A map file read into memory: its bytes, its stamp and the SHA-256 digests asked for."""
 
-    The file is read once, chunk by chunk, straight into one preallocated buffer (no second
-    copy); ``hasher`` (e.g. ``hashlib.sha256()``) is updated with each chunk as it arrives.
+    data: np.ndarray                     # (size,) read-only uint8, the file's bytes
+    stamp: FileStamp
+    sha256: str | None = None            # of the whole file (file_sha256=True)
+    block_sha256: tuple[str, ...] = ()   # of each block_bytes block (block_bytes given)
 
-    Returns:
-        data: (size,) read-only uint8 array holding the file's bytes (a bytes-like object).
-        stamp: the file's identity when it was opened.
+
+def read_map_file(folder: Path, name: str, max_bytes: int | None = None, *,
+                  file_sha256: bool = False, block_bytes: int | None = None,
+                  threads: int = 1) -> FileContent:
+    """Read the regular file ``folder/name`` (inside the folder) into memory.
+
+    The file is read once, straight into one preallocated buffer (no second copy), and hashed
+    chunk by chunk as it arrives (``file_sha256``: the whole file, sequentially; ``block_bytes``:
+    each block on its own). Blocks are read and hashed by ``threads`` threads at once (hashlib
+    and the reads release the GIL) unless the whole-file hash is asked for.
 
     Raises MapFormatError when it is missing, leaves the folder through a symlink, is not a
     regular file (FIFO, device, directory: checked without blocking), exceeds ``max_bytes`` or
@@ -96,24 +100,68 @@ def read_map_file(folder: Path, name: str, max_bytes: int | None = None,
         if max_bytes is not None and st.st_size > max_bytes:
             raise MapFormatError(f'map {folder}: {name} is {st.st_size} bytes, more than the '
                                  f'{max_bytes} allowed')
-        data = np.empty(st.st_size, np.uint8)     # numpy: huge pages for large buffers
-        view, got = memoryview(data), 0
-        while got < st.st_size:
-            n = os.readv(fd, [view[got:got + READ_CHUNK_BYTES]])
-            if n == 0:
-                break
-            if hasher is not None:
-                hasher.update(view[got:got + n])
-            got += n
-        if got != st.st_size or os.read(fd, 1):
+        size = st.st_size
+        data = np.empty(size, np.uint8)           # numpy: huge pages for large buffers
+        view = memoryview(data)
+        whole = hashlib.sha256() if file_sha256 else None
+        step = block_bytes or max(size, 1)
+        blocks = [(b, min(b + step, size)) for b in range(0, size, step)]
+
+        def read_block(begin: int, end: int) -> tuple[int, str | None]:
+            """Read [begin, end) into the buffer; (bytes read, block digest or None)."""
+            h = hashlib.sha256() if block_bytes else None
+            pos = begin
+            while pos < end:
+                chunk = view[pos:min(pos + READ_CHUNK_BYTES, end)]
+                n = os.preadv(fd, [chunk], pos)
+                if n == 0:
+                    break
+                for hasher in (h, whole):
+                    if hasher is not None:
+                        hasher.update(chunk[:n])
+                pos += n
+            return pos - begin, None if h is None else h.hexdigest()
+
+        workers = 1 if file_sha256 or len(blocks) < 2 else max(1, min(threads, len(blocks)))
+        if workers > 1:
+            with ThreadPoolExecutor(workers) as pool:
+                results = list(pool.map(lambda be: read_block(*be), blocks))
+        else:
+            results = [read_block(b, e) for b, e in blocks]
+        got = sum(n for n, _ in results)
+        if got != size or os.fstat(fd).st_size != size:
             raise MapFormatError(f'map {folder}: {name} changed size while being read '
-                                 f'({st.st_size} bytes at open, then '
-                                 f'{got if got < st.st_size else "more"}); retry when it is '
-                                 'complete')
+                                 f'({size} bytes at open, {got} read, '
+                                 f'{os.fstat(fd).st_size} now); retry when it is complete')
         data.flags.writeable = False
-        return data, FileStamp.of(st, path)
+        return FileContent(data, FileStamp.of(st, path),
+                           None if whole is None else whole.hexdigest(),
+                           tuple(d for _, d in results if d is not None))
     finally:
         os.close(fd)
+
+
+def hash_file(path: str | Path, block_bytes: int) -> tuple[str, tuple[str, ...]]:
+    """SHA-256 of a whole file and of each of its ``block_bytes`` blocks, in one streaming
+    pass (for writing a map's metadata)."""
+    whole, blocks = hashlib.sha256(), []
+    buf = bytearray(READ_CHUNK_BYTES)
+    with open(path, 'rb') as f:
+        while True:
+            h, left = hashlib.sha256(), block_bytes
+            while left:
+                n = f.readinto(memoryview(buf)[:min(left, len(buf))])
+                if not n:
+                    break
+                whole.update(memoryview(buf)[:n])
+                h.update(memoryview(buf)[:n])
+                left -= n
+            if left == block_bytes:
+                break
+            blocks.append(h.hexdigest())
+            if left:
+                break
+    return whole.hexdigest(), tuple(blocks)
 
 
 def json_depth(value: object) -> int:

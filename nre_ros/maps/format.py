@@ -26,7 +26,6 @@ Tensors (dtype, shape)::
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -41,9 +40,11 @@ from safetensors.numpy import save_file
 from nre_ros.camera import Camera
 from nre_ros.errors import MapFormatError
 from nre_ros.geometry import Sim3
-from nre_ros.maps.files import MAX_JSON_BYTES, FileStamp, parse_json, read_map_file
+from nre_ros.maps.files import (MAX_JSON_BYTES, FileContent, FileStamp, hash_file, parse_json,
+                                read_map_file)
 from nre_ros.maps.safetensors_io import parse_safetensors
-from nre_ros.models.base import ModelSpec, file_sha256
+from nre_ros.models.base import ModelSpec
+from nre_ros.threads import available_cpus
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +53,8 @@ FORMAT_VERSION = 1
 METADATA_FILE = 'metadata.json'
 TENSORS_FILE = 'tensors.safetensors'
 MAP_SUFFIX = '.nremap'
+HASH_BLOCK_BYTES = 16 * 1024 * 1024     # tensors_sha256_blocks: one digest per 16 MiB
+MAX_LOAD_THREADS = 8                    # threads reading and hashing the tensor file
 
 _KF = ('kf_T_cam_world', 'kf_K', 'kf_dist', 'kf_image_size', 'kf_global', 'kf_offsets')
 _PT = ('points_world', 'points_rgb')
@@ -218,9 +221,17 @@ class Map:
                        'observations': self.num_observations},
             'keyframe_names': list(self.keyframe_names),
             'tensors_file': TENSORS_FILE,
-            'tensors_sha256': file_sha256(tmp / TENSORS_FILE),
+            **tensor_hashes(tmp / TENSORS_FILE),
         }
         (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=1) + '\n')
+
+
+def tensor_hashes(tensors_path: str | Path) -> dict:
+    """The metadata entries that pin a tensor file's content: its SHA-256 and one per
+    HASH_BLOCK_BYTES block (a loader checks the blocks on several cores at once)."""
+    whole, blocks = hash_file(tensors_path, HASH_BLOCK_BYTES)
+    return {'tensors_sha256': whole,
+            'tensors_sha256_blocks': {'block_bytes': HASH_BLOCK_BYTES, 'sha256': list(blocks)}}
 
 
 def with_command(m: Map, command: str) -> Map:
@@ -258,17 +269,9 @@ def load_map(path: str | Path, expected_spec: ModelSpec | None = None,
                                  f'`nre-ros build-map` or select the matching model')
     # read once into memory, hashed chunk by chunk as it arrives: the hash is checked on the
     # very bytes the arrays are made of
-    hasher = hashlib.sha256() if verify_hash else None
-    data, tensors_stamp = read_map_file(path, TENSORS_FILE, hasher=hasher)
-    if hasher is not None:
-        digest = hasher.hexdigest()
-        if digest != meta.get('tensors_sha256'):
-            raise MapFormatError(
-                f'map {path}: content hash of {TENSORS_FILE} is {digest[:12]}…, metadata says '
-                f'{str(meta.get("tensors_sha256"))[:12]}…: the file is truncated or was '
-                'modified; '
-                'rebuild or re-copy the map')
-    arrays = parse_safetensors(data, str(path / TENSORS_FILE))
+    tensors = _read_tensors(path, meta, verify_hash)
+    tensors_stamp = tensors.stamp
+    arrays = parse_safetensors(tensors.data, str(path / TENSORS_FILE))
     for name in REQUIRED_TENSORS:
         if name not in arrays:
             raise MapFormatError(f'map {path}: missing tensor {name!r} in {TENSORS_FILE}')
@@ -290,12 +293,47 @@ def load_map(path: str | Path, expected_spec: ModelSpec | None = None,
     return m
 
 
+def _read_tensors(path: Path, meta: dict, verify_hash: bool) -> FileContent:
+    """The tensor file in memory; with ``verify_hash``, its SHA-256 checked against the
+    metadata: per block on several threads when the map lists block digests (maps written
+    since they were added), else of the whole file."""
+    threads = min(MAX_LOAD_THREADS, available_cpus())
+    if not verify_hash:
+        return read_map_file(path, TENSORS_FILE, block_bytes=HASH_BLOCK_BYTES, threads=threads)
+    blocks = meta.get('tensors_sha256_blocks')
+    if blocks is None:
+        content = read_map_file(path, TENSORS_FILE, file_sha256=True)
+        expected, actual = meta.get('tensors_sha256'), content.sha256
+    else:
+        size = blocks.get('block_bytes') if isinstance(blocks, dict) else None
+        digests = blocks.get('sha256') if isinstance(blocks, dict) else None
+        if not (isinstance(size, int) and not isinstance(size, bool) and size > 0
+                and isinstance(digests, list) and all(isinstance(d, str) for d in digests)):
+            raise MapFormatError(f'map {path}: metadata tensors_sha256_blocks must be '
+                                 '{"block_bytes": positive int, "sha256": [hex digests]}')
+        content = read_map_file(path, TENSORS_FILE, block_bytes=size, threads=threads)
+        expected, actual = digests, list(content.block_sha256)
+    if actual != expected:
+        if isinstance(actual, list):
+            bad = [i for i, (a, e) in enumerate(zip(actual, expected)) if a != e]
+            what = (f'{len(actual)} blocks of {size} bytes, metadata lists {len(expected)}'
+                    if len(actual) != len(expected) else
+                    f'block {bad[0]} (bytes {bad[0] * size}..) hashes to {actual[bad[0]][:12]}…, '
+                    f'metadata says {expected[bad[0]][:12]}…')
+        else:
+            what = f'hashes to {str(actual)[:12]}…, metadata says {str(expected)[:12]}…'
+        raise MapFormatError(f'map {path}: content hash of {TENSORS_FILE}: {what}: the file is '
+                             'truncated or was modified; rebuild or re-copy the map')
+    return content
+
+
 def _read_metadata(path: Path) -> tuple[dict, FileStamp]:
     if not path.is_dir():
         raise MapFormatError(f'map {path} does not exist or is not a directory '
                              f'(a map is a folder with {METADATA_FILE} and {TENSORS_FILE})')
-    data, stamp = read_map_file(path, METADATA_FILE, MAX_JSON_BYTES)
-    meta = parse_json(data, f'map {path}: {METADATA_FILE}')
+    content = read_map_file(path, METADATA_FILE, MAX_JSON_BYTES)
+    stamp = content.stamp
+    meta = parse_json(content.data, f'map {path}: {METADATA_FILE}')
     if not isinstance(meta, dict) or meta.get('format') != FORMAT_NAME:
         raise MapFormatError(f'map {path}: {METADATA_FILE} is not an nre_ros map '
                              f'(format {meta.get("format") if isinstance(meta, dict) else None!r}'
