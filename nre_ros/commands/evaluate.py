@@ -96,7 +96,36 @@ def _parse_params(items: list[str]) -> dict[str, str]:
     return out
 
 
-def run_live(args: argparse.Namespace) -> int:
+def _ground_truth(args: argparse.Namespace, image_topic: str):
+    """T_map_cam by image stamp from the ``--gt-*`` option (interpolated), or None: the bag's
+    /ground_truth at exact stamps."""
+    source = _bag_options.ground_truth_source(args)
+    if source is None:
+        return None
+    from nre_ros.bagio.poses import ground_truth_by_stamp
+    truth, _ = ground_truth_by_stamp(args.bag, image_topic, source)
+    print(f'ground truth: {source.describe()}, {len(truth)} images within '
+          f'{source.tolerance_s} s')
+    return truth
+
+
+def _gt_flags(args: argparse.Namespace) -> list[str]:
+    """The ``--gt-*`` options as given, for the oracle node's command line."""
+    flags = []
+    if args.gt_topic is not None:
+        flags += ['--gt-topic', args.gt_topic]
+    if args.gt_tf is not None:
+        flags += ['--gt-tf', *args.gt_tf]
+    if args.gt_poses is not None:
+        flags += ['--gt-poses', str(Path(args.gt_poses).resolve())]
+    if flags and args.gt_frame is not None:
+        flags += ['--gt-frame', args.gt_frame]
+    if flags:
+        flags += ['--gt-tolerance', str(args.gt_tolerance)]
+    return flags
+
+
+def run_live(args: argparse.Namespace, ground_truth=None) -> int:
     from nre_ros.eval.evaluate import load_baseline
     try:
         from nre_ros.eval.live import LiveOptions, evaluate_live, format_table
@@ -114,7 +143,7 @@ def run_live(args: argparse.Namespace) -> int:
         import sys
         program = [sys.executable, '-m', 'nre_ros.eval.oracle_node', str(args.bag),
                    str(args.oracle[0]), str(args.oracle[1]),
-                   '--fail-rate', str(args.oracle_fail_rate)]
+                   '--fail-rate', str(args.oracle_fail_rate), *_gt_flags(args)]
         map_path = map_path or 'oracle'
         meta = {'localizer': f'ORACLE in the node (ground truth + noise {args.oracle[0]} m, '
                              f'{args.oracle[1]} deg): harness self-check'}
@@ -124,7 +153,8 @@ def run_live(args: argparse.Namespace) -> int:
                        attach=args.attach, node_name=args.node_name,
                        pose_topic=args.pose_topic, params_file=args.params_file,
                        params=params, program=program, settle_s=args.settle,
-                       domain_id=args.domain_id, node_log=str(Path(args.out) / 'node.log'))
+                       domain_id=args.domain_id, node_log=str(Path(args.out) / 'node.log'),
+                       ground_truth=ground_truth)
     baselines = {str(b): load_baseline(b) for b in args.baseline}
     metrics, paths = evaluate_live(args.bag, map_path, args.out, opts, meta, baselines,
                                    show_progress=not args.no_progress)
@@ -137,23 +167,20 @@ def run(args: argparse.Namespace) -> int:
     from nre_ros.eval.evaluate import ReplayMode, evaluate_bag, load_baseline, load_stream_config
     if not Path(args.bag).exists():
         raise InputError(f'bag {args.bag} does not exist')
-    gt_source = _bag_options.ground_truth_source(args)
+    from nre_ros.eval.bags import TOPIC_DEPTH, TOPIC_IMAGE
     if args.live:
-        if gt_source is not None or args.image_topic or args.camera_info_topic \
-                or args.depth_topic:
-            raise InputError('--gt-* and topic options apply to offline evaluation; --live '
-                             'replays the make-bag layout')
-        return run_live(args)
+        if args.image_topic or args.camera_info_topic or args.depth_topic:
+            raise InputError('topic options apply to offline evaluation; --live replays the '
+                             'make-bag layout')
+        return run_live(args, _ground_truth(args, TOPIC_IMAGE))
     if args.attach:
         raise InputError('--attach only goes with --live')
-    from nre_ros.eval.bags import TOPIC_DEPTH, TOPIC_IMAGE
     read_options = {'image_topic': args.image_topic or TOPIC_IMAGE,
                     'camera_info_topic': args.camera_info_topic,
                     'depth_topic': args.depth_topic or TOPIC_DEPTH}
-    if gt_source is not None:
-        from nre_ros.bagio.poses import ground_truth_by_stamp
-        read_options['ground_truth'], _ = ground_truth_by_stamp(
-            args.bag, read_options['image_topic'], gt_source)
+    ground_truth = _ground_truth(args, read_options['image_topic'])
+    if ground_truth is not None:
+        read_options['ground_truth'] = ground_truth
     params = _parse_params(args.param)
     if args.max_rate is not None:
         if args.max_rate <= 0:

@@ -255,6 +255,9 @@ class LiveOptions:
     startup_timeout_s: float = 300.0
     node_log: str | None = None          # default <out>/node.log
     domain_id: int | None = None
+    # T_map_cam by image stamp (bagio.poses.ground_truth_by_stamp: a pose topic, TF or TUM
+    # file, interpolated); None = the bag's /ground_truth at exact stamps
+    ground_truth: dict[int, np.ndarray] | None = None
 
 
 @dataclass
@@ -279,6 +282,8 @@ def run_live(bag: str | Path, map_path: str, out_dir: str | Path,
     except ImportError as exc:
         raise NreError(f'--live needs rclpy and tf2_msgs ({exc}); see scripts/install_ros.sh')
     truth = read_truth(bag)
+    if opts.ground_truth is not None:
+        truth.T_map_cam = dict(opts.ground_truth)
     from nre_ros.eval.bags import count_images
     total = count_images(bag)
 

@@ -248,8 +248,10 @@ def play_bag(recorder: Recorder, bag: str | Path, *, rate: float = 1.0, use_dept
     """Publish the bag's sensor topics raw at ``rate`` x bag time (stamps = bag stamps).
 
     Image, CameraInfo, /tf, /tf_static (and the depth topic with ``use_depth``); the ground
-    truth is not published. With ``clock``, /clock carries bag time between messages (and
-    equals a message's stamp when it is sent).
+    truth is not published, nor any /tf transform from the map frame (ground truth recorded as
+    TF map -> odom, or another localizer's map -> odom): the node publishes map -> odom itself.
+    With ``clock``, /clock carries bag time between messages (and equals a message's stamp
+    when it is sent).
     """
     from rosbags.rosbag2 import Reader
     if rate <= 0:
@@ -282,8 +284,25 @@ def play_bag(recorder: Recorder, bag: str | Path, *, rate: float = 1.0, use_dept
                 recorder.mark_sent(stamp)
                 if progress:
                     progress()
+            if conn.topic == '/tf':
+                raw = without_map_transforms(ts, raw, conn.msgtype)
+                if raw is None:
+                    continue
             pub.publish(bytes(raw))
             recorder.rec.messages_sent += 1
+
+
+def without_map_transforms(ts, raw: bytes, msgtype: str) -> bytes | None:
+    """A /tf message (CDR) without its transforms whose parent is the map frame: the same
+    bytes when it has none, None when nothing is left."""
+    msg = ts.deserialize_cdr(raw, msgtype)
+    kept = [t for t in msg.transforms if t.header.frame_id.lstrip('/') != FRAME_MAP]
+    if len(kept) == len(msg.transforms):
+        return raw
+    if not kept:
+        return None
+    msg.transforms = kept
+    return bytes(ts.serialize_cdr(msg, msgtype))
 
 
 # ============================================================================= session
