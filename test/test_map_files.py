@@ -236,10 +236,12 @@ def test_block_hashes_name_the_modified_block(demo):
 def test_count_nonfinite_is_exact_on_every_float16_bit_pattern():
     """The bit-pattern check (exponent all ones) against np.isfinite: all 65,536 float16
     values (both signs of inf, every NaN payload, subnormals, +-65504), and float32/64
-    specials; blocks smaller than the array exercise the block loop."""
+    specials; blocks smaller than the array exercise the block loop, on 1 and 3 threads."""
     from nre_ros.maps.format import count_nonfinite
     every = np.arange(2**16, dtype=np.uint16).view(np.float16)
-    assert count_nonfinite(every, block=1000) == int(np.sum(~np.isfinite(every))) == 2 * 1024
+    for threads in (1, 3):
+        assert count_nonfinite(every, block=1000, threads=threads) == \
+            int(np.sum(~np.isfinite(every))) == 2 * 1024
     assert count_nonfinite(every[np.isfinite(every)].reshape(-1, 4), block=999) == 0
     assert count_nonfinite(every.astype('>f2')) == 2 * 1024           # byte order respected
     rng = np.random.default_rng(0)

@@ -5,7 +5,8 @@ keyframe the observations are contiguous (CSR layout, ``kf_offsets``); each carr
 point index, the measured pixel and the coarse (and fine) descriptor sampled from that
 keyframe's dense features at the point's projection. Everything variable lives in the
 safetensors file; ``metadata.json`` holds the format version, the model spec, frames, units,
-provenance, keyframe names and the sha256 of the tensor file. Nothing is ever unpickled.
+provenance, keyframe names and the sha256 of the tensor file (whole, and per 16 MiB block
+so that a loader checks the blocks on several cores). Nothing is ever unpickled.
 
 Tensors (dtype, shape)::
 
@@ -30,6 +31,7 @@ import json
 import logging
 import os
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields, replace
 from functools import cached_property
 from pathlib import Path
@@ -297,9 +299,9 @@ def _read_tensors(path: Path, meta: dict, verify_hash: bool) -> FileContent:
     """The tensor file in memory; with ``verify_hash``, its SHA-256 checked against the
     metadata: per block on several threads when the map lists block digests (maps written
     since they were added), else of the whole file."""
-    threads = min(MAX_LOAD_THREADS, available_cpus())
     if not verify_hash:
-        return read_map_file(path, TENSORS_FILE, block_bytes=HASH_BLOCK_BYTES, threads=threads)
+        return read_map_file(path, TENSORS_FILE)
+    threads = min(MAX_LOAD_THREADS, available_cpus())
     blocks = meta.get('tensors_sha256_blocks')
     if blocks is None:
         content = read_map_file(path, TENSORS_FILE, file_sha256=True)
@@ -402,23 +404,28 @@ def _check_array(where: str, name: str, a: np.ndarray, shape: tuple) -> None:
             _fail(where, f'tensor {name!r} has {bad} non-finite values')
 
 
-def count_nonfinite(a: np.ndarray, block: int = 1 << 20) -> int:
+def count_nonfinite(a: np.ndarray, block: int = 1 << 20, threads: int | None = None) -> int:
     """Number of inf / NaN values in a float16/32/64 array, read as its unsigned-integer bit
-    patterns (all exponent bits set = inf or NaN) block by block: no float conversion and no
+    patterns (all exponent bits set = inf or NaN) block by block, on ``threads`` threads
+    (default: the CPUs available, at most MAX_LOAD_THREADS): no float conversion and no
     temporary the size of the array (map descriptors are hundreds of MB)."""
     flat = np.ascontiguousarray(a).reshape(-1)
     bits = flat.view(flat.dtype.str.replace('f', 'u'))               # '<f2' -> '<u2'
     nbits = 8 * flat.dtype.itemsize
     exponent_mask = {16: 0x7C00, 32: 0x7F800000, 64: 0x7FF0000000000000}[nbits]
     magnitude_mask = (1 << (nbits - 1)) - 1                           # all but the sign bit
-    tmp = np.empty(min(block, bits.size), bits.dtype)
-    count = 0
-    for start in range(0, bits.size, block):
-        t = tmp[:min(block, bits.size - start)]
-        np.bitwise_and(bits[start:start + block], magnitude_mask, out=t)
-        if t.max() >= exponent_mask:
-            count += int(np.count_nonzero(t >= exponent_mask))
-    return count
+
+    def count(start: int) -> int:
+        t = np.bitwise_and(bits[start:start + block], magnitude_mask)
+        return int(np.count_nonzero(t >= exponent_mask)) if t.max() >= exponent_mask else 0
+
+    starts = range(0, bits.size, block)
+    if threads is None:
+        threads = min(MAX_LOAD_THREADS, available_cpus())
+    if threads > 1 and len(starts) > 1:
+        with ThreadPoolExecutor(min(threads, len(starts))) as pool:    # numpy drops the GIL
+            return sum(pool.map(count, starts))
+    return sum(count(s) for s in starts)
 
 
 def validate_map(m: Map, where: str = '<memory>') -> None:
