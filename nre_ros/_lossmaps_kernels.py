@@ -143,3 +143,52 @@ def _window_loss(logits, origin, wf, hf, lse, log_mass, ln_omega, out):
             for j in range(jlo, jhi):
                 v = shift - x[i, j]
                 o[i, j] = cap if v != v else min(max(v, zero), cap)
+
+
+@numba.njit(cache=True, nogil=True)     # no FMA contraction: the same roundings as torch
+def _bilinear_cost(flat, offset, w, h, ln_omega, x, y, valid, out):
+    """``nre_ros.lossmaps.bilinear_cost`` on (M, n) float32 coordinates (``valid`` (M, n)
+    bool, or (0, 0) for none): each stencil corner outside its w x h map, every non-finite or
+    invalid coordinate, reads ln_omega."""
+    cap = np.float32(ln_omega)
+    zero = np.float32(0.0)
+    one = np.float32(1.0)
+    has_valid = valid.shape[0] > 0
+    for a in range(x.shape[0]):
+        for k in range(x.shape[1]):
+            xv = x[a, k]
+            yv = y[a, k]
+            if not (math.isfinite(xv) and math.isfinite(yv)) or (has_valid and not valid[a, k]):
+                out[a, k] = cap
+                continue
+            xv = min(max(xv, np.float32(-1.0)), np.float32(w))
+            yv = min(max(yv, np.float32(-1.0)), np.float32(h))
+            bx = np.float32(math.floor(xv))
+            by = np.float32(math.floor(yv))
+            fx = xv - bx
+            fy = yv - by
+            ix = int(bx)
+            iy = int(by)
+            wx0 = (one - fx) if 0 <= ix < w else zero
+            wx1 = fx if ix < w - 1 else zero
+            wy0 = (one - fy) if 0 <= iy < h else zero
+            wy1 = fy if iy < h - 1 else zero
+            x0 = min(max(ix, 0), w - 1)
+            x1 = min(ix + 1, w - 1)
+            r0 = min(max(iy, 0), h - 1) * w + offset[k]
+            r1 = min(iy + 1, h - 1) * w + offset[k]
+            g00 = cap - flat[r0 + x0]
+            g01 = cap - flat[r0 + x1]
+            g10 = cap - flat[r1 + x0]
+            g11 = cap - flat[r1 + x1]
+            gain = wy0 * (wx0 * g00 + wx1 * g01) + wy1 * (wx0 * g10 + wx1 * g11)
+            out[a, k] = min(max(cap - gain, zero), cap)
+
+
+@_jit
+def _neg_clamp(flat, cap):
+    """flat <- min(-flat, cap) in place (NaN stays NaN), one pass."""
+    c = np.float32(cap)
+    for i in range(flat.shape[0]):
+        v = -flat[i]
+        flat[i] = c if v > c else v

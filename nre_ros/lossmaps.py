@@ -162,6 +162,8 @@ def bilinear_cost(flat: Tensor, offset: Tensor, size: tuple[int, int], ln_omega:
         (M, n) loss values in [0, ln_omega].
     """
     w, h = size
+    if flat.dtype == x.dtype == y.dtype == torch.float32 and lossmaps_numba.usable(flat, x, y):
+        return lossmaps_numba.bilinear_cost(flat, offset, size, ln_omega, x, y, valid)
     ok = torch.isfinite(x) & torch.isfinite(y)
     if valid is not None:
         ok &= valid
@@ -201,8 +203,16 @@ def loss_maps_from_logits(logits: Tensor, ln_omega: float | None = None) -> Loss
     if ln_omega is None:
         ln_omega = math.log(h * w + 1)
     maps = torch.log_softmax(logits.reshape(n, h * w).float(), dim=1)
-    maps.neg_().clamp_(max=ln_omega)  # L = -ln C, truncated (in place)
+    _neg_clamp_(maps, ln_omega)  # L = -ln C, truncated (in place)
     return LossMaps(maps.reshape(n, h, w), float(ln_omega), (w, h))
+
+
+def _neg_clamp_(maps: Tensor, ln_omega: float) -> Tensor:
+    """``maps <- min(-maps, ln_omega)`` in place (one compiled pass on the CPU)."""
+    if maps.is_contiguous() and maps.dtype == torch.float32 and lossmaps_numba.usable(maps):
+        lossmaps_numba.neg_clamp_(maps, ln_omega)
+        return maps
+    return maps.neg_().clamp_(max=ln_omega)
 
 
 def coarse_loss_maps(query_desc: Tensor, point_desc: Tensor, inv_temperature: float,
@@ -236,13 +246,13 @@ def coarse_loss_maps(query_desc: Tensor, point_desc: Tensor, inv_temperature: fl
     if n <= step:
         maps = p @ q
         torch.log_softmax(maps, dim=1, out=maps)  # row-wise, in place: no second buffer
-        maps.neg_().clamp_(max=ln_omega)
+        _neg_clamp_(maps, ln_omega)
         return LossMaps(maps.reshape(n, h, w), ln_omega, (w, h))
     # Chunks bound the transient logits buffer; the output is the only full-size tensor.
     maps = torch.empty(n, h * w, dtype=torch.float32, device=q.device)
     for s in range(0, n, step):
         torch.log_softmax(p[s:s + step] @ q, dim=1, out=maps[s:s + step])
-    maps.neg_().clamp_(max=ln_omega)
+    _neg_clamp_(maps, ln_omega)
     return LossMaps(maps.reshape(n, h, w), ln_omega, (w, h))
 
 

@@ -15,7 +15,8 @@ from torch import Tensor
 
 from nre_ros import compiled
 
-__all__ = ['usable', 'warmup', 'window_logits', 'window_loss_maps']
+__all__ = ['bilinear_cost', 'neg_clamp_', 'usable', 'warmup', 'window_logits',
+           'window_loss_maps']
 
 KERNELS = 'nre_ros._lossmaps_kernels'
 _TILE = 48          # windows are visited by 48 x 48 blocks of their origins (cache locality)
@@ -71,6 +72,27 @@ def window_loss_maps(logits: Tensor, origin: Tensor, coarse_maps: Tensor, rows: 
     return torch.from_numpy(out)
 
 
+def bilinear_cost(flat: Tensor, offset: Tensor, size: tuple[int, int], ln_omega: float, x: Tensor,
+                  y: Tensor, valid: Tensor | None = None) -> Tensor:
+    """``nre_ros.lossmaps.bilinear_cost`` for float32 CPU tensors ((M, n) coordinates)."""
+    w, h = size
+    xs = np.ascontiguousarray(x.detach().numpy())
+    ys = np.ascontiguousarray(y.detach().numpy())
+    lead = xs.shape
+    xs, ys = xs.reshape(-1, lead[-1]), ys.reshape(-1, lead[-1])
+    v = np.zeros((0, 0), bool) if valid is None else \
+        np.ascontiguousarray(valid.numpy()).reshape(xs.shape)
+    out = np.empty(xs.shape, np.float32)
+    compiled.kernels(KERNELS)._bilinear_cost(flat.detach().numpy(), offset.numpy(), w, h,
+                                             float(ln_omega), xs, ys, v, out)
+    return torch.from_numpy(out.reshape(lead))
+
+
+def neg_clamp_(maps: Tensor, ln_omega: float) -> None:
+    """``maps <- min(-maps, ln_omega)`` in place, for a contiguous float32 CPU tensor."""
+    compiled.kernels(KERNELS)._neg_clamp(maps.detach().numpy().reshape(-1), float(ln_omega))
+
+
 def warmup() -> bool:
     """Compile (or load from the cache) every kernel on tiny inputs; False without numba."""
     if compiled.kernels(KERNELS) is None:
@@ -82,4 +104,8 @@ def warmup() -> bool:
     logits = window_logits(q, p, origin, 4)
     coarse = torch.rand(3, 3, 4, generator=g)
     window_loss_maps(logits, origin, coarse, None, math.log(13), 2.0, (7, 6), 1.0, math.log(43))
+    neg_clamp_(coarse.clone(), 1.0)
+    xy = torch.rand(2, 3, generator=g) * 5
+    bilinear_cost(coarse.reshape(-1), torch.arange(3) * 12, (4, 3), 2.0, xy, xy)
+    bilinear_cost(coarse.reshape(-1), torch.arange(3) * 12, (4, 3), 2.0, xy, xy, xy > 1)
     return True

@@ -249,3 +249,28 @@ class TestNumbaKernels:
         assert not lossmaps_numba.usable(x)
         assert lossmaps_numba.usable(x.detach())
         assert lossmaps_numba.warmup()
+
+    def test_bilinear_cost_equals_torch(self, monkeypatch):
+        pytest.importorskip('numba')
+        g = torch.Generator().manual_seed(8)
+        maps = loss_maps_from_logits(3 * torch.randn(7, 9, 11, generator=g))
+        uv = torch.rand(5, 7, 2, generator=g) * torch.tensor([15.0, 13.0]) - 2   # some outside
+        uv[0, 0, 0] = float('nan')
+        uv[1, 2, 1] = float('inf')
+        valid = torch.rand(5, 7, generator=g) > 0.2
+        got = maps.lookup(uv, valid), maps.lookup(uv)
+        monkeypatch.setenv('NRE_ROS_NUMBA', '0')
+        ref = maps.lookup(uv, valid), maps.lookup(uv)
+        assert bool((ref[1] < maps.ln_omega).any()) and bool((ref[1] == maps.ln_omega).any())
+        for a, b in zip(got, ref):
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+
+    def test_coarse_maps_equal_torch(self, monkeypatch):
+        pytest.importorskip('numba')
+        q, p = _random_desc(n=40)
+        got = coarse_loss_maps(q, p, 6.0)
+        chunked = coarse_loss_maps(q, p, 6.0, chunk_elements=54 * 7)
+        monkeypatch.setenv('NRE_ROS_NUMBA', '0')
+        ref = coarse_loss_maps(q, p, 6.0)
+        assert bool((ref.maps == ref.ln_omega).any())                 # truncation exercised
+        assert torch.equal(got.maps, ref.maps) and torch.equal(chunked.maps, ref.maps)
