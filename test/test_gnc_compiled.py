@@ -8,7 +8,7 @@ import torch
 
 from nre_ros.lossmaps import LossMaps
 from nre_ros.solver import GncConfig, refine, solve_coarse
-from nre_ros.solver.gnc import _Windows, smoothed_terms
+from nre_ros.solver.gnc import _Windows, information, smoothed_terms
 from nre_ros.solver.synthetic import fine_builder, random_scene
 
 pytest.importorskip('numba')
@@ -97,3 +97,14 @@ def test_window_maps_at_the_grid_edge(monkeypatch):
     ref = _torch(monkeypatch, lambda: smoothed_terms(maps, uv, valid, 1.0,
                                                      second_moments=True))
     _close(got, ref)
+
+
+@pytest.mark.parametrize('kind', ['laplace', 'irls'])
+def test_information_equals_torch(scene, monkeypatch, kind):
+    """The normal equations (per-point PSD curvature, Jacobians, sums) of both step kinds."""
+    s, T, _ = scene
+    got = information(s.points_world, s.maps, s.K, T, 1.0, kind=kind)
+    ref = _torch(monkeypatch, lambda: information(s.points_world, s.maps, s.K, T, 1.0,
+                                                  kind=kind))
+    np.testing.assert_allclose(got.numpy(), ref.numpy(), rtol=1e-5,
+                               atol=1e-7 * float(ref.abs().max()))

@@ -112,3 +112,76 @@ def _moments(src, offset, cell, pw, ph, f, ok, sigma, r, out):
         out[3, m] = mxx - fxd * (mx + sx)
         out[4, m] = mxy - fxd * my - fyd * sx
         out[5, m] = myy - fyd * (my + sy)
+
+
+@_jit
+def _normal_equations(m, pc, fx, fy, min_depth, sigma, newton, H, g):
+    """Undamped H (6, 6) and g (6,) of ``gnc._Problem.normal_equations`` in one pass over the
+    points: each point's PSD curvature (``gnc._point_curvature``) and projection Jacobian
+    (``gnc._jacobian``), accumulated as ``a Ju Ju^T + c (Ju Jv^T + Jv Ju^T) + e Jv Jv^T``."""
+    s2 = sigma * sigma
+    s4 = s2 * s2
+    ju = np.empty(6)
+    jv = np.empty(6)
+    H[:, :] = 0.0
+    g[:] = 0.0
+    for n in range(m.shape[1]):
+        A = m[0, n] / s2
+        if newton:
+            a = A - m[3, n] / s4
+            c = m[4, n] / -s4
+            e = A - m[5, n] / s4
+            mean = 0.5 * (a + e)
+            rad = math.sqrt((0.5 * (a - e)) ** 2 + c * c)
+            l1 = mean + rad
+            l2 = mean - rad
+            if l2 < 0 and l1 > 0:
+                scale = l1 / max(2 * rad, 1e-300)
+                a, c, e = (a - l2) * scale, c * scale, (e - l2) * scale
+            elif not l2 >= 0:
+                a, c, e = 0.0, 0.0, 0.0
+        else:
+            a, c, e = A, 0.0, A
+        iz = 1 / max(pc[n, 2], min_depth)
+        u = pc[n, 0] * iz
+        v = pc[n, 1] * iz
+        uv = u * v
+        ju[0], ju[1], ju[2], ju[3], ju[4], ju[5] = iz, 0.0, -u * iz, -uv, 1 + u * u, -v
+        jv[0], jv[1], jv[2], jv[3], jv[4], jv[5] = 0.0, iz, -v * iz, -1 - v * v, uv, u
+        for i in range(6):
+            ju[i] *= fx
+            jv[i] *= fy
+        m1 = m[1, n]
+        m2 = m[2, n]
+        for i in range(6):
+            pu = a * ju[i] + c * jv[i]
+            pv = c * ju[i] + e * jv[i]
+            for j in range(6):
+                H[i, j] += pu * ju[j] + pv * jv[j]
+            g[i] += ju[i] * m1 + jv[i] * m2
+    for i in range(6):
+        g[i] /= s2
+
+
+@_jit
+def _project(pts, T, fx, fy, cx, cy, origin, lo, hi, min_depth, pc, local, ok):
+    """``gnc._Problem._project``: camera points ``pc = R X + t`` (float64), float32 map-frame
+    projections (minus ``origin`` when it has rows; 0 where unusable) and the usable mask
+    (in front of the camera, within (lo, hi) on both axes)."""
+    has_origin = origin.shape[0] > 0
+    for n in range(pts.shape[0]):
+        x, y, zw = pts[n, 0], pts[n, 1], pts[n, 2]
+        px = T[0, 0] * x + T[0, 1] * y + T[0, 2] * zw + T[0, 3]
+        py = T[1, 0] * x + T[1, 1] * y + T[1, 2] * zw + T[1, 3]
+        pz = T[2, 0] * x + T[2, 1] * y + T[2, 2] * zw + T[2, 3]
+        pc[n, 0], pc[n, 1], pc[n, 2] = px, py, pz
+        zc = max(pz, min_depth)
+        u = np.float32(cx + px / zc * fx)
+        v = np.float32(cy + py / zc * fy)
+        if has_origin:
+            u -= origin[n, 0]
+            v -= origin[n, 1]
+        good = pz > min_depth and lo[0] < u < hi[0] and lo[1] < v < hi[1]
+        ok[n] = good
+        local[n, 0] = u if good else np.float32(0.0)
+        local[n, 1] = v if good else np.float32(0.0)

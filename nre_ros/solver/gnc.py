@@ -456,6 +456,8 @@ class _Problem:
         self.size = (maps.maps.shape[2], maps.maps.shape[1])
         self.f = torch.stack([self.K[0, 0], self.K[1, 1]])
         self.fx, self.fy = float(self.K[0, 0]), float(self.K[1, 1])
+        self.cx, self.cy = float(self.K[0, 2]), float(self.K[1, 2])
+        self._no_origin = np.zeros((0, 2), np.float32)
         self.c = torch.stack([self.K[0, 2], self.K[1, 2]])
         self.newton = config.step == 'newton' if newton is None else newton
         self.windows = _Windows(maps, _radius(max(config.sigmas), config.radius_sigmas)
@@ -480,6 +482,19 @@ class _Problem:
         mask: in front of the camera and the (2r+1)^2 window around the nearest cell overlaps
         the map (others contribute nothing)."""
         cfg = self.config
+        if r not in self._bounds:
+            w, h = self.size
+            self._bounds[r] = (torch.tensor([-r - 0.5, -r - 0.5], device=pts.device),
+                               torch.tensor([w - 0.5 + r, h - 0.5 + r], device=pts.device))
+        lo, hi = self._bounds[r]
+        if self.windows.kernels is not None:
+            n = pts.shape[0]
+            pc, local, ok = np.empty((n, 3)), np.empty((n, 2), np.float32), np.empty(n, bool)
+            o = self._no_origin if origin is None else origin.numpy()
+            self.windows.kernels._project(pts.numpy(), T, self.fx, self.fy, self.cx, self.cy,
+                                          o, lo.numpy(), hi.numpy(), float(cfg.min_depth),
+                                          pc, local, ok)
+            return torch.from_numpy(pc), torch.from_numpy(local), torch.from_numpy(ok)
         R = torch.from_numpy(T[:3, :3]).to(pts.device)
         t = torch.from_numpy(T[:3, 3]).to(pts.device)
         pc = torch.addmm(t, pts, R.T)
@@ -488,11 +503,6 @@ class _Problem:
         local = uv.to(torch.float32)
         if origin is not None:
             local = local - origin
-        if r not in self._bounds:
-            w, h = self.size
-            self._bounds[r] = (local.new_tensor([-r - 0.5, -r - 0.5]),
-                               local.new_tensor([w - 0.5 + r, h - 0.5 + r]))
-        lo, hi = self._bounds[r]
         ok = (z > cfg.min_depth) & ((local > lo) & (local < hi)).all(-1)  # False for NaN
         return pc, torch.where(ok[:, None], local, 0.0), ok
 
@@ -534,6 +544,13 @@ class _Problem:
         if self._normal is not None and self._normal[0] is ev:
             return self._normal[1]
         m = ev.m.cpu().numpy()
+        if self.windows.kernels is not None:
+            H, g = np.empty((6, 6)), np.empty(6)
+            self.windows.kernels._normal_equations(
+                np.ascontiguousarray(m), ev.pc.numpy(), self.fx, self.fy,
+                float(self.config.min_depth), float(ev.sigma), self.newton, H, g)
+            self._normal = (ev, _NormalEquations(H, g))
+            return self._normal[1]
         a, c, e = _point_curvature(m, ev.sigma, self.newton)
         Ju, Jv = _jacobian(ev.pc.cpu().numpy(), self.fx, self.fy, self.config.min_depth)
         ne = _NormalEquations(Ju @ (a * Ju + c * Jv).T + Jv @ (c * Ju + e * Jv).T,
@@ -660,7 +677,9 @@ def warmup_compiled() -> bool:
     full = LossMaps(torch.rand(2, 30, 40, generator=g) * 8, 8.0, (40, 30))
     window = LossMaps(torch.rand(2, 8, 8, generator=g) * 8, 8.0, (40, 30),
                       torch.tensor([[3, 4], [20, 10]]))
-    uv = torch.tensor([[10.3, 12.6], [24.0, 14.2]])
+    pts = torch.tensor([[-0.5, -0.1, 5.0], [0.2, 0.0, 4.0]], dtype=torch.float64)
+    K = torch.tensor([[10.0, 0, 20], [0, 10, 15], [0, 0, 1]], dtype=torch.float64)
     for maps in (full, window):
-        smoothed_terms(maps, uv, torch.ones(2, dtype=torch.bool), 1.0)
+        for kind in ('laplace', 'irls'):
+            information(pts, maps, K, torch.eye(4, dtype=torch.float64), 1.0, kind=kind)
     return True
