@@ -149,13 +149,14 @@ def _window_loss(logits, origin, wf, hf, lse, log_mass, ln_omega, out):
 def _bilinear_cost(flat, offset, w, h, ln_omega, x, y, valid, out):
     """``nre_ros.lossmaps.bilinear_cost`` on (M, n) float32 coordinates (``valid`` (M, n)
     bool, or (0, 0) for none): each stencil corner outside its w x h map, every non-finite or
-    invalid coordinate, reads ln_omega."""
+    invalid coordinate, reads ln_omega. Map by map (k outer): the M lookups of one map hit the
+    cache."""
     cap = np.float32(ln_omega)
     zero = np.float32(0.0)
     one = np.float32(1.0)
     has_valid = valid.shape[0] > 0
-    for a in range(x.shape[0]):
-        for k in range(x.shape[1]):
+    for k in range(x.shape[1]):
+        for a in range(x.shape[0]):
             xv = x[a, k]
             yv = y[a, k]
             if not (math.isfinite(xv) and math.isfinite(yv)) or (has_valid and not valid[a, k]):
@@ -163,12 +164,12 @@ def _bilinear_cost(flat, offset, w, h, ln_omega, x, y, valid, out):
                 continue
             xv = min(max(xv, np.float32(-1.0)), np.float32(w))
             yv = min(max(yv, np.float32(-1.0)), np.float32(h))
-            bx = np.float32(math.floor(xv))
-            by = np.float32(math.floor(yv))
-            fx = xv - bx
-            fy = yv - by
-            ix = int(bx)
-            iy = int(by)
+            ix = int(xv)                        # floor without a libm call (|v| is small)
+            iy = int(yv)
+            ix -= xv < ix
+            iy -= yv < iy
+            fx = xv - np.float32(ix)
+            fy = yv - np.float32(iy)
             wx0 = (one - fx) if 0 <= ix < w else zero
             wx1 = fx if ix < w - 1 else zero
             wy0 = (one - fy) if 0 <= iy < h else zero
