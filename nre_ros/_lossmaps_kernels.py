@@ -7,7 +7,7 @@ import math
 import numba
 import numpy as np
 
-_jit = numba.njit(cache=True, nogil=True, fastmath={'contract'})
+_jit = numba.njit(cache=True, nogil=True, error_model='numpy', fastmath={'contract'})
 
 
 @_jit
@@ -145,7 +145,7 @@ def _window_loss(logits, origin, wf, hf, lse, log_mass, ln_omega, out):
                 o[i, j] = cap if v != v else min(max(v, zero), cap)
 
 
-@numba.njit(cache=True, nogil=True)     # no FMA contraction: the same roundings as torch
+@numba.njit(cache=True, nogil=True, error_model='numpy')  # no FMA contraction: as torch rounds
 def _bilinear_cost(flat, offset, w, h, ln_omega, x, y, valid, out):
     """``nre_ros.lossmaps.bilinear_cost`` on (M, n) float32 coordinates (``valid`` (M, n)
     bool, or (0, 0) for none): each stencil corner outside its w x h map, every non-finite or

@@ -2,9 +2,10 @@
 
 The torch code each kernel replaces stays the reference and the path for every other device,
 for tensors that need gradients, and whenever numba is missing or disabled (``NRE_ROS_NUMBA=0``).
-Kernel modules (``nre_ros._lossmaps_kernels``, ``nre_ros.solver._gnc_kernels``) import numba,
-which takes about half a second, so they are imported on first use only. Numba compiles a kernel
-on its first call (about a second each) and caches the machine code on disk (``cache=True``:
+Kernel modules (``nre_ros._lossmaps_kernels``, ``nre_ros.solver._gnc_kernels`` and
+``_p3p_kernels``) import numba, which takes about half a second, so they are imported on first
+use only. Numba compiles a kernel on its first call (about a second each) and caches the machine
+code on disk (``cache=True``:
 beside the module, or in the user's cache directory when that is read-only); ``warmup()`` runs
 every kernel once on tiny inputs so that this happens when a relocalizer is created, not on its
 first query. Kernels are single-threaded: no second thread pool beside torch's.
@@ -59,5 +60,5 @@ def usable(name: str, *tensors: Tensor) -> ModuleType | None:
 def warmup() -> bool:
     """Compile (or load from the disk cache) every kernel on tiny inputs; False without numba."""
     from nre_ros import lossmaps_numba
-    from nre_ros.solver import gnc
-    return lossmaps_numba.warmup() and gnc.warmup_compiled()
+    from nre_ros.solver import gnc, p3p
+    return lossmaps_numba.warmup() and gnc.warmup_compiled() and p3p.warmup_compiled()

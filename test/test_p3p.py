@@ -62,3 +62,21 @@ def test_project_in_grid_keeps_points_in_front_and_inside():
     assert index.tolist() == [0, 1]
     torch.testing.assert_close(uv[:2], torch.tensor([[4.5, 2.5], [0.0, 0.0]],
                                                     dtype=torch.float64))
+
+
+def test_compiled_kernel_equals_torch(monkeypatch):
+    """The numba kernel of the CPU path (nre_ros.solver._p3p_kernels) gives the torch code's
+    solutions, including on degenerate triplets (collinear points, repeated bearings)."""
+    import pytest
+    pytest.importorskip('numba')
+    b, X, _, _ = _problems(300, seed=2)
+    X[:5, 2] = X[:5, 0] + 0.5 * (X[:5, 1] - X[:5, 0])          # collinear world points
+    b[5:10, 1] = b[5:10, 0]                                       # two equal bearings
+    X[10:15, 1] = X[10:15, 0]                                     # two equal points
+    bt, Xt = torch.tensor(b), torch.tensor(X)
+    R, t, valid = p3p(bt, Xt)
+    monkeypatch.setenv('NRE_ROS_NUMBA', '0')
+    R_ref, t_ref, valid_ref = p3p(bt, Xt)
+    assert torch.equal(valid, valid_ref) and int(valid.sum()) > 300
+    np.testing.assert_allclose(R[valid].numpy(), R_ref[valid].numpy(), atol=1e-9)
+    np.testing.assert_allclose(t[valid].numpy(), t_ref[valid].numpy(), atol=1e-9)

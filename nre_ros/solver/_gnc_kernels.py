@@ -6,7 +6,7 @@ import math
 import numba
 import numpy as np
 
-_jit = numba.njit(cache=True, nogil=True, fastmath={'contract'})
+_jit = numba.njit(cache=True, nogil=True, error_model='numpy', fastmath={'contract'})
 
 
 @_jit

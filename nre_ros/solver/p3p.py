@@ -5,10 +5,15 @@ reference in test/test_p3p.py). Every triplet is solved at once: no Python loop 
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ['p3p']
+from nre_ros import compiled
+
+__all__ = ['p3p', 'warmup_compiled']
+
+KERNELS = 'nre_ros.solver._p3p_kernels'    # numba kernel of the CPU path (nre_ros.compiled)
 
 
 def _cubic_real_root(k2: Tensor, k1: Tensor, k0: Tensor) -> Tensor:
@@ -81,6 +86,12 @@ def p3p(bearings: Tensor, points: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """
     m = bearings.shape[0]
     dev, dt = bearings.device, bearings.dtype
+    kernels = compiled.usable(KERNELS, bearings, points)
+    if kernels is not None and dt == points.dtype == torch.float64:
+        R, t, valid = np.empty((m, 4, 3, 3)), np.empty((m, 4, 3)), np.empty((m, 4), bool)
+        kernels._p3p(np.ascontiguousarray(bearings.numpy()), np.ascontiguousarray(points.numpy()),
+                     R, t, valid)
+        return torch.from_numpy(R), torch.from_numpy(t), torch.from_numpy(valid)
     # Reorder so that the pair (1, 2) has the largest 3D distance.
     a01 = (points[:, 0] - points[:, 1]).pow(2).sum(-1)
     a02 = (points[:, 0] - points[:, 2]).pow(2).sum(-1)
@@ -199,3 +210,15 @@ def p3p(bearings: Tensor, points: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     valid = valid & ((R.transpose(-1, -2) @ R - torch.eye(3, dtype=dt, device=dev)).abs()
                      .flatten(2).amax(-1) < 1e-3)
     return R, t, valid
+
+
+def warmup_compiled() -> bool:
+    """Compile (or load from the disk cache) the kernel of the CPU path; False without it."""
+    if compiled.kernels(KERNELS) is None:
+        return False
+    g = torch.Generator().manual_seed(0)
+    rays = torch.nn.functional.normalize(torch.rand(2, 3, 3, generator=g, dtype=torch.float64)
+                                         + torch.tensor([0.0, 0.0, 2.0], dtype=torch.float64),
+                                         dim=-1)
+    p3p(rays, torch.rand(2, 3, 3, generator=g, dtype=torch.float64))
+    return True
