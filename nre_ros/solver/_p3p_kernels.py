@@ -94,7 +94,7 @@ def _p3p(bearings, points, R, t, valid):
             if adj[i, i] > adj[j, j]:
                 j = i
         sc = math.sqrt(max(adj[j, j], 1e-300))
-        v0, v1, v2 = adj[0, j] / sc, adj[1, j] / sc, adj[2, j] / sc
+        v1, v2 = adj[1, j] / sc, adj[2, j] / sc
         D01, D02 = C[0, 1] - v2, C[0, 2] + v1        # D = C + [v]_x: its first row / column
         D10, D20 = C[1, 0] + v2, C[2, 0] - v1
         for li in range(2):
