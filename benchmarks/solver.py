@@ -15,7 +15,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
+
+import nre_ros  # noqa: F401  before torch: OpenMP workers sleep between regions, as in the product
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
