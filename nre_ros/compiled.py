@@ -60,5 +60,6 @@ def usable(name: str, *tensors: Tensor) -> ModuleType | None:
 def warmup() -> bool:
     """Compile (or load from the disk cache) every kernel on tiny inputs; False without numba."""
     from nre_ros import lossmaps_numba
-    from nre_ros.solver import gnc, p3p
-    return lossmaps_numba.warmup() and gnc.warmup_compiled() and p3p.warmup_compiled()
+    from nre_ros.solver.gnc import warmup_compiled as gnc_warmup
+    from nre_ros.solver.p3p import warmup_compiled as p3p_warmup
+    return lossmaps_numba.warmup() and gnc_warmup() and p3p_warmup()

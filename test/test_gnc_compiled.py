@@ -108,3 +108,27 @@ def test_information_equals_torch(scene, monkeypatch, kind):
                                                   kind=kind))
     np.testing.assert_allclose(got.numpy(), ref.numpy(), rtol=1e-5,
                                atol=1e-7 * float(ref.abs().max()))
+
+
+def test_warmup_compiles_every_kernel():
+    """compiled.warmup (what Relocalizer.warmup runs) compiles every kernel a query uses: a
+    coarse + fine solve and fine maps from descriptors afterwards compile nothing new."""
+    from nre_ros import compiled
+    from nre_ros.lossmaps import coarse_loss_maps, fine_loss_maps
+    from nre_ros.solver import refine_level, solve_coarse, verdict
+    assert compiled.warmup()
+    names = ('nre_ros._lossmaps_kernels', 'nre_ros.solver._gnc_kernels',
+             'nre_ros.solver._p3p_kernels')
+    kernels = [k for name in names for k in vars(compiled.kernels(name)).values()
+               if hasattr(k, 'signatures')]
+    before = [len(k.signatures) for k in kernels]
+    s = random_scene(300, 0.3, noise=1.0, seed=4)
+    sol = solve_coarse(s.points_world, s.maps, s.K)
+    fine = fine_builder(s, ratio=4, window=16, noise=1.0)(sol.T_cam_world)
+    assert verdict(refine_level(sol, fine)).ok
+    g = torch.Generator().manual_seed(0)
+    q, p = torch.randn(8, 60, 80, generator=g), torch.randn(300, 8, generator=g)
+    coarse = coarse_loss_maps(q[:, ::4, ::4], p, 2.0)
+    fine_loss_maps(q, p, torch.rand(300, 2, generator=g) * 70, coarse, 4, 2.0, 16)
+    assert [len(k.signatures) for k in kernels] == before
+    assert sum(before) >= 9
