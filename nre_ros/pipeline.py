@@ -298,8 +298,14 @@ class Relocalizer:
         except (InputError, ShapeError) as exc:
             return Failure('bad_input', str(exc), {'total': _ms_since(t0)})
         if 'focal_ratio' in out.info:
-            out = replace(out, info={**out.info, 'estimated_focal_px': [
-                out.info['focal_ratio'] * camera.fx, out.info['focal_ratio'] * camera.fy]})
+            info = dict(out.info)
+            info['estimated_focal_px'] = [info['focal_ratio'] * camera.fx,
+                                          info['focal_ratio'] * camera.fy]
+            rel = info.pop('principal_offset_rel', [0.0, 0.0])
+            info['principal_offset_px'] = [rel[0] * camera.fx, rel[1] * camera.fy]
+            info['estimated_principal_point_px'] = [camera.cx + rel[0] * camera.fx,
+                                                    camera.cy + rel[1] * camera.fy]
+            out = replace(out, info=info)
         if out.ok and not is_rigid(out.T_cam_world, atol=1e-6):
             out = Failure('diverged', 'the solver returned a non-rigid pose', out.timings_ms,
                           out.info)
@@ -420,22 +426,34 @@ class Relocalizer:
                 sol = refine_level(sol, level, cfg)
         out = sol if isinstance(sol, Failure) else verdict(sol, cfg.verdict)
         if out.ok and self.config.intrinsics.enabled:
-            out = self._check_intrinsics(out, sol)
+            out = self._check_intrinsics(out, sol, c.prep)
         return self._to_caller_frame(out, c, timings)
 
-    def _check_intrinsics(self, out: Outcome, sol) -> Outcome:
-        """Refuse a pose whose coarse maps fit other intrinsics than the given ones
-        (``nre_ros.solver.intrinsics_check``); the focal ratio goes to ``info`` either way."""
+    def _check_intrinsics(self, out: Outcome, sol, prep: PreparedImage) -> Outcome:
+        """Refuse a pose whose finest level fits other intrinsics than the given ones
+        (``nre_ros.solver.intrinsics_check``): focal scale and principal point on the fine
+        level, the focal scale alone on the coarse one (no fine level, or too few peaked
+        windows). The estimate goes to ``info`` either way; the principal-point offset as
+        ``principal_offset_rel`` (caller's camera frame, in units of the focal length)."""
         t = time.perf_counter()
-        lvl = sol.coarse
-        problem, est = intrinsics_check.check(lvl.points_world, lvl.maps, lvl.K,
-                                              sol.T_cam_world, self.config.intrinsics)
+        cfg, spec = self.config.intrinsics, self.model.spec
+        problem, est, lvl = None, None, None
+        for lvl in dict.fromkeys([sol.level, sol.coarse]):       # finest first
+            fine = lvl.name == 'fine'
+            problem, est = intrinsics_check.check(
+                lvl.points_world, lvl.maps, lvl.K, sol.T_cam_world, cfg,
+                spec.fine_stride if fine else spec.coarse_stride, fit_principal_point=fine)
+            if est is not None:
+                break
         timings = {**out.timings_ms, 'intrinsics_check': _ms_since(t)}
         if est is None:
             return replace(out, timings_ms=timings)
+        K = lvl.K.cpu().numpy()
+        d = np.array([est.principal_offset[0] / K[0, 0], est.principal_offset[1] / K[1, 1], 0.0])
         info = {**out.info, 'focal_ratio': est.focal_scale,
                 'focal_ratio_log_sigma': est.focal_scale_sigma,
-                'principal_offset_grid': list(est.principal_offset)}
+                'intrinsics_check_level': lvl.name,
+                'principal_offset_rel': (prep.R_img_cam.T @ d)[:2].tolist()}
         if problem:
             return Failure('intrinsics_inconsistent', f'the given camera intrinsics cannot '
                            f'explain the image: {problem}', timings, info)

@@ -6,16 +6,37 @@ import pytest
 
 from nre_ros.camera import Camera
 from nre_ros.datasets import TumSequence
-from nre_ros.geometry import invert, so3_exp
+from nre_ros.geometry import so3_exp
 from nre_ros.paths import shared_file
 from nre_ros.pipeline import PipelineConfig, Relocalizer
-from nre_ros.solver.intrinsics_check import estimate_intrinsics, inconsistency
+from nre_ros.preprocess import rotate_quarter_turns, undistort
+from nre_ros.solver.intrinsics_check import (IntrinsicsCheckConfig, estimate_intrinsics,
+                                             inconsistency)
+
+F_FINE = 262.0    # focal length of a stride-2 grid of a 640 x 480, f = 525 camera
 
 
-def _scene(rng, n=300):
-    X = rng.uniform([-2, -1.5, 2], [2, 1.5, 5], (n, 3))          # camera frame = world frame
-    K = np.array([[65.0, 0, 39.5], [0, 65.0, 29.5], [0, 0, 1]])   # a stride-8 grid of 640x480
+def _scene(rng, n=400, f=F_FINE, depth=(1.0, 4.0)):
+    """World = camera frame; points filling a 640 x 480, f = 525 view (stride-2 grid K)."""
+    K = np.array([[f, 0, 159.5], [0, f, 119.5], [0, 0, 1]])
+    uv = rng.uniform([0, 0], [320, 240], (n, 2))
+    z = rng.uniform(*depth, n)
+    X = np.column_stack([(uv - K[:2, 2]) / f * z[:, None], z])
     return X, K
+
+
+def _observe(X, K_true, rng, noise=0.5, outliers=0.3):
+    uv = X[:, :2] / X[:, 2:] * np.diag(K_true)[:2] + K_true[:2, 2]
+    uv = uv + rng.normal(0, noise, uv.shape)
+    bad = rng.random(len(X)) < outliers                  # wrong matches
+    uv[bad] = rng.uniform([0, 0], [320, 240], (bad.sum(), 2))
+    return uv
+
+
+def _start():
+    T0 = np.eye(4)
+    T0[:3, :3] = so3_exp(np.array([0.02, -0.03, 0.01]))   # start a little off
+    return T0
 
 
 @pytest.mark.parametrize('true_scale', [1.0, 1.25, 0.67, 2.0])
@@ -24,14 +45,66 @@ def test_estimate_recovers_the_focal_scale_with_outliers(true_scale):
     X, K = _scene(rng)
     K_true = K.copy()
     K_true[:2, :2] *= true_scale
-    uv = X[:, :2] / X[:, 2:] * K_true[0, 0] + K_true[:2, 2] + rng.normal(0, 0.3, (len(X), 2))
-    bad = rng.random(len(X)) < 0.3                                 # 30 % wrong matches
-    uv[bad] = rng.uniform([0, 0], [80, 60], (bad.sum(), 2))
-    T0 = np.eye(4)
-    T0[:3, :3] = so3_exp(np.array([0.02, -0.03, 0.01]))         # start a little off
-    est = estimate_intrinsics(X, uv, K, T0)
-    assert est.focal_scale == pytest.approx(true_scale, rel=0.03)
+    est = estimate_intrinsics(X, _observe(X, K_true, rng), K, _start(), robust_scale=2.0)
+    assert est.focal_scale == pytest.approx(true_scale, rel=0.02)
     assert (inconsistency(est, K) is None) == (true_scale == 1.0)
+
+
+@pytest.mark.parametrize('shift', [(0.0, 0.0), (40.0, 0.0), (0.0, -40.0)])
+def test_estimate_recovers_a_principal_point_shift_a_rotation_would_absorb(shift):
+    """A shift of 40 grid px (80 image px at stride 2) is nearly a 9 deg rotation; the fit
+    still recovers it from the perspective across the image, and the test refuses it."""
+    rng = np.random.default_rng(2)
+    X, K = _scene(rng)
+    K_true = K.copy()
+    K_true[:2, 2] += shift
+    K_given = K
+    est = estimate_intrinsics(X, _observe(X, K_true, rng), K_given, _start(), robust_scale=2.0)
+    assert est.principal_offset == pytest.approx(shift, abs=4.0)
+    assert est.focal_scale == pytest.approx(1.0, abs=0.02)
+    problem = inconsistency(est, K_given)
+    assert (problem is None) == (shift == (0.0, 0.0)), problem
+    if problem:
+        assert 'principal point' in problem
+
+
+def test_a_fit_with_little_evidence_refuses_nothing():
+    """Few, noisy observations: the estimate is far off, but within its own uncertainty (the
+    sigma part of the test), so a right K is not refused."""
+    rng = np.random.default_rng(3)
+    X, K = _scene(rng, n=12)
+    est = estimate_intrinsics(X, _observe(X, K, rng, noise=6.0, outliers=0.0), K, _start(),
+                              robust_scale=2.0)
+    assert abs(est.focal_scale - 1.0) > 0.1 or np.hypot(*est.principal_offset) > 0.08 * K[0, 0]
+    assert inconsistency(est, K) is None
+    # the same estimate with the sigma part of the test off would be refused
+    no_sigmas = IntrinsicsCheckConfig(min_sigmas=0.0, min_jackknife_sigmas=0.0)
+    assert inconsistency(est, K, no_sigmas) is not None
+
+
+def _narrow_view_with_regional_errors(seed: int):
+    """Right K, a narrow view (100 x 75 grid px) and errors shared by the points of each of
+    4 x 4 image regions (as rolling shutter, blur or map depth errors give on real images)."""
+    rng = np.random.default_rng(seed)
+    K = np.array([[F_FINE, 0, 49.5], [0, F_FINE, 37.0], [0, 0, 1]])
+    uv = rng.uniform([0, 0], [100, 75], (400, 2))
+    z = rng.uniform(1.0, 4.0, 400)
+    X = np.column_stack([(uv - K[:2, 2]) / F_FINE * z[:, None], z])
+    region = np.minimum(uv[:, 0] // 25, 3) + 4 * np.minimum(uv[:, 1] // 18.75, 3)
+    obs = uv + rng.normal(0, 0.3, uv.shape) + rng.normal(0, 1.5, (16, 2))[region.astype(int)]
+    return estimate_intrinsics(X, obs, K, _start(), robust_scale=2.0), K
+
+
+def test_the_jackknife_keeps_regional_errors_from_refusing_a_right_k():
+    """The formal sigmas assume independent errors: with errors shared by image regions they
+    call a narrow view's principal-point error significant; the block jackknife does not."""
+    formal_only = IntrinsicsCheckConfig(min_jackknife_sigmas=0.0)
+    refused, refused_formal = 0, 0
+    for seed in range(6):
+        est, K = _narrow_view_with_regional_errors(seed)
+        refused += inconsistency(est, K) is not None
+        refused_formal += inconsistency(est, K, formal_only) is not None
+    assert refused_formal >= 5 and refused <= 2, (refused_formal, refused)
 
 
 @pytest.fixture(scope='module')
@@ -39,15 +112,54 @@ def reloc():
     return Relocalizer.from_config(shared_file('maps/demo/fr1_rpy.nremap'), PipelineConfig())
 
 
-def test_wrong_focal_is_refused_with_the_estimate(reloc):
+@pytest.fixture(scope='module')
+def query():
     seq = TumSequence(shared_file('maps/demo/queries'))
-    frame, cam = seq.frames[0], seq.camera
-    image = seq.load_rgb(frame)
-    right = reloc.localize(image, cam)
-    assert right.ok and abs(right.info['focal_ratio'] - 1.0) < 0.1
+    return seq.load_rgb(seq.frames[0]), seq.camera
+
+
+def _with(cam: Camera, scale: float = 1.0, dcx: float = 0.0, dcy: float = 0.0) -> Camera:
     K = cam.K.copy()
-    K[:2, :2] *= 1.5                  # e.g. a CameraInfo calibrated at another resolution
-    out = reloc.localize(image, Camera(cam.width, cam.height, K, cam.dist))
+    K[:2, :2] *= scale
+    K[0, 2] += dcx
+    K[1, 2] += dcy
+    return Camera(cam.width, cam.height, K, cam.dist)
+
+
+def test_right_intrinsics_are_published_with_the_estimate(reloc, query):
+    image, cam = query
+    out = reloc.localize(image, cam)
+    assert out.ok, out
+    assert out.info['intrinsics_check_level'] == 'fine'
+    assert abs(out.info['focal_ratio'] - 1.0) < 0.05
+    assert np.hypot(*out.info['principal_offset_px']) < 30.0
+    assert out.info['estimated_principal_point_px'] == pytest.approx(
+        [cam.cx + out.info['principal_offset_px'][0], cam.cy + out.info['principal_offset_px'][1]])
+
+
+@pytest.mark.parametrize('wrong', [dict(dcx=80.0), dict(dcy=80.0), dict(scale=1.25),
+                                   dict(scale=1.5)])
+def test_wrong_intrinsics_are_refused_with_the_estimate(reloc, query, wrong):
+    """e.g. a CameraInfo calibrated at another resolution, or a crop's principal point not
+    moved: the estimate in the diagnostics is nearer the real intrinsics than the given ones
+    (not equal: the lens distortion was also removed with the wrong K)."""
+    image, cam = query
+    out = reloc.localize(image, _with(cam, **wrong))
     assert not out.ok and out.reason == 'intrinsics_inconsistent', out
     fx_est = out.info['estimated_focal_px'][0]
-    assert abs(fx_est / cam.fx - 1.0) < 0.15      # it recovers the real focal length
+    assert abs(fx_est / cam.fx - 1.0) < 0.15
+    if 'scale' not in wrong:
+        cx_est, cy_est = out.info['estimated_principal_point_px']
+        assert abs(cx_est - cam.cx) < 40.0 and abs(cy_est - cam.cy) < 40.0
+
+
+@pytest.mark.slow
+def test_estimate_is_in_the_callers_frame_for_a_turned_image(reloc, query):
+    """A camera mounted a quarter turn off (rotation search): the principal-point estimate is
+    reported in the caller's image, not in the turned one the solver worked on."""
+    image, cam = undistort(*query)
+    image, cam, _ = rotate_quarter_turns(image, cam, 1)
+    out = reloc.localize(image, _with(cam, dcx=80.0))
+    assert not out.ok and out.reason == 'intrinsics_inconsistent', out
+    cx_est, cy_est = out.info['estimated_principal_point_px']
+    assert abs(cx_est - cam.cx) < 40.0 and abs(cy_est - cam.cy) < 40.0

@@ -126,7 +126,9 @@ def test_stage_times_add_up_to_the_total_in_the_report(reloc, queries):
     from nre_ros.eval.evaluate import ReplayMode, replay, summarize_run
     from nre_ros.eval.report import render_html
 
-    frame = queries.frames[2]
+    # frame 3: tracking frame 2 from its ground truth gives a pose 2.5 deg off, which the
+    # intrinsics check refuses (then global search takes over)
+    frame = queries.frames[3]
     image, T_gt = queries.load_rgb(frame), invert(frame.T_world_cam)
     outcomes = [reloc.localize(image, queries.camera),
                 reloc.localize(image, queries.camera, prior=Prior(T_gt)),

@@ -1,136 +1,261 @@
 """Intrinsics self-check: can the given K explain where the map points are seen?
 
-After refinement, the supported points' loss-map minima are 2-D observations of known 3-D
+After refinement, the minima of the most peaked loss maps are 2-D observations of known 3-D
 points. A robust fit of the pose together with a focal scale ``s`` (K's fx, fy multiplied by
-``s``) and a principal-point offset to those observations estimates the intrinsics the image
-actually has; when it departs from the given K by more than the configured tolerance, the pose
-found with the given K is not trusted (reason ``intrinsics_inconsistent``). Frames: points in
-the world frame, ``T_cam_world`` of the grid the maps live on, pixels in grid coordinates.
+``s``) and a principal-point offset ``(dx, dy)`` to those observations estimates the intrinsics
+the image actually has. The pose found with the given K is not trusted (reason
+``intrinsics_inconsistent``) when the estimate departs from K by more than a minimal amount
+and significantly: by more than ``min_sigmas`` formal sigmas of the fit and more than
+``min_jackknife_sigmas`` sigmas of a block jackknife over image regions. The formal sigmas
+assume independent errors and are several times too small on real images (rolling shutter,
+blur, map depth errors move whole regions); the jackknife sees that, e.g. a narrow crop whose
+estimate hangs on a few regions.
+
+A principal-point shift is nearly a rotation of the camera: what tells them apart is the
+perspective across the image, a few pixels at its edges for a shift of a few percent of the
+focal length. It is fitted only on the fine level's observations (window minima, a fraction of
+a fine cell); on coarse cells the estimate is too noisy and biased, and only the focal scale is
+fitted there. Frames: points in the world frame, ``T_cam_world`` of the grid the maps live on,
+pixels in grid coordinates.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import least_squares
-from scipy.spatial.transform import Rotation
+
+from nre_ros.geometry import so3_exp
 
 
 @dataclass(frozen=True)
 class IntrinsicsCheckConfig:
     enabled: bool = True
-    max_focal_change: float = 0.2      # |s - 1| above -> inconsistent (s = estimated / given f)
-    max_principal_shift: float = 0.06  # principal-point offset, in units of the given focal
-    min_points: int = 30               # fewer supported points: no check (too little evidence)
-    robust_scale_cells: float = 1.0    # Cauchy scale of the fit, in grid cells
-    max_points: int = 400              # most peaked maps used (speed)
-    fit_principal_point: bool = False  # also fit (cx, cy) (weakly observable: biased estimates)
+    max_focal_change: float = 0.1      # |s - 1| must exceed this (s = estimated / given f) ...
+    max_principal_shift: float = 0.08  # ... or |offset| / f this (principal point), ...
+    min_sigmas: float = 8.0            # ... the change this many formal sigmas of the fit ...
+    min_jackknife_sigmas: float = 2.5  # ... and this many block-jackknife sigmas
+    jackknife_blocks: int = 4          # image split into blocks x blocks regions
+    min_points: int = 30               # fewer usable maps: no check (too little evidence)
+    max_points: int = 500              # most peaked maps used (speed)
+    robust_scale_px: float = 4.0       # Cauchy scale of the fit, image pixels
+    peak_margin: float = 3.0           # maps used: minimum below ln|Omega| - margin
+    iterations: int = 20               # robust Gauss-Newton iterations (at most)
 
 
 @dataclass(frozen=True)
 class IntrinsicsEstimate:
-    """Focal scale ``s`` (estimated f / given f), principal-point offset (dx, dy) in grid cells,
-    ``T_cam_world`` (4, 4) of the joint fit and the number of points used."""
+    """Focal scale ``s`` (estimated f / given f) and the principal-point offset (dx, dy) in grid
+    pixels, the pose ``T_cam_world`` (4, 4) of the joint fit and the number of observations.
+
+    Uncertainty of ``theta = (log s, dx, dy)`` (``(log s,)`` without the principal point):
+    ``formal_cov`` from the fit's curvature and residuals (independent errors) and
+    ``jackknife_cov`` from refits leaving out one image block at a time (errors of
+    neighbouring points are correlated: rolling shutter, blur, map depth errors); inf when
+    there were too few blocks."""
 
     focal_scale: float
-    focal_scale_sigma: float           # 1-sigma of log(focal_scale) from the fit's curvature
     principal_offset: tuple[float, float]
+    formal_cov: np.ndarray
+    jackknife_cov: np.ndarray
     T_cam_world: np.ndarray
     num_points: int
+    fit_principal_point: bool
+
+    @property
+    def focal_scale_sigma(self) -> float:
+        """Formal 1-sigma of log(focal_scale)."""
+        return float(math.sqrt(max(self.formal_cov[0, 0], 0.0)))
+
+    @property
+    def theta(self) -> np.ndarray:
+        t = [math.log(self.focal_scale)]
+        return np.array(t + list(self.principal_offset) if self.fit_principal_point else t)
 
 
-def _project(params: np.ndarray, X: np.ndarray, K: np.ndarray) -> np.ndarray:
-    """(N, 2) pixels of world points X (N, 3) under params = (rotvec, t, log s, dx, dy)."""
-    R = Rotation.from_rotvec(params[:3]).as_matrix()
-    pc = X @ R.T + params[3:6]
-    s = np.exp(params[6])
-    z = np.where(np.abs(pc[:, 2]) > 1e-9, pc[:, 2], 1e-9)
-    u = s * K[0, 0] * pc[:, 0] / z + K[0, 2] + params[7]
-    v = s * K[1, 1] * pc[:, 1] / z + K[1, 2] + params[8]
-    return np.stack([u, v], axis=1)
+def _jacobian(pc: np.ndarray, K: np.ndarray, s: float, with_pp: bool) -> np.ndarray:
+    """(N, 2, P) derivatives of the projections of camera points pc (N, 3) by a left
+    increment (translation, rotation) of T_cam_world, log s and, with ``with_pp``, (dx, dy)."""
+    x, y, z = pc[:, 0], pc[:, 1], pc[:, 2]
+    fx, fy = s * K[0, 0], s * K[1, 1]
+    n = len(pc)
+    dpi = np.zeros((n, 2, 3))                     # d(u, v) / d(camera point)
+    dpi[:, 0, 0] = fx / z
+    dpi[:, 0, 2] = -fx * x / z ** 2
+    dpi[:, 1, 1] = fy / z
+    dpi[:, 1, 2] = -fy * y / z ** 2
+    skew = np.zeros((n, 3, 3))                    # d(pc) / d(rotation) = -[pc]x
+    skew[:, 0, 1], skew[:, 0, 2] = z, -y
+    skew[:, 1, 0], skew[:, 1, 2] = -z, x
+    skew[:, 2, 0], skew[:, 2, 1] = y, -x
+    cols = [dpi, dpi @ skew, np.stack([fx * x / z, fy * y / z], axis=1)[:, :, None]]
+    if with_pp:
+        cols.append(np.broadcast_to(np.eye(2), (n, 2, 2)))
+    return np.concatenate(cols, axis=2)
+
+
+def _fit(X: np.ndarray, uv: np.ndarray, K: np.ndarray, T: np.ndarray, theta: np.ndarray,
+         robust_scale: float, iterations: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cauchy-weighted Gauss-Newton from pose T (4, 4) and theta = (log s[, dx, dy]):
+    (T, theta, formal covariance of theta)."""
+    R, t, theta = T[:3, :3].copy(), T[:3, 3].copy(), np.array(theta, np.float64)
+    with_pp = len(theta) == 3
+    n_par = 6 + len(theta)
+    H, sigma2 = np.eye(n_par), math.inf
+    for _ in range(iterations):
+        pc = X @ R.T + t
+        front = pc[:, 2] > 1e-6
+        pc = np.where(front[:, None], pc, 1.0)
+        s = math.exp(theta[0])
+        pp = theta[1:] if with_pp else np.zeros(2)
+        proj = np.stack([s * K[0, 0] * pc[:, 0] / pc[:, 2] + K[0, 2] + pp[0],
+                         s * K[1, 1] * pc[:, 1] / pc[:, 2] + K[1, 2] + pp[1]], axis=1)
+        r = np.where(front[:, None], proj - uv, 0.0)
+        r2 = (r ** 2).sum(1)
+        w = front / (1.0 + r2 / robust_scale ** 2)                 # Cauchy IRLS weights
+        J = _jacobian(pc, K, s, with_pp)
+        Jw = J * w[:, None, None]
+        H = np.einsum('nij,nik->jk', Jw, J)
+        g = np.einsum('nij,ni->j', Jw, r)
+        sigma2 = float((w * r2).sum()) / max(1, 2 * int(front.sum()) - n_par)
+        try:
+            step = -np.linalg.solve(H + 1e-9 * np.diag(np.diag(H)), g)
+        except np.linalg.LinAlgError:
+            break
+        dR = so3_exp(step[3:6])
+        R, t, theta = dR @ R, dR @ t + step[:3], theta + step[6:]
+        if np.abs(step[:7]).max() < 1e-7 and np.abs(step[7:]).max(initial=0.0) < 1e-4:
+            break
+    try:
+        cov = np.linalg.inv(H)[6:, 6:] * sigma2
+    except np.linalg.LinAlgError:
+        cov = np.full((len(theta), len(theta)), np.inf)
+    T_fit = np.eye(4)
+    T_fit[:3, :3], T_fit[:3, 3] = R, t
+    return T_fit, theta, cov
+
+
+def _jackknife_cov(X: np.ndarray, uv: np.ndarray, K: np.ndarray, T: np.ndarray,
+                   theta: np.ndarray, robust_scale: float, blocks: int, min_points: int
+                   ) -> np.ndarray:
+    """Block-jackknife covariance of theta: refits (a few iterations from the full fit)
+    leaving out the observations of one of blocks x blocks image regions at a time."""
+    lo, hi = uv.min(0), uv.max(0)
+    cell = np.clip(((uv - lo) / np.maximum(hi - lo, 1e-9) * blocks).astype(int), 0, blocks - 1)
+    label = cell[:, 1] * blocks + cell[:, 0]
+    thetas = [_fit(X[label != b], uv[label != b], K, T, theta, robust_scale, 4)[1]
+              for b in np.unique(label) if (label != b).sum() >= min_points]
+    m = len(thetas)
+    if m < 4:
+        return np.full((len(theta), len(theta)), np.inf)
+    d = np.array(thetas) - np.mean(thetas, axis=0)
+    return (m - 1) / m * (d.T @ d)
 
 
 def estimate_intrinsics(points_world: np.ndarray, uv: np.ndarray, K: np.ndarray,
-                        T_cam_world: np.ndarray, cfg: IntrinsicsCheckConfig = IntrinsicsCheckConfig()
-                        ) -> IntrinsicsEstimate:
-    """Robust joint fit of pose, focal scale and principal-point offset.
+                        T_cam_world: np.ndarray, robust_scale: float = 1.0,
+                        fit_principal_point: bool = True, iterations: int = 20,
+                        jackknife_blocks: int = 4) -> IntrinsicsEstimate:
+    """Robust (Cauchy-weighted Gauss-Newton) joint fit of the pose, the focal scale and, with
+    ``fit_principal_point``, the principal-point offset, with its formal and block-jackknife
+    covariances.
 
     Args:
         points_world: (N, 3) world points.
         uv: (N, 2) observed pixels of those points (grid coordinates of K).
         K: (3, 3) the given intrinsics of the grid.
         T_cam_world: (4, 4) the pose found with the given K (the fit's start).
+        robust_scale: Cauchy scale, grid pixels.
+        jackknife_blocks: blocks per image side of the jackknife (0: none, inf covariance).
     """
     X = np.asarray(points_world, np.float64)
     uv = np.asarray(uv, np.float64)
-    T = np.asarray(T_cam_world, np.float64)
-    x0 = np.concatenate([Rotation.from_matrix(T[:3, :3]).as_rotvec(), T[:3, 3], np.zeros(3)])
+    K = np.asarray(K, np.float64)
+    theta0 = np.zeros(3 if fit_principal_point else 1)
+    T, theta, cov = _fit(X, uv, K, np.asarray(T_cam_world, np.float64), theta0, robust_scale,
+                         iterations)
+    jack = np.full_like(cov, np.inf)
+    if jackknife_blocks > 1:
+        jack = _jackknife_cov(X, uv, K, T, theta, robust_scale, jackknife_blocks,
+                              max(len(theta) + 6, len(X) // 2))
+    pp = (float(theta[1]), float(theta[2])) if fit_principal_point else (0.0, 0.0)
+    return IntrinsicsEstimate(math.exp(theta[0]), pp, cov, jack, T, len(X), fit_principal_point)
 
-    n_free = 9 if cfg.fit_principal_point else 7
 
-    def residual(q: np.ndarray) -> np.ndarray:
-        p = np.concatenate([q, np.zeros(9 - n_free)])
-        return (_project(p, X, K) - uv).ravel()
-
-    res = least_squares(residual, x0[:n_free], loss='cauchy', f_scale=cfg.robust_scale_cells,
-                        x_scale='jac', max_nfev=40, method='trf')
-    p = np.concatenate([res.x, np.zeros(9 - n_free)])
-    J = res.jac
-    dof = max(1, J.shape[0] - J.shape[1])
+def _sigmas(d: np.ndarray, cov: np.ndarray) -> float:
+    """Mahalanobis length of d under cov (0 when cov is not usable)."""
     try:
-        cov = np.linalg.inv(J.T @ J) * (2.0 * res.cost / dof)
-        sigma = float(np.sqrt(max(cov[6, 6], 0.0)))
+        q = float(d @ np.linalg.solve(cov, d))
     except np.linalg.LinAlgError:
-        sigma = float('inf')
-    T_fit = np.eye(4)
-    T_fit[:3, :3] = Rotation.from_rotvec(p[:3]).as_matrix()
-    T_fit[:3, 3] = p[3:6]
-    return IntrinsicsEstimate(float(np.exp(p[6])), sigma, (float(p[7]), float(p[8])), T_fit,
-                              len(X))
+        return 0.0
+    return math.sqrt(q) if math.isfinite(q) and q > 0 else 0.0
 
 
 def inconsistency(est: IntrinsicsEstimate, K: np.ndarray,
                   cfg: IntrinsicsCheckConfig = IntrinsicsCheckConfig()) -> str | None:
-    """A sentence saying how the estimate contradicts K, or None when it is consistent."""
-    f = float(np.sqrt(K[0, 0] * K[1, 1]))
-    shift = float(np.hypot(*est.principal_offset)) / f
-    if abs(est.focal_scale - 1.0) > cfg.max_focal_change:
+    """A sentence saying how the estimate contradicts K, or None when it is consistent: a
+    change over the minimal amount, over ``min_sigmas`` formal sigmas and over
+    ``min_jackknife_sigmas`` jackknife sigmas (focal scale and principal point separately)."""
+    theta = est.theta
+
+    def significant(idx: slice) -> tuple[bool, float]:
+        z = _sigmas(theta[idx], est.formal_cov[idx, idx])
+        zj = _sigmas(theta[idx], est.jackknife_cov[idx, idx])
+        return z > cfg.min_sigmas and zj > cfg.min_jackknife_sigmas, zj
+
+    ok, zj = significant(slice(0, 1))
+    if abs(est.focal_scale - 1.0) > cfg.max_focal_change and ok:
         return (f'the image fits a focal length {est.focal_scale:.2f} x the given one '
-                f'(tolerance {cfg.max_focal_change:.2f})')
-    if shift > cfg.max_principal_shift:
-        return (f'the image fits a principal point {shift * f:.1f} grid px from the given one '
-                f'(tolerance {cfg.max_principal_shift * f:.1f})')
+                f'({zj:.1f} jackknife sigmas; tolerance {cfg.max_focal_change:.2f})')
+    if not est.fit_principal_point:
+        return None
+    f = float(math.sqrt(K[0, 0] * K[1, 1]))
+    d = np.asarray(est.principal_offset)
+    ok, zj = significant(slice(1, 3))
+    if float(np.hypot(*d)) > cfg.max_principal_shift * f and ok:
+        return (f'the image fits a principal point ({d[0]:+.1f}, {d[1]:+.1f}) grid px from the '
+                f'given one ({zj:.1f} jackknife sigmas; tolerance '
+                f'{cfg.max_principal_shift * f:.1f})')
     return None
 
 
 def peaked_observations(points_world, maps, max_points: int, margin: float = 3.0
                         ) -> tuple[np.ndarray, np.ndarray]:
-    """World points (M, 3) and the subcell minima (M, 2) of their full-grid loss maps, for
-    the maps whose minimum is peaked (below ln|Omega| - margin), whatever the current pose:
-    points a wrong K pushes away from their reprojection are kept (no selection by the pose)."""
+    """World points (M, 3) and the subcell minima (M, 2) of their loss maps, for the maps whose
+    minimum is peaked (below ln|Omega| - margin), the ``max_points`` most peaked, whatever the
+    current pose: points a wrong K pushes away from their reprojection are kept. Window maps
+    whose minimum lies on the window's border are left out (the true minimum may be outside)."""
+    import torch
     depth = (maps.ln_omega - maps.map_min).cpu().numpy()
     keep = depth > margin
     if keep.sum() > max_points:
         keep &= depth >= np.sort(depth)[-max_points]
-    uv = maps.select(torch_index(keep, maps.maps.device)).argmin_uv(True)
-    return (np.asarray(points_world.cpu().numpy(), np.float64)[keep],
-            uv.cpu().numpy().astype(np.float64))
+    index = torch.as_tensor(np.flatnonzero(keep), dtype=torch.int64, device=maps.maps.device)
+    sub = maps.select(index)
+    uv = sub.argmin_uv(True)
+    X = np.asarray(points_world[index].cpu().numpy(), np.float64)
+    uv_np = uv.cpu().numpy().astype(np.float64)
+    if sub.origin is not None:
+        local = uv_np - sub.origin.cpu().numpy()
+        s = sub.maps.shape[-1]
+        inner = ((local > 0.5) & (local < s - 1.5)).all(1)
+        X, uv_np = X[inner], uv_np[inner]
+    return X, uv_np
 
 
-def torch_index(mask: np.ndarray, device):
-    import torch
-    return torch.as_tensor(np.flatnonzero(mask), dtype=torch.int64, device=device)
-
-
-def check(points_world, maps, K, T_cam_world, cfg: IntrinsicsCheckConfig = IntrinsicsCheckConfig()
+def check(points_world, maps, K, T_cam_world, cfg: IntrinsicsCheckConfig = IntrinsicsCheckConfig(),
+          pixels_per_cell: float = 1.0, fit_principal_point: bool = True
           ) -> tuple[str | None, IntrinsicsEstimate | None]:
-    """(problem or None, estimate or None when too few peaked maps) for a coarse level:
-    points_world (N, 3) tensor, full-grid LossMaps, K (3, 3) and T_cam_world (4, 4) tensors."""
-    X, uv = peaked_observations(points_world, maps, cfg.max_points)
+    """(problem or None, estimate or None when too few peaked maps) for one level:
+    points_world (N, 3) tensor, its LossMaps (full grid or windows), K (3, 3) and T_cam_world
+    (4, 4) of that grid; ``pixels_per_cell`` image pixels per grid cell (the level's stride)."""
+    X, uv = peaked_observations(points_world, maps, cfg.max_points, cfg.peak_margin)
     if len(X) < cfg.min_points:
         return None, None
     K = np.asarray(K.cpu().numpy() if hasattr(K, 'cpu') else K, np.float64)
     T = np.asarray(T_cam_world.cpu().numpy() if hasattr(T_cam_world, 'cpu') else T_cam_world,
                    np.float64)
-    est = estimate_intrinsics(X, uv, K, T, cfg)
+    scale = max(1.0, cfg.robust_scale_px / pixels_per_cell)    # minima are cell-quantised
+    est = estimate_intrinsics(X, uv, K, T, scale, fit_principal_point, cfg.iterations,
+                              cfg.jackknife_blocks)
     return inconsistency(est, K, cfg), est
