@@ -25,7 +25,6 @@ from typing import Callable
 
 import cv2
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import accuracy as acc  # noqa: E402
@@ -38,6 +37,7 @@ from nre_ros.maps import load_map  # noqa: E402
 from nre_ros.models import DEFAULT_MODEL, load_model  # noqa: E402
 from nre_ros.pipeline import PipelineConfig, Relocalizer, load_configured_model  # noqa: E402
 from nre_ros.preprocess import rotate_quarter_turns, undistort  # noqa: E402
+from nre_ros.threads import apply_threads  # noqa: E402
 
 Variant = Callable[[np.ndarray, Camera, np.ndarray], tuple[np.ndarray, Camera, np.ndarray]]
 THRESHOLD = (0.25, 2.0)       # metres, degrees
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument('--no-sweep', action='store_true', help='skip the wrong-intrinsics sweep')
     ap.add_argument('--cache', type=Path, default=acc.ROOT / 'out' / 'accuracy_cache')
     args = ap.parse_args(argv)
-    torch.set_num_threads(PipelineConfig().num_threads)
+    apply_threads(PipelineConfig().num_threads)
     meta = run_metadata()
     t0 = time.perf_counter()
     if args.dataset == 'demo':
