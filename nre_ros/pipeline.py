@@ -224,6 +224,8 @@ class Relocalizer:
         self._map_checked_at, self._map_change = time.monotonic(), None
         K = np.asarray(map_.kf_K, np.float64)
         self._map_focal = float(np.median(np.sqrt(K[:, 0, 0] * K[:, 1, 1])))
+        size = np.asarray(map_.kf_image_size, np.float64)
+        self._map_view = float(np.median(size[:, 0] / K[:, 0, 0] * size[:, 1] / K[:, 1, 1]))
 
     def check_map_file(self, every_s: float = 10.0) -> str | None:
         """How the map's files changed on disk since loading (None if not), checked at most
@@ -415,7 +417,7 @@ class Relocalizer:
                fine: bool, timings: dict) -> Outcome:
         """Coarse GNC from T_init (after the tracking pre-alignment when ``prealign_init``),
         the fine network and fine GNC when ``fine``, the verdict; in the caller's frame."""
-        cfg = self.config.solver
+        cfg = self._solver_config(c.prep)
         sol = solve_coarse(self.points_world[c.point_idx], c.coarse_maps,
                            self._K_grid(c.prep, self.model.spec.coarse_stride), cfg,
                            T_init=T_init, prealign_init=prealign_init)
@@ -429,11 +431,29 @@ class Relocalizer:
             out = self._check_intrinsics(out, sol, c.prep)
         return self._to_caller_frame(out, c, timings)
 
+    def _view_ratio(self, prep: PreparedImage) -> float:
+        """The query's view area over the map keyframes' (``(W / fx) (H / fy)``), at most 1."""
+        cam = prep.camera
+        return min(1.0, cam.width / cam.fx * cam.height / cam.fy / self._map_view)
+
+    def _solver_config(self, prep: PreparedImage) -> SolverConfig:
+        """The solver settings for one query: a query seeing less than the map's keyframes
+        (a crop, a longer focal length) can see at most that share of the retrieved points, so
+        the verdict's minimum supported fraction is scaled by the ratio of the view areas."""
+        cfg = self.config.solver
+        ratio = self._view_ratio(prep)
+        if ratio >= 1.0:
+            return cfg
+        v = cfg.verdict
+        return replace(cfg, verdict=replace(v, min_supported_fraction=v.min_supported_fraction
+                                            * ratio))
+
     def _check_intrinsics(self, out: Outcome, sol, prep: PreparedImage) -> Outcome:
         """Refuse a pose whose finest level fits other intrinsics than the given ones
         (``nre_ros.solver.intrinsics_check``): focal scale and principal point on the fine
         level, the focal scale alone on the coarse one (no fine level, or too few peaked
-        windows). The estimate goes to ``info`` either way; the principal-point offset as
+        windows); tolerances widened for a view narrower than the map keyframes'. The
+        estimate goes to ``info`` either way; the principal-point offset as
         ``principal_offset_rel`` (caller's camera frame, in units of the focal length)."""
         t = time.perf_counter()
         cfg, spec = self.config.intrinsics, self.model.spec
@@ -442,7 +462,8 @@ class Relocalizer:
             fine = lvl.name == 'fine'
             problem, est = intrinsics_check.check(
                 lvl.points_world, lvl.maps, lvl.K, sol.T_cam_world, cfg,
-                spec.fine_stride if fine else spec.coarse_stride, fit_principal_point=fine)
+                spec.fine_stride if fine else spec.coarse_stride, fit_principal_point=fine,
+                view_scale=float(np.sqrt(self._view_ratio(prep))))
             if est is not None:
                 break
         timings = {**out.timings_ms, 'intrinsics_check': _ms_since(t)}

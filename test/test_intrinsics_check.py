@@ -10,8 +10,8 @@ from nre_ros.geometry import so3_exp
 from nre_ros.paths import shared_file
 from nre_ros.pipeline import PipelineConfig, Relocalizer
 from nre_ros.preprocess import rotate_quarter_turns, undistort
-from nre_ros.solver.intrinsics_check import (IntrinsicsCheckConfig, estimate_intrinsics,
-                                             inconsistency)
+from nre_ros.solver.intrinsics_check import (IntrinsicsCheckConfig, IntrinsicsEstimate,
+                                             estimate_intrinsics, inconsistency)
 
 F_FINE = 262.0    # focal length of a stride-2 grid of a 640 x 480, f = 525 camera
 
@@ -163,3 +163,22 @@ def test_estimate_is_in_the_callers_frame_for_a_turned_image(reloc, query):
     assert not out.ok and out.reason == 'intrinsics_inconsistent', out
     cx_est, cy_est = out.info['estimated_principal_point_px']
     assert abs(cx_est - cam.cx) < 40.0 and abs(cy_est - cam.cy) < 40.0
+
+
+def _estimate(scale: float, offset=(0.0, 0.0)) -> IntrinsicsEstimate:
+    """A confident estimate (tiny formal and jackknife covariances)."""
+    return IntrinsicsEstimate(scale, offset, np.eye(3) * 1e-8, np.eye(3) * 1e-8, np.eye(4), 500,
+                              True)
+
+
+def test_a_narrower_view_widens_the_tolerances_unless_the_focal_is_too_long():
+    """A crop with 0.62 x the map's view: 1.13 x the focal length and a 35 grid px principal
+    point offset are within what such a view measures; the same estimate on a full view, or a
+    focal length estimated too short (s < 1: the given one too long, which itself makes the
+    view look narrow), is refused."""
+    K = np.array([[F_FINE, 0, 159.5], [0, F_FINE, 119.5], [0, 0, 1]])
+    assert inconsistency(_estimate(1.13), K, view_scale=0.62) is None
+    assert inconsistency(_estimate(1.13), K) is not None
+    assert inconsistency(_estimate(1.0, (8.0, -35.0)), K, view_scale=0.62 * 1.0) is None
+    assert inconsistency(_estimate(1.0, (8.0, -35.0)), K) is not None
+    assert inconsistency(_estimate(0.87), K, view_scale=0.62) is not None

@@ -192,11 +192,21 @@ def _sigmas(d: np.ndarray, cov: np.ndarray) -> float:
 
 
 def inconsistency(est: IntrinsicsEstimate, K: np.ndarray,
-                  cfg: IntrinsicsCheckConfig = IntrinsicsCheckConfig()) -> str | None:
+                  cfg: IntrinsicsCheckConfig = IntrinsicsCheckConfig(),
+                  view_scale: float = 1.0) -> str | None:
     """A sentence saying how the estimate contradicts K, or None when it is consistent: a
     change over the minimal amount, over ``min_sigmas`` formal sigmas and over
-    ``min_jackknife_sigmas`` jackknife sigmas (focal scale and principal point separately)."""
+    ``min_jackknife_sigmas`` jackknife sigmas (focal scale and principal point separately).
+
+    ``view_scale``: the query's view size under the given K relative to the one the minimal
+    amounts are set for (the map's keyframes'). A narrower view measures K less well: the same
+    projection errors move the focal estimate as 1 / view size and the principal point as
+    1 / view size^2, so the minimal amounts grow accordingly. A given focal length that is too
+    long also makes the view look narrow: the tolerances are widened only when the estimate
+    does not say so (s >= 1), for the view under the estimated focal length (view_scale / s)."""
     theta = est.theta
+    v = min(1.0, max(view_scale / est.focal_scale, 1e-3)) if est.focal_scale >= 1.0 else 1.0
+    max_focal_change, max_principal_shift = cfg.max_focal_change / v, cfg.max_principal_shift / v ** 2
 
     def significant(idx: slice) -> tuple[bool, float]:
         z = _sigmas(theta[idx], est.formal_cov[idx, idx])
@@ -204,18 +214,17 @@ def inconsistency(est: IntrinsicsEstimate, K: np.ndarray,
         return z > cfg.min_sigmas and zj > cfg.min_jackknife_sigmas, zj
 
     ok, zj = significant(slice(0, 1))
-    if abs(est.focal_scale - 1.0) > cfg.max_focal_change and ok:
+    if abs(est.focal_scale - 1.0) > max_focal_change and ok:
         return (f'the image fits a focal length {est.focal_scale:.2f} x the given one '
-                f'({zj:.1f} jackknife sigmas; tolerance {cfg.max_focal_change:.2f})')
+                f'({zj:.1f} jackknife sigmas; tolerance {max_focal_change:.2f})')
     if not est.fit_principal_point:
         return None
     f = float(math.sqrt(K[0, 0] * K[1, 1]))
     d = np.asarray(est.principal_offset)
     ok, zj = significant(slice(1, 3))
-    if float(np.hypot(*d)) > cfg.max_principal_shift * f and ok:
+    if float(np.hypot(*d)) > max_principal_shift * f and ok:
         return (f'the image fits a principal point ({d[0]:+.1f}, {d[1]:+.1f}) grid px from the '
-                f'given one ({zj:.1f} jackknife sigmas; tolerance '
-                f'{cfg.max_principal_shift * f:.1f})')
+                f'given one ({zj:.1f} jackknife sigmas; tolerance {max_principal_shift * f:.1f})')
     return None
 
 
@@ -244,11 +253,12 @@ def peaked_observations(points_world, maps, max_points: int, margin: float = 3.0
 
 
 def check(points_world, maps, K, T_cam_world, cfg: IntrinsicsCheckConfig = IntrinsicsCheckConfig(),
-          pixels_per_cell: float = 1.0, fit_principal_point: bool = True
-          ) -> tuple[str | None, IntrinsicsEstimate | None]:
+          pixels_per_cell: float = 1.0, fit_principal_point: bool = True,
+          view_scale: float = 1.0) -> tuple[str | None, IntrinsicsEstimate | None]:
     """(problem or None, estimate or None when too few peaked maps) for one level:
     points_world (N, 3) tensor, its LossMaps (full grid or windows), K (3, 3) and T_cam_world
-    (4, 4) of that grid; ``pixels_per_cell`` image pixels per grid cell (the level's stride)."""
+    (4, 4) of that grid; ``pixels_per_cell`` image pixels per grid cell (the level's stride);
+    ``view_scale`` as in ``inconsistency``."""
     X, uv = peaked_observations(points_world, maps, cfg.max_points, cfg.peak_margin)
     if len(X) < cfg.min_points:
         return None, None
@@ -258,4 +268,4 @@ def check(points_world, maps, K, T_cam_world, cfg: IntrinsicsCheckConfig = Intri
     scale = max(1.0, cfg.robust_scale_px / pixels_per_cell)    # minima are cell-quantised
     est = estimate_intrinsics(X, uv, K, T, scale, fit_principal_point, cfg.iterations,
                               cfg.jackknife_blocks)
-    return inconsistency(est, K, cfg), est
+    return inconsistency(est, K, cfg, view_scale), est
