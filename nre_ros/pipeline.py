@@ -449,23 +449,25 @@ class Relocalizer:
                                             * ratio))
 
     def _check_intrinsics(self, out: Outcome, sol, prep: PreparedImage) -> Outcome:
-        """Refuse a pose whose finest level fits other intrinsics than the given ones
-        (``nre_ros.solver.intrinsics_check``): focal scale and principal point on the fine
-        level, the focal scale alone on the coarse one (no fine level, or too few peaked
-        windows); tolerances widened for a view narrower than the map keyframes'. The
-        estimate goes to ``info`` either way; the principal-point offset as
-        ``principal_offset_rel`` (caller's camera frame, in units of the focal length)."""
+        """Refuse a pose whose maps fit other intrinsics than the given ones
+        (``nre_ros.solver.intrinsics_check``): the gross-error guard on the coarse level, then
+        focal scale and principal point on the fine level (tolerances widened for a view
+        narrower than the map keyframes'). The estimate (fine level when there is one) goes to
+        ``info`` either way; the principal-point offset as ``principal_offset_rel`` (caller's
+        camera frame, in units of the focal length)."""
         t = time.perf_counter()
         cfg, spec = self.config.intrinsics, self.model.spec
-        problem, est, lvl = None, None, None
-        for lvl in dict.fromkeys([sol.level, sol.coarse]):       # finest first
-            fine = lvl.name == 'fine'
-            problem, est = intrinsics_check.check(
-                lvl.points_world, lvl.maps, lvl.K, sol.T_cam_world, cfg,
-                spec.fine_stride if fine else spec.coarse_stride, fit_principal_point=fine,
+        c = sol.coarse
+        problem, est = intrinsics_check.check_gross(c.points_world, c.maps, c.K, sol.T_cam_world,
+                                                    cfg, spec.coarse_stride)
+        lvl = c
+        if problem is None and sol.level.name == 'fine':
+            f = sol.level
+            fine_problem, fine_est = intrinsics_check.check(
+                f.points_world, f.maps, f.K, sol.T_cam_world, cfg, spec.fine_stride,
                 view_scale=float(np.sqrt(self._view_ratio(prep))))
-            if est is not None:
-                break
+            if fine_est is not None:
+                problem, est, lvl = fine_problem, fine_est, f
         timings = {**out.timings_ms, 'intrinsics_check': _ms_since(t)}
         if est is None:
             return replace(out, timings_ms=timings)

@@ -138,7 +138,7 @@ def test_right_intrinsics_are_published_with_the_estimate(reloc, query):
 
 
 @pytest.mark.parametrize('wrong', [dict(dcx=80.0), dict(dcy=80.0), dict(scale=1.25),
-                                   dict(scale=1.5)])
+                                   dict(scale=1.5), dict(scale=0.67)])
 def test_wrong_intrinsics_are_refused_with_the_estimate(reloc, query, wrong):
     """e.g. a CameraInfo calibrated at another resolution, or a crop's principal point not
     moved: the estimate in the diagnostics is nearer the real intrinsics than the given ones

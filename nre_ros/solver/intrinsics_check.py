@@ -35,6 +35,9 @@ class IntrinsicsCheckConfig:
     max_principal_shift: float = 0.08  # ... or |offset| / f this (principal point), ...
     min_sigmas: float = 8.0            # ... the change this many formal sigmas of the fit ...
     min_jackknife_sigmas: float = 2.5  # ... and this many block-jackknife sigmas
+    # gross-error guard on the full-grid coarse maps: |s - 1| above -> inconsistent, whatever
+    # the sigmas (fine windows around the given K's reprojections miss a grossly wrong K)
+    coarse_max_focal_change: float = 0.2
     jackknife_blocks: int = 4          # image split into blocks x blocks regions
     min_points: int = 30               # fewer usable maps: no check (too little evidence)
     max_points: int = 500              # most peaked maps used (speed)
@@ -269,3 +272,23 @@ def check(points_world, maps, K, T_cam_world, cfg: IntrinsicsCheckConfig = Intri
     est = estimate_intrinsics(X, uv, K, T, scale, fit_principal_point, cfg.iterations,
                               cfg.jackknife_blocks)
     return inconsistency(est, K, cfg, view_scale), est
+
+
+def check_gross(points_world, maps, K, T_cam_world,
+                cfg: IntrinsicsCheckConfig = IntrinsicsCheckConfig(), pixels_per_cell: float = 8.0
+                ) -> tuple[str | None, IntrinsicsEstimate | None]:
+    """Gross-error guard on full-grid (coarse) maps, whose minima do not depend on the pose:
+    the focal scale alone (no jackknife), refused beyond ``coarse_max_focal_change``. Arguments
+    as ``check``."""
+    X, uv = peaked_observations(points_world, maps, cfg.max_points, cfg.peak_margin)
+    if len(X) < cfg.min_points:
+        return None, None
+    K = np.asarray(K.cpu().numpy() if hasattr(K, 'cpu') else K, np.float64)
+    T = np.asarray(T_cam_world.cpu().numpy() if hasattr(T_cam_world, 'cpu') else T_cam_world,
+                   np.float64)
+    est = estimate_intrinsics(X, uv, K, T, max(1.0, cfg.robust_scale_px / pixels_per_cell),
+                              False, cfg.iterations, 0)
+    if abs(est.focal_scale - 1.0) > cfg.coarse_max_focal_change:
+        return (f'the image fits a focal length {est.focal_scale:.2f} x the given one on the '
+                f'coarse level (tolerance {cfg.coarse_max_focal_change:.2f})'), est
+    return None, est
