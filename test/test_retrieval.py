@@ -28,6 +28,9 @@ def test_topk_matches_brute_force():
     i1, s1 = index.query(db[123], 3)                   # a database vector finds itself first
     assert i1[0] == 123 and s1[0] == pytest.approx(1.0, abs=1e-5) and i1.shape == (3,)
     assert index.query(q[0], 10**6)[0].shape == (5000,)  # k clipped to K
+    many = _unit(rng.normal(size=(40, 320))).astype(np.float32)   # over SMALL_BATCH: BLAS
+    assert np.array_equal(index.query(many, 10)[0], np.argsort(-(many @ db.T), axis=1)[:, :10])
+    assert np.array_equal(index.query(many[:7], 10)[0], index.query(many, 10)[0][:7])
 
 
 def test_bad_inputs():

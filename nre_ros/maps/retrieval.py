@@ -11,6 +11,9 @@ from nre_ros.geometry import rotation_angle_deg
 logger = logging.getLogger(__name__)
 
 BACKENDS = ('auto', 'numpy', 'faiss')
+# Up to this many queries the numpy backend scores with einsum instead of BLAS: a threaded
+# BLAS product waits for its worker threads, milliseconds on a busy CPU (docs/decisions.md)
+SMALL_BATCH = 16
 
 
 class RetrievalIndex:
@@ -67,7 +70,10 @@ class RetrievalIndex:
             scores, idx = self._faiss.search(q, k)
             idx = idx.astype(np.int64)
         else:
-            sim = q @ self.db.T                                       # (B, K)
+            if len(q) <= SMALL_BATCH:       # einsum's own loop: one thread, no BLAS wake-up
+                sim = np.einsum('bg,kg->bk', q, self.db)              # (B, K)
+            else:
+                sim = q @ self.db.T
             part = np.argpartition(-sim, k - 1, axis=1)[:, :k]
             ps = np.take_along_axis(sim, part, axis=1)
             order = np.argsort(-ps, axis=1, kind='stable')
