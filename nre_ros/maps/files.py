@@ -147,7 +147,7 @@ def anonymous_buffer(size: int) -> mmap.mmap | bytearray:
 
     Not numpy's allocator: it asks for transparent huge pages for large arrays, and where the
     kernel defragments on such requests (THP ``defrag = madvise``, a common default) a busy
-    machine stalls in compaction: a 1.6 GB map took 11-12 s to read instead of 4 s.
+    machine stalls in compaction (measured: docs/decisions.md).
     """
     return mmap.mmap(-1, size) if size else bytearray()
 
