@@ -286,7 +286,8 @@ def fine_loss_maps(query_desc: Tensor, point_desc: Tensor, centres: Tensor, coar
         window: S, window side in fine cells.
         divisor: extra divisor of the window mass (1 = mass preserving; the paper uses 64).
         normalize: L2-normalise descriptors first.
-        tile: side (fine cells) of the tiles points are grouped by (see ``window_logits``).
+        tile: side (fine cells) of the tiles points are grouped by on the torch path (see
+            ``window_logits``; CPU tensors go through ``lossmaps_numba`` when it is usable).
 
     Returns:
         LossMaps with (N, S, S) maps, ``origin`` (N, 2), grid (Wf, Hf), ln_omega = ln(Hf*Wf + 1).

@@ -32,6 +32,7 @@ from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityP
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_srvs.srv import SetBool, Trigger
 
+from nre_ros import compiled
 from nre_ros import messages as msgs
 from nre_ros.errors import InputError
 from nre_ros.maps.align import units_warning
@@ -100,6 +101,12 @@ class RelocalizationNode(LifecycleNode):
         period = float(self.get_parameter('diagnostic_updater.period').value)
         self._diag_timer = self.create_timer(period, self.publish_diagnostics,
                                              callback_group=self._timer_group)
+        # The compiled CPU kernels (numba: ~80k objects) and everything loaded so far live as
+        # long as the process: load them now and freeze them out of the full collections that
+        # ~/load_map and cleanup run while the TF thread waits for the GIL (the next map's
+        # objects stay collectable).
+        compiled.warmup()
+        gc.freeze()
 
     @property
     def reloc(self):
