@@ -6,12 +6,15 @@ import numpy as np
 import pytest
 import torch
 
+from nre_ros import compiled
 from nre_ros.lossmaps import LossMaps
 from nre_ros.solver import GncConfig, refine, solve_coarse
-from nre_ros.solver.gnc import _Windows, information, smoothed_terms
+from nre_ros.solver.gnc import KERNELS, _Windows, information, smoothed_terms
 from nre_ros.solver.synthetic import fine_builder, random_scene
 
-pytest.importorskip('numba')
+pytestmark = pytest.mark.skipif(compiled.kernels(KERNELS) is None,
+                                reason='compiled kernels unavailable (numba missing or '
+                                'NRE_ROS_NUMBA=0)')
 
 
 @pytest.fixture(scope='module')
@@ -113,7 +116,6 @@ def test_information_equals_torch(scene, monkeypatch, kind):
 def test_warmup_compiles_every_kernel():
     """compiled.warmup (what Relocalizer.warmup runs) compiles every kernel a query uses: a
     coarse + fine solve and fine maps from descriptors afterwards compile nothing new."""
-    from nre_ros import compiled
     from nre_ros.lossmaps import coarse_loss_maps, fine_loss_maps
     from nre_ros.solver import refine_level, solve_coarse, verdict
     assert compiled.warmup()

@@ -185,6 +185,12 @@ def test_window_logits_match_direct_dot_products(tile):
     torch.testing.assert_close(out * inside, ref)
 
 
+def _needs_kernels():
+    from nre_ros import compiled, lossmaps_numba
+    if compiled.kernels(lossmaps_numba.KERNELS) is None:
+        pytest.skip('compiled kernels unavailable (numba missing or NRE_ROS_NUMBA=0)')
+
+
 class TestNumbaKernels:
     """The compiled CPU kernels (nre_ros.lossmaps_numba) against the torch reference, on random
     data with windows inside, across every edge and wholly outside the fine grid."""
@@ -204,7 +210,7 @@ class TestNumbaKernels:
 
     @pytest.mark.parametrize('s', [16, 7])
     def test_fine_maps_equal_torch(self, s, monkeypatch):
-        pytest.importorskip('numba')
+        _needs_kernels()
         from nre_ros import lossmaps_numba
         q, p, coarse, index, centres = self._problem()
         got = fine_loss_maps(q, p, centres, coarse, 4, 0.3, s, divisor=2.0, coarse_index=index)
@@ -217,7 +223,7 @@ class TestNumbaKernels:
         torch.testing.assert_close(got.maps, ref.maps, atol=2e-5, rtol=1e-6)
 
     def test_window_logits_equal_torch(self):
-        pytest.importorskip('numba')
+        _needs_kernels()
         from nre_ros import lossmaps_numba
         q, p, _, _, centres = self._problem()
         origin = window_origins(centres, 9)
@@ -232,7 +238,7 @@ class TestNumbaKernels:
         assert bool((got[~inside] == 0).all())
 
     def test_non_finite_logits_read_the_cap(self):
-        pytest.importorskip('numba')
+        _needs_kernels()
         coarse = loss_maps_from_logits(torch.zeros(2, 12, 16))
         logits = torch.zeros(2, 8, 8)
         logits[0, 3, 3] = float('nan')
@@ -243,7 +249,7 @@ class TestNumbaKernels:
         assert bool((got.maps[1, :, 2:] < got.ln_omega).all())
 
     def test_torch_path_kept_for_gradients(self):
-        pytest.importorskip('numba')
+        _needs_kernels()
         from nre_ros import lossmaps_numba
         x = torch.zeros(3, requires_grad=True)
         assert not lossmaps_numba.usable(x)
@@ -251,7 +257,7 @@ class TestNumbaKernels:
         assert lossmaps_numba.warmup()
 
     def test_bilinear_cost_equals_torch(self, monkeypatch):
-        pytest.importorskip('numba')
+        _needs_kernels()
         g = torch.Generator().manual_seed(8)
         maps = loss_maps_from_logits(3 * torch.randn(7, 9, 11, generator=g))
         uv = torch.rand(5, 7, 2, generator=g) * torch.tensor([15.0, 13.0]) - 2   # some outside
@@ -266,7 +272,7 @@ class TestNumbaKernels:
             torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
 
     def test_coarse_maps_equal_torch(self, monkeypatch):
-        pytest.importorskip('numba')
+        _needs_kernels()
         q, p = _random_desc(n=40)
         got = coarse_loss_maps(q, p, 6.0)
         chunked = coarse_loss_maps(q, p, 6.0, chunk_elements=54 * 7)
