@@ -197,10 +197,12 @@ def build_megadepth_map(model):
                         units='sfm (MegaDepth, arbitrary scale)')
 
 
-def build_map_argv(name: str, path: Path) -> list[str]:
-    """The ``nre-ros`` command line that builds map ``name`` at ``path`` (defaults only)."""
+def build_map_argv(name: str, path: Path, model: str | None = None) -> list[str]:
+    """The ``nre-ros`` command line that builds map ``name`` at ``path`` (defaults only, plus
+    ``--model`` when one other than the default is benchmarked)."""
     seq, split = MAPS[name]
-    return ['build-map', str(seq), str(path), '--builder', 'rgbd', '--split', split]
+    extra = [] if model in (None, DEFAULT_MODEL) else ['--model', model]
+    return ['build-map', str(seq), str(path), '--builder', 'rgbd', '--split', split] + extra
 
 
 def get_map(name: str, cache: Path, model) -> Path:
@@ -211,7 +213,8 @@ def get_map(name: str, cache: Path, model) -> Path:
     if name != 'megadepth':
         from nre_ros.commands.build_map import command_line
         from nre_ros.cli import build_parser
-        expected = command_line(build_parser().parse_args(build_map_argv(name, path)))
+        expected = command_line(build_parser().parse_args(
+            build_map_argv(name, path, model.spec.name)))
     if path.exists():
         try:
             m = load_map(path, model.spec)
@@ -230,8 +233,9 @@ def get_map(name: str, cache: Path, model) -> Path:
         m.save(path)
     else:
         from nre_ros.cli import main as nre_ros_cli
-        if nre_ros_cli(build_map_argv(name, path)) != 0:
-            raise RuntimeError(f'nre-ros {" ".join(build_map_argv(name, path))} failed')
+        argv = build_map_argv(name, path, model.spec.name)
+        if nre_ros_cli(argv) != 0:
+            raise RuntimeError(f'nre-ros {" ".join(argv)} failed')
     log(f'  built in {time.perf_counter() - t0:.0f} s')
     return path
 
@@ -586,6 +590,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument('--datasets', nargs='+', default=list(DATASETS), choices=list(DATASETS))
     ap.add_argument('--methods', nargs='+', default=list(METHODS), choices=list(METHODS))
     ap.add_argument('--no-tracking', action='store_true', help='skip the tracking-mode runs')
+    ap.add_argument('--model', default=DEFAULT_MODEL,
+                    help='feature model of nre_ros (maps built with it; default: the default '
+                         'model). Use another --cache per model')
     ap.add_argument('--cache', type=Path, default=ROOT / 'out' / 'accuracy_cache')
     ap.add_argument('--min-inliers', type=int, default=None,
                     help='fix threshold for RE/peer rows (default: chosen from out-of-map runs, '
@@ -598,9 +605,9 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     apply_threads(PipelineConfig().num_threads)
-    model = load_model(DEFAULT_MODEL, 'cpu')          # builds the maps (torch)
+    model = load_model(args.model, 'cpu')             # builds the maps (torch)
     # localizes: the product's default backend (ONNX Runtime on CPU), as Relocalizer.from_config
-    loc_model = load_configured_model(DEFAULT_MODEL, PipelineConfig())
+    loc_model = load_configured_model(args.model, PipelineConfig())
     ex = None
     if not args.report_only and any(m in PEERS for m in args.methods):
         ex = Extractors(with_lighterglue='xfeat_lighterglue_poselib' in args.methods)
