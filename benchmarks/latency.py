@@ -11,6 +11,8 @@ One run on the fr1_rpy hard queries (every 2nd: 48) against the ``hard_map`` spl
 - ``nre_ros_before``: the same with the ``xfeat-ms`` model (the map built with ``--model
   xfeat-ms``). While ``xfeat-ms`` is the default model the two are the same pipeline on the
   same map: the rows are measured once and printed for both (said in the output);
+- ``nre_ros_lite``: the same with the ``xfeat-ms-lite`` model (fine level on the x2 image, the
+  cheaper candidate; map built with ``--model xfeat-ms-lite``);
 - ``xfeat_mnn`` (XFeat + mutual NN + PoseLib) and ``sift_magsac`` (SIFT + ratio test + OpenCV
   MAGSAC) from ``accuracy_peers.py``, global only, fix thresholds ``accuracy.DEFAULT_THRESHOLDS``.
 
@@ -56,8 +58,9 @@ from nre_ros.results import Prior  # noqa: E402
 DATASET = 'fr1_hard'            # accuracy.py's fr1_rpy hard_query against the hard_map split
 EVERY = 2
 BEFORE_MODEL = 'xfeat-ms'
+LITE_MODEL = 'xfeat-ms-lite'
 PEER_NAMES = {'xfeat_mnn': 'xfeat_mnn_poselib', 'sift_magsac': 'sift_magsac'}
-METHODS = ('nre_ros', 'nre_ros_before') + tuple(PEER_NAMES)
+METHODS = ('nre_ros', 'nre_ros_before', 'nre_ros_lite') + tuple(PEER_NAMES)
 NRE_MODES = ('global', 'tracking', 'rgbd')
 CONDITIONS = ('quiet', 'loaded')
 RECALL_AT = (0.25, 2.0)
@@ -207,6 +210,8 @@ def run(args) -> tuple[dict, dict]:
         runners['nre_ros'] = NreMethod(get_map(args.cache, None))
     if 'nre_ros_before' in args.methods and DEFAULT_MODEL != BEFORE_MODEL:
         runners['nre_ros_before'] = NreMethod(get_map(args.cache, BEFORE_MODEL))
+    if 'nre_ros_lite' in args.methods and DEFAULT_MODEL != LITE_MODEL:
+        runners['nre_ros_lite'] = NreMethod(get_map(args.cache, LITE_MODEL))
     peers = [m for m in args.methods if m in PEER_NAMES]
     if peers:
         nre = runners.get('nre_ros') or next(iter(runners.values()), None) \
@@ -236,6 +241,9 @@ def run(args) -> tuple[dict, dict]:
     if 'nre_ros_before' in args.methods and 'nre_ros_before' not in table:
         table['nre_ros_before'] = table['nre_ros']
         meta['nre_ros_before'] = f'= nre_ros ({BEFORE_MODEL} is the default model)'
+    if 'nre_ros_lite' in args.methods and 'nre_ros_lite' not in table:
+        table['nre_ros_lite'] = table['nre_ros']
+        meta['nre_ros_lite'] = f'= nre_ros ({LITE_MODEL} is the default model)'
     table = {m: table[m] for m in args.methods if m in table}
     return table, meta
 
