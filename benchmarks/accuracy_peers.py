@@ -162,9 +162,10 @@ def load_db(path: Path) -> dict | None:
         return None
     db = {'size': [tuple(int(v) for v in s) for s in z['size']]}
     for kind in ('xfeat', 'sift'):
-        o = z[f'{kind}_offsets']
-        db[kind] = [KeyframeFeatures(z[f'{kind}_uv'][a:b], z[f'{kind}_desc'][a:b],
-                                     z[f'{kind}_X'][a:b]) for a, b in zip(o[:-1], o[1:])]
+        # NpzFile reads an array on every indexing: read each once (slices are views of it)
+        o, uv, desc, X = (z[f'{kind}_{a}'] for a in ('offsets', 'uv', 'desc', 'X'))
+        db[kind] = [KeyframeFeatures(uv[a:b], desc[a:b], X[a:b])
+                    for a, b in zip(o[:-1], o[1:])]
     return db
 
 
