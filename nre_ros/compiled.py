@@ -16,6 +16,8 @@ import importlib
 import importlib.util
 import logging
 import os
+import time
+from pathlib import Path
 from types import ModuleType
 
 import torch
@@ -57,9 +59,42 @@ def usable(name: str, *tensors: Tensor) -> ModuleType | None:
     return kernels(name)
 
 
+SLOW_WARMUP_S = 3.0     # a warm-up longer than this compiled (no disk cache yet): say so
+
+
+def _cache_is_cold() -> bool:
+    """True when numba's disk cache beside the kernel modules is writable and still empty (the
+    first run after an install); False when it is filled or lives elsewhere (NUMBA_CACHE_DIR,
+    a read-only install: numba then uses a per-user directory)."""
+    if os.environ.get('NUMBA_CACHE_DIR'):
+        return False
+    package = Path(__file__).resolve().parent
+    folders = [package, package / 'solver']
+    if not all(os.access(f, os.W_OK) for f in folders):
+        return False
+    return not any(any((f / '__pycache__').glob('_*_kernels.*.nbi')) for f in folders)
+
+
 def warmup() -> bool:
-    """Compile (or load from the disk cache) every kernel on tiny inputs; False without numba."""
+    """Compile (or load from the disk cache) every kernel on tiny inputs; False without numba.
+
+    Logged: the first run after an install compiles (seconds to a minute on a small CPU);
+    later runs read numba's cache."""
     from nre_ros import lossmaps_numba
     from nre_ros.solver.gnc import warmup_compiled as gnc_warmup
     from nre_ros.solver.p3p import warmup_compiled as p3p_warmup
-    return lossmaps_numba.warmup() and gnc_warmup() and p3p_warmup()
+    if not available():
+        return False
+    cold = _cache_is_cold()
+    if cold:
+        logger.warning('compiling the CPU kernels with numba (first run after an install: '
+                       'seconds to a minute; cached for the next start)')
+    t0 = time.perf_counter()
+    ok = lossmaps_numba.warmup() and gnc_warmup() and p3p_warmup()
+    elapsed = time.perf_counter() - t0
+    if elapsed > SLOW_WARMUP_S and not cold:
+        logger.warning('compiled the CPU kernels in %.0f s (numba; cached for the next start)',
+                       elapsed)
+    else:
+        logger.info('compiled CPU kernels ready in %.1f s', elapsed)
+    return ok

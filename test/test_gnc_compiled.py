@@ -134,3 +134,18 @@ def test_warmup_compiles_every_kernel():
     fine_loss_maps(q, p, torch.rand(300, 2, generator=g) * 70, coarse, 4, 2.0, 16)
     assert [len(k.signatures) for k in kernels] == before
     assert sum(before) >= 9
+
+
+def test_warmup_says_when_it_compiles(monkeypatch, caplog):
+    """A first run after an install (empty numba cache beside the kernels) is announced before
+    the seconds of compiling, not discovered as a silent stall; a filled cache is detected."""
+    compiled.warmup()                                     # the cache beside the modules is filled
+    assert not compiled._cache_is_cold()
+    monkeypatch.setenv('NUMBA_CACHE_DIR', '/nonexistent')  # cache elsewhere: unknown, no claim
+    assert not compiled._cache_is_cold()
+    monkeypatch.delenv('NUMBA_CACHE_DIR')
+    monkeypatch.setattr(compiled, '_cache_is_cold', lambda: True)
+    with caplog.at_level('INFO', logger='nre_ros.compiled'):
+        assert compiled.warmup()
+    assert any(r.levelname == 'WARNING' and 'compiling the CPU kernels' in r.getMessage()
+               for r in caplog.records)
