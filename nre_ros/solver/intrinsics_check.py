@@ -255,6 +255,22 @@ def peaked_observations(points_world, maps, max_points: int, margin: float = 3.0
     return X, uv_np
 
 
+def _fit_level(points_world, maps, K, T_cam_world, cfg: IntrinsicsCheckConfig,
+               pixels_per_cell: float, fit_principal_point: bool, jackknife_blocks: int
+               ) -> tuple[IntrinsicsEstimate, np.ndarray] | None:
+    """The joint fit on one level's peaked observations and K as float64, or None when too
+    few maps are peaked (arguments as ``check``)."""
+    X, uv = peaked_observations(points_world, maps, cfg.max_points, cfg.peak_margin)
+    if len(X) < cfg.min_points:
+        return None
+    K = np.asarray(K.cpu().numpy() if hasattr(K, 'cpu') else K, np.float64)
+    T = np.asarray(T_cam_world.cpu().numpy() if hasattr(T_cam_world, 'cpu') else T_cam_world,
+                   np.float64)
+    scale = max(1.0, cfg.robust_scale_px / pixels_per_cell)    # minima are cell-quantised
+    return estimate_intrinsics(X, uv, K, T, scale, fit_principal_point, cfg.iterations,
+                               jackknife_blocks), K
+
+
 def check(points_world, maps, K, T_cam_world, cfg: IntrinsicsCheckConfig = IntrinsicsCheckConfig(),
           pixels_per_cell: float = 1.0, fit_principal_point: bool = True,
           view_scale: float = 1.0) -> tuple[str | None, IntrinsicsEstimate | None]:
@@ -262,15 +278,11 @@ def check(points_world, maps, K, T_cam_world, cfg: IntrinsicsCheckConfig = Intri
     points_world (N, 3) tensor, its LossMaps (full grid or windows), K (3, 3) and T_cam_world
     (4, 4) of that grid; ``pixels_per_cell`` image pixels per grid cell (the level's stride);
     ``view_scale`` as in ``inconsistency``."""
-    X, uv = peaked_observations(points_world, maps, cfg.max_points, cfg.peak_margin)
-    if len(X) < cfg.min_points:
+    fit = _fit_level(points_world, maps, K, T_cam_world, cfg, pixels_per_cell,
+                     fit_principal_point, cfg.jackknife_blocks)
+    if fit is None:
         return None, None
-    K = np.asarray(K.cpu().numpy() if hasattr(K, 'cpu') else K, np.float64)
-    T = np.asarray(T_cam_world.cpu().numpy() if hasattr(T_cam_world, 'cpu') else T_cam_world,
-                   np.float64)
-    scale = max(1.0, cfg.robust_scale_px / pixels_per_cell)    # minima are cell-quantised
-    est = estimate_intrinsics(X, uv, K, T, scale, fit_principal_point, cfg.iterations,
-                              cfg.jackknife_blocks)
+    est, K = fit
     return inconsistency(est, K, cfg, view_scale), est
 
 
@@ -280,14 +292,10 @@ def check_gross(points_world, maps, K, T_cam_world,
     """Gross-error guard on full-grid (coarse) maps, whose minima do not depend on the pose:
     the focal scale alone (no jackknife), refused beyond ``coarse_max_focal_change``. Arguments
     as ``check``."""
-    X, uv = peaked_observations(points_world, maps, cfg.max_points, cfg.peak_margin)
-    if len(X) < cfg.min_points:
+    fit = _fit_level(points_world, maps, K, T_cam_world, cfg, pixels_per_cell, False, 0)
+    if fit is None:
         return None, None
-    K = np.asarray(K.cpu().numpy() if hasattr(K, 'cpu') else K, np.float64)
-    T = np.asarray(T_cam_world.cpu().numpy() if hasattr(T_cam_world, 'cpu') else T_cam_world,
-                   np.float64)
-    est = estimate_intrinsics(X, uv, K, T, max(1.0, cfg.robust_scale_px / pixels_per_cell),
-                              False, cfg.iterations, 0)
+    est, _ = fit
     if abs(est.focal_scale - 1.0) > cfg.coarse_max_focal_change:
         return (f'the image fits a focal length {est.focal_scale:.2f} x the given one on the '
                 f'coarse level (tolerance {cfg.coarse_max_focal_change:.2f})'), est
