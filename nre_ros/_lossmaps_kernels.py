@@ -11,6 +11,13 @@ _jit = numba.njit(cache=True, nogil=True, error_model='numpy', fastmath={'contra
 
 
 @_jit
+def _inside(x0, y0, s, w, h):
+    """(jlo, jhi, ilo, ihi): the columns / rows of the S x S window at (x0, y0) inside a w x h
+    grid (empty when hi <= lo)."""
+    return max(0, -x0), min(s, w - x0), max(0, -y0), min(s, h - y0)
+
+
+@_jit
 def _window_dots(q, p, origin, order, out):
     """out[n, i, j] = p[n] . q[:, y0 + i, x0 + j] (0 outside the grid), points in ``order``.
 
@@ -27,10 +34,7 @@ def _window_dots(q, p, origin, order, out):
         n = order[k]
         x0 = origin[n, 0]
         y0 = origin[n, 1]
-        jlo = max(0, -x0)
-        jhi = min(s, w - x0)
-        ilo = max(0, -y0)
-        ihi = min(s, h - y0)
+        jlo, jhi, ilo, ihi = _inside(x0, y0, s, w, h)
         m = jhi - jlo
         on = out[n]
         on[:] = 0.0
@@ -108,12 +112,7 @@ def _window_loss(logits, origin, wf, hf, lse, log_mass, ln_omega, out):
     cap = np.float32(ln_omega)
     zero = np.float32(0.0)
     for n in range(n_pts):
-        x0 = origin[n, 0]
-        y0 = origin[n, 1]
-        jlo = max(0, -x0)
-        jhi = min(s, wf - x0)
-        ilo = max(0, -y0)
-        ihi = min(s, hf - y0)
+        jlo, jhi, ilo, ihi = _inside(origin[n, 0], origin[n, 1], s, wf, hf)
         x = logits[n]
         o = out[n]
         if jhi <= jlo or ihi <= ilo:
