@@ -1,7 +1,10 @@
 """Shared fixtures: real data from ../shared/data (skipped with a reason when absent)."""
 from __future__ import annotations
 
+import importlib.util
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -9,6 +12,18 @@ from nre_ros.paths import shared_data_dir
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = shared_data_dir()
+
+
+def load_benchmark(script: str, module_name: str) -> ModuleType:
+    """``benchmarks/<script>`` imported as ``module_name`` (registered in sys.modules, which
+    dataclasses need; ``benchmarks/`` on sys.path for the scripts' own imports)."""
+    bench = REPO / 'benchmarks'
+    sys.path.insert(0, str(bench))
+    spec = importlib.util.spec_from_file_location(module_name, bench / script)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def shared_dataset(name: str) -> Path:

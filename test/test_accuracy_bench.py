@@ -1,24 +1,15 @@
 """benchmarks/accuracy.py bookkeeping on synthetic per-query records (no model, no data, fast):
 fix-threshold choice from out-of-map runs, table rows, strict JSON with the issue's keys."""
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
-
-BENCH = Path(__file__).resolve().parents[1] / 'benchmarks'
+from conftest import load_benchmark
 
 
 @pytest.fixture(scope='module')
 def acc():
-    sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location('accuracy_bench', BENCH / 'accuracy.py')
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules['accuracy_bench'] = mod            # dataclasses look their module up
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark('accuracy.py', 'accuracy_bench')
 
 
 def _pose(t):

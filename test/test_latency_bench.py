@@ -1,25 +1,17 @@
 """benchmarks/latency.py bookkeeping (no model, no data): the competitor process it starts runs
 only when asked and is gone afterwards; p50 / ratio / recall rows and the JSON keys."""
-import importlib.util
 import os
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-
-BENCH = Path(__file__).resolve().parents[1] / 'benchmarks'
+from conftest import load_benchmark
 
 
 @pytest.fixture(scope='module')
 def lat():
-    sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location('latency_bench', BENCH / 'latency.py')
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules['latency_bench'] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark('latency.py', 'latency_bench')
 
 
 def _cpu_ticks(pid: int) -> int:
