@@ -85,7 +85,7 @@ def get_map(cache: Path, model: str | None) -> Path:
     from nre_ros.errors import MapFormatError
     from nre_ros.maps import load_map
     path = cache / (f'{DATASET}.nremap' if model is None else f'{DATASET}-{model}.nremap')
-    argv = build_map_argv(DATASET, path) + (['--model', model] if model else [])
+    argv = build_map_argv(DATASET, path, model)
     expected = command_line(build_parser().parse_args(argv))
     if path.exists():
         try:
