@@ -33,6 +33,15 @@ def shared_dataset(name: str) -> Path:
     return path
 
 
+@pytest.fixture(scope='module')
+def reloc():
+    """A Relocalizer on the shipped demo map with the default config; one per test module, so
+    no module sees state (camera, tracking prior) another module left in it."""
+    from nre_ros.paths import shared_file
+    from nre_ros.pipeline import PipelineConfig, Relocalizer
+    return Relocalizer.from_config(shared_file('maps/demo/fr1_rpy.nremap'), PipelineConfig())
+
+
 @pytest.fixture(scope='session')
 def fr1_rpy():
     from nre_ros.datasets import TumSequence

@@ -6,12 +6,7 @@ from nre_ros.camera import Camera
 from nre_ros.datasets import TumSequence
 from nre_ros.geometry import invert
 from nre_ros.paths import shared_file
-from nre_ros.pipeline import PipelineConfig, Prior, Relocalizer
-
-
-@pytest.fixture(scope='module')
-def reloc():
-    return Relocalizer.from_config(shared_file('maps/demo/fr1_rpy.nremap'), PipelineConfig())
+from nre_ros.pipeline import Prior
 
 
 @pytest.fixture(scope='module')

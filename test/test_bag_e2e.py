@@ -2,7 +2,6 @@
 queries localize as well as with the map built from the TUM folder (within one query)."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from nre_ros.eval import bags

@@ -8,7 +8,6 @@ from nre_ros.camera import Camera
 from nre_ros.datasets import TumSequence
 from nre_ros.geometry import so3_exp
 from nre_ros.paths import shared_file
-from nre_ros.pipeline import PipelineConfig, Relocalizer
 from nre_ros.preprocess import rotate_quarter_turns, undistort
 from nre_ros.solver.intrinsics_check import (IntrinsicsCheckConfig, IntrinsicsEstimate,
                                              estimate_intrinsics, inconsistency)
@@ -106,11 +105,6 @@ def test_the_jackknife_keeps_regional_errors_from_refusing_a_right_k():
         refused += inconsistency(est, K, with_jackknife) is not None
         refused_formal += inconsistency(est, K, formal_only) is not None
     assert refused_formal >= 5 and refused <= 2, (refused_formal, refused)
-
-
-@pytest.fixture(scope='module')
-def reloc():
-    return Relocalizer.from_config(shared_file('maps/demo/fr1_rpy.nremap'), PipelineConfig())
 
 
 @pytest.fixture(scope='module')

@@ -6,13 +6,7 @@ import numpy as np
 import pytest
 
 from nre_ros.geometry import invert, pose_error
-from nre_ros.paths import shared_file
-from nre_ros.pipeline import PipelineConfig, Relocalizer
-
-
-@pytest.fixture(scope='module')
-def reloc():
-    return Relocalizer.from_config(shared_file('maps/demo/fr1_rpy.nremap'), PipelineConfig())
+from nre_ros.pipeline import PipelineConfig
 
 
 def test_an_off_centre_crop_is_localized(reloc, fr1_rpy):

@@ -11,11 +11,6 @@ from nre_ros.pipeline import PipelineConfig, Prior, Relocalizer
 
 
 @pytest.fixture(scope='module')
-def reloc():
-    return Relocalizer.from_config(shared_file('maps/demo/fr1_rpy.nremap'), PipelineConfig())
-
-
-@pytest.fixture(scope='module')
 def queries():
     return TumSequence(shared_file('maps/demo/queries'))
 

@@ -3,13 +3,11 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
-import pytest
 
 from nre_ros.camera import Camera
 from nre_ros.datasets import TumSequence
 from nre_ros.geometry import invert, pose_error
 from nre_ros.paths import shared_file
-from nre_ros.pipeline import PipelineConfig, Relocalizer
 from nre_ros.preprocess import PreparedImage, match_focal
 
 
@@ -23,11 +21,6 @@ def test_match_focal_undoes_a_half_resolution_exactly():
     assert match_focal(prep, half.fx * 1.1, 0.15, 2.5) is prep     # within tolerance: as is
     capped = match_focal(prep, half.fx * 10, 0.15, 2.5)
     assert capped.image.shape == (600, 800, 3)
-
-
-@pytest.fixture(scope='module')
-def reloc():
-    return Relocalizer.from_config(shared_file('maps/demo/fr1_rpy.nremap'), PipelineConfig())
 
 
 def test_half_resolution_queries_localize_as_well(reloc):
