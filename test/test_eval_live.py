@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -130,6 +131,40 @@ def test_node_command_and_param_parsing(tmp_path):
     assert _parse_params(['a:=1', 'b.c:=x']) == {'a': '1', 'b.c': 'x'}
     with pytest.raises(InputError, match='NAME:=VALUE'):
         _parse_params(['a=1'])
+
+
+def _running(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie."""
+    try:
+        state = Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != 'Z'
+
+
+@pytest.mark.skipif(sys.platform != 'linux', reason='parent-death signal is Linux only')
+def test_node_process_ends_when_its_parent_is_killed(tmp_path):
+    """A NodeProcess started by a process that is then SIGKILLed does not run on orphaned."""
+    parent_code = ('import sys, time\n'
+                   'from nre_ros.eval.live import NodeProcess\n'
+                   'node = NodeProcess([sys.executable, "-c", "import time; time.sleep(120)"], '
+                   'sys.argv[1])\n'
+                   'print(node.pid, flush=True)\n'
+                   'time.sleep(120)\n')
+    parent = subprocess.Popen([sys.executable, '-c', parent_code, str(tmp_path / 'node.log')],
+                              stdout=subprocess.PIPE, text=True,
+                              env=dict(os.environ, PYTHONPATH=str(REPO)))
+    child = int(parent.stdout.readline())
+    assert _running(child)
+    parent.kill()
+    parent.wait(timeout=10)
+    deadline = time.monotonic() + 10.0
+    while _running(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    alive = _running(child)
+    if alive:
+        os.kill(child, 9)
+    assert not alive, 'the child outlived its SIGKILLed parent'
 
 
 @pytest.mark.slow

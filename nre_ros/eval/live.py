@@ -108,15 +108,30 @@ def node_command(map_path: str, *, params_file: str | Path | None = None,
     return cmd
 
 
+def _end_with_parent(parent_pid: int):
+    """A ``preexec_fn`` (Linux) asking the kernel to SIGTERM the child when its parent dies,
+    so a node started by a killed ``evaluate --live`` (or test) does not run on, orphaned."""
+    def arm() -> None:
+        import ctypes
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM))
+        if os.getppid() != parent_pid:       # the parent died before prctl took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+    return arm
+
+
 class NodeProcess:
-    """The node in a subprocess: output to ``log_path``, RSS from /proc, SIGINT to stop."""
+    """The node in a subprocess: output to ``log_path``, RSS from /proc, SIGINT to stop; on
+    Linux it is terminated when this process dies, whatever kills it."""
 
     def __init__(self, cmd: list[str], log_path: str | Path, env: dict | None = None):
         self.cmd, self.log_path = cmd, Path(log_path)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, 'w')
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env,
-                                     cwd=str(REPO) if (REPO / 'nre_ros').is_dir() else None)
+        self.proc = subprocess.Popen(
+            cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env,
+            cwd=str(REPO) if (REPO / 'nre_ros').is_dir() else None,
+            preexec_fn=_end_with_parent(os.getpid()) if sys.platform == 'linux' else None)
         self.started = time.monotonic()
 
     @property
