@@ -66,15 +66,17 @@ def test_load_map_swaps_keeps_old_on_failure_and_rejects_concurrent(running):
 
 
 def test_tf_keeps_flowing_while_load_map_holds_the_executor(running):
-    """map->odom is republished by its own thread: a 1 s ~/load_map (which runs in the one
-    executor thread, as in main()) leaves no gap in it."""
+    """map->odom is republished by its own thread: a 2 s ~/load_map (which runs in the one
+    executor thread, as in main()) leaves no gap in it. A blocked publisher would leave a gap
+    of the whole 2 s; the bound (half of it) leaves room for a loaded machine, where gaps of
+    0.77 s were seen with a 20 Hz TF."""
     import time
     node, rig, factory = running(publish_identity_until_localized=True)
     client = rig.create_client(LoadMap, '/nre_relocalization/load_map')
     assert client.wait_for_service(timeout_sec=3.0)
 
     def slow_factory(path, cfg):
-        time.sleep(1.0)
+        time.sleep(2.0)
         return factory(path, cfg)
 
     node._factory = slow_factory
@@ -86,5 +88,5 @@ def test_tf_keeps_flowing_while_load_map_holds_the_executor(running):
     stamps = sorted(msgs.stamp_to_ns(t.header.stamp) for t in list(rig.tfs)
                     if t.child_frame_id == 'odom' and t.header.frame_id == 'map')
     window = [s for s in stamps if t0 <= s - int(0.2e9) <= t1]   # stamps carry +tolerance
-    assert t1 - t0 > 0.9e9 and len(window) >= 10, (len(window), (t1 - t0) / 1e9)
-    assert max(b - a for a, b in zip(window, window[1:])) < 0.3e9
+    assert t1 - t0 > 1.9e9 and len(window) >= 10, (len(window), (t1 - t0) / 1e9)
+    assert max(b - a for a, b in zip(window, window[1:])) < 1.0e9
