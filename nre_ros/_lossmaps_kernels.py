@@ -8,6 +8,12 @@ import numba
 import numpy as np
 
 _jit = numba.njit(cache=True, nogil=True, error_model='numpy', fastmath={'contract'})
+# Parallel kernels: ``prange`` loops over points / windows (independent outputs, the same
+# arithmetic per element whatever the thread count) on numba's thread pool, sized by
+# ``nre_ros.compiled`` to torch's thread count.
+_pjit = numba.njit(cache=True, nogil=True, parallel=True, error_model='numpy',
+                   fastmath={'contract'})
+_CHUNK = 16         # windows per parallel work item (each item allocates its own buffers)
 
 
 @_jit
@@ -17,9 +23,10 @@ def _inside(x0, y0, s, w, h):
     return max(0, -x0), min(s, w - x0), max(0, -y0), min(s, h - y0)
 
 
-@_jit
+@_pjit
 def _window_dots(q, p, origin, order, out):
-    """out[n, i, j] = p[n] . q[:, y0 + i, x0 + j] (0 outside the grid), points in ``order``.
+    """out[n, i, j] = p[n] . q[:, y0 + i, x0 + j] (0 outside the grid), points in ``order``
+    (split into contiguous runs across the threads: neighbouring windows share cache lines).
 
     Two window rows at a time are accumulated over the channels in two 1-D buffers (two
     independent chains); unsigned flat indices keep numba's negative-index wraparound out of
@@ -28,80 +35,84 @@ def _window_dots(q, p, origin, order, out):
     s = out.shape[1]
     qf = q.reshape(-1)
     plane = h * w
-    acc0 = np.zeros(s, np.float32)
-    acc1 = np.zeros(s, np.float32)
-    for k in range(order.shape[0]):
-        n = order[k]
-        x0 = origin[n, 0]
-        y0 = origin[n, 1]
-        jlo, jhi, ilo, ihi = _inside(x0, y0, s, w, h)
-        m = jhi - jlo
-        on = out[n]
-        on[:] = 0.0
-        if m <= 0:
-            continue
-        for i in range(ilo, ihi, 2):
-            two = i + 1 < ihi
-            step = np.uint64(w) if two else np.uint64(0)    # a lone last row is read twice
-            for j in range(m):
-                acc0[j] = 0.0
-                acc1[j] = 0.0
-            base = np.uint64((y0 + i) * w + x0 + jlo)
-            for c in range(c_dim):
-                pc = p[n, c]
-                b0 = base + np.uint64(c * plane)
-                b1 = b0 + step
+    total = order.shape[0]
+    for b in numba.prange((total + _CHUNK - 1) // _CHUNK):
+        acc0 = np.zeros(s, np.float32)
+        acc1 = np.zeros(s, np.float32)
+        for k in range(b * _CHUNK, min(total, (b + 1) * _CHUNK)):
+            n = order[k]
+            x0 = origin[n, 0]
+            y0 = origin[n, 1]
+            jlo, jhi, ilo, ihi = _inside(x0, y0, s, w, h)
+            m = jhi - jlo
+            on = out[n]
+            on[:] = 0.0
+            if m <= 0:
+                continue
+            for i in range(ilo, ihi, 2):
+                two = i + 1 < ihi
+                step = np.uint64(w) if two else np.uint64(0)    # a lone last row is read twice
                 for j in range(m):
-                    acc0[j] += pc * qf[b0 + np.uint64(j)]
+                    acc0[j] = 0.0
+                    acc1[j] = 0.0
+                base = np.uint64((y0 + i) * w + x0 + jlo)
+                for c in range(c_dim):
+                    pc = p[n, c]
+                    b0 = base + np.uint64(c * plane)
+                    b1 = b0 + step
+                    for j in range(m):
+                        acc0[j] += pc * qf[b0 + np.uint64(j)]
+                    for j in range(m):
+                        acc1[j] += pc * qf[b1 + np.uint64(j)]
                 for j in range(m):
-                    acc1[j] += pc * qf[b1 + np.uint64(j)]
-            for j in range(m):
-                on[i, jlo + j] = acc0[j]
-            if two:
-                for j in range(m):
-                    on[i + 1, jlo + j] = acc1[j]
+                    on[i, jlo + j] = acc0[j]
+                if two:
+                    for j in range(m):
+                        on[i + 1, jlo + j] = acc1[j]
 
 
-@_jit
+@_pjit
 def _coarse_log_mass(coarse, rows, origin, s, r, wf, hf, ln_omega_c, out):
     """``nre_ros.lossmaps._coarse_log_mass`` per window (float64, same overlaps)."""
     h, w = coarse.shape[1], coarse.shape[2]
     k = int(math.ceil(s / r)) + 2
     cap = ln_omega_c - 1e-5
-    ovx = np.empty(k)
-    ovy = np.empty(k)
-    for n in range(origin.shape[0]):
-        ox = float(origin[n, 0])
-        oy = float(origin[n, 1])
-        lo_x = min(max(ox, 0.0), wf) / r - 0.5
-        hi_x = min(max(ox + s, 0.0), wf) / r - 0.5
-        lo_y = min(max(oy, 0.0), hf) / r - 0.5
-        hi_y = min(max(oy + s, 0.0), hf) / r - 0.5
-        j0x = int(math.floor(lo_x + 0.5))
-        j0y = int(math.floor(lo_y + 0.5))
-        for a in range(k):
-            jx = j0x + a
-            jy = j0y + a
-            ovx[a] = max(min(hi_x, jx + 0.5) - max(lo_x, jx - 0.5), 0.0) \
-                if 0 <= jx < w else 0.0
-            ovy[a] = max(min(hi_y, jy + 0.5) - max(lo_y, jy - 0.5), 0.0) \
-                if 0 <= jy < h else 0.0
-        m = coarse[rows[n]]
-        mass = 0.0
-        for a in range(k):
-            if ovy[a] == 0.0:
-                continue
-            y = min(max(j0y + a, 0), h - 1)
-            for b in range(k):
-                if ovx[b] == 0.0:
+    total = origin.shape[0]
+    for chunk in numba.prange((total + _CHUNK - 1) // _CHUNK):
+        ovx = np.empty(k)
+        ovy = np.empty(k)
+        for n in range(chunk * _CHUNK, min(total, (chunk + 1) * _CHUNK)):
+            ox = float(origin[n, 0])
+            oy = float(origin[n, 1])
+            lo_x = min(max(ox, 0.0), wf) / r - 0.5
+            hi_x = min(max(ox + s, 0.0), wf) / r - 0.5
+            lo_y = min(max(oy, 0.0), hf) / r - 0.5
+            hi_y = min(max(oy + s, 0.0), hf) / r - 0.5
+            j0x = int(math.floor(lo_x + 0.5))
+            j0y = int(math.floor(lo_y + 0.5))
+            for a in range(k):
+                jx = j0x + a
+                jy = j0y + a
+                ovx[a] = max(min(hi_x, jx + 0.5) - max(lo_x, jx - 0.5), 0.0) \
+                    if 0 <= jx < w else 0.0
+                ovy[a] = max(min(hi_y, jy + 0.5) - max(lo_y, jy - 0.5), 0.0) \
+                    if 0 <= jy < h else 0.0
+            m = coarse[rows[n]]
+            mass = 0.0
+            for a in range(k):
+                if ovy[a] == 0.0:
                     continue
-                loss = float(m[y, min(max(j0x + b, 0), w - 1)])
-                if loss < cap:
-                    mass += math.exp(-loss) * ovy[a] * ovx[b]
-        out[n] = math.log(max(mass, 1e-30))
+                y = min(max(j0y + a, 0), h - 1)
+                for b in range(k):
+                    if ovx[b] == 0.0:
+                        continue
+                    loss = float(m[y, min(max(j0x + b, 0), w - 1)])
+                    if loss < cap:
+                        mass += math.exp(-loss) * ovy[a] * ovx[b]
+            out[n] = math.log(max(mass, 1e-30))
 
 
-@_jit
+@_pjit
 def _window_loss(logits, origin, wf, hf, lse, log_mass, ln_omega, out):
     """out = min(max(-(logits - log-sum-exp + log_mass), 0), ln_omega) over the window's cells
     inside the grid; the others, and every cell of a window with no cell inside or a
@@ -111,7 +122,7 @@ def _window_loss(logits, origin, wf, hf, lse, log_mass, ln_omega, out):
     n_pts, s = logits.shape[0], logits.shape[1]
     cap = np.float32(ln_omega)
     zero = np.float32(0.0)
-    for n in range(n_pts):
+    for n in numba.prange(n_pts):
         jlo, jhi, ilo, ihi = _inside(origin[n, 0], origin[n, 1], s, wf, hf)
         x = logits[n]
         o = out[n]
@@ -144,7 +155,7 @@ def _window_loss(logits, origin, wf, hf, lse, log_mass, ln_omega, out):
                 o[i, j] = cap if v != v else min(max(v, zero), cap)
 
 
-@numba.njit(cache=True, nogil=True, error_model='numpy')  # no FMA contraction: as torch rounds
+@numba.njit(cache=True, nogil=True, parallel=True, error_model='numpy')  # no FMA: as torch
 def _bilinear_cost(flat, offset, w, h, ln_omega, x, y, valid, out):
     """``nre_ros.lossmaps.bilinear_cost`` on (M, n) float32 coordinates (``valid`` (M, n)
     bool, or (0, 0) for none): each stencil corner outside its w x h map, every non-finite or
@@ -154,7 +165,7 @@ def _bilinear_cost(flat, offset, w, h, ln_omega, x, y, valid, out):
     zero = np.float32(0.0)
     one = np.float32(1.0)
     has_valid = valid.shape[0] > 0
-    for k in range(x.shape[1]):
+    for k in numba.prange(x.shape[1]):
         for a in range(x.shape[0]):
             xv = x[a, k]
             yv = y[a, k]
@@ -185,10 +196,10 @@ def _bilinear_cost(flat, offset, w, h, ln_omega, x, y, valid, out):
             out[a, k] = min(max(cap - gain, zero), cap)
 
 
-@_jit
+@_pjit
 def _neg_clamp(flat, cap):
     """flat <- min(-flat, cap) in place (NaN stays NaN), one pass."""
     c = np.float32(cap)
-    for i in range(flat.shape[0]):
+    for i in numba.prange(flat.shape[0]):
         v = -flat[i]
         flat[i] = c if v > c else v

@@ -8,7 +8,14 @@ use only. Numba compiles a kernel on its first call (about a second each) and ca
 code on disk (``cache=True``:
 beside the module, or in the user's cache directory when that is read-only); ``warmup()`` runs
 every kernel once on tiny inputs so that this happens when a relocalizer is created, not on its
-first query. Kernels are single-threaded: no second thread pool beside torch's.
+first query.
+
+The hot kernels run their loops over points / windows in parallel (``prange``) on as many
+threads as torch uses (``torch.get_num_threads()``, i.e. ``nre_ros.threads``' setting), synced
+before each use (``threads()``). numba's OpenMP layer is preferred: it runs on the OpenMP
+runtime torch already loaded (its symbols come first), so both share one pool of workers that
+sleep between regions (``OMP_WAIT_POLICY=PASSIVE``, ``nre_ros.threads``). Launching numba's
+pool resets that runtime's default thread count to numba's, so torch's is restored right after.
 """
 from __future__ import annotations
 
@@ -23,17 +30,50 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
-__all__ = ['available', 'kernels', 'usable', 'warmup']
+__all__ = ['available', 'kernels', 'threads', 'usable', 'warmup']
 
 logger = logging.getLogger(__name__)
 
 _loaded: dict[str, ModuleType | None] = {}   # module name -> module, None if its import failed
+_pool_started = False
 
 
 def available() -> bool:
     """True when numba is installed and ``NRE_ROS_NUMBA`` is not ``0``."""
     return os.environ.get('NRE_ROS_NUMBA', '1') != '0' and \
         importlib.util.find_spec('numba') is not None
+
+
+def _launch_pool() -> None:
+    """Start numba's thread pool once (OpenMP layer first), keeping torch's thread count."""
+    global _pool_started
+    import numba
+    _pool_started = True
+    if os.environ.get('NUMBA_THREADING_LAYER_PRIORITY') is None:
+        numba.config.THREADING_LAYER_PRIORITY = ['omp', 'tbb', 'workqueue']
+    n = torch.get_num_threads()
+    numba.get_num_threads()          # launches the pool (omp: sets the runtime's default count)
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    logger.debug('numba threading layer %s, %d threads', numba.threading_layer(),
+                 numba.config.NUMBA_NUM_THREADS)
+
+
+PARALLEL_MIN_WORK = 1 << 17   # values a kernel call reads below which it runs on one thread
+
+
+def threads(work: int | None = None) -> int:
+    """Size this thread's numba pool for the next kernel call, reading about ``work`` values
+    (None: any size): torch's intra-op thread count (at most numba's ``NUMBA_NUM_THREADS``), or
+    one thread below ``PARALLEL_MIN_WORK`` (a parallel region costs more than it saves there,
+    and on a busy CPU each one may wait for a descheduled worker). Returns the count."""
+    import numba
+    n = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    if work is not None and work < PARALLEL_MIN_WORK:
+        n = 1
+    if numba.get_num_threads() != n:
+        numba.set_num_threads(n)
+    return n
 
 
 def kernels(name: str) -> ModuleType | None:
@@ -44,6 +84,8 @@ def kernels(name: str) -> ModuleType | None:
     if name not in _loaded:
         try:
             _loaded[name] = importlib.import_module(name)
+            if not _pool_started:
+                _launch_pool()
         except Exception as e:  # noqa: BLE001 - any import failure: keep the torch path
             logger.warning('compiled kernels %s unavailable (%s); using torch', name, e)
             _loaded[name] = None

@@ -41,7 +41,9 @@ def window_logits(query_desc: Tensor, point_desc: Tensor, origin: Tensor, window
     p = np.ascontiguousarray(point_desc.detach().numpy(), dtype=np.float32)
     o = np.ascontiguousarray(origin.numpy(), dtype=np.int64)
     out = np.empty((p.shape[0], window, window), np.float32)
-    compiled.kernels(KERNELS)._window_dots(q, p, o, _order(o, window), out)
+    k = compiled.kernels(KERNELS)
+    compiled.threads(out.size * q.shape[0])
+    k._window_dots(q, p, o, _order(o, window), out)
     return torch.from_numpy(out)
 
 
@@ -62,12 +64,14 @@ def window_loss_maps(logits: Tensor, origin: Tensor, coarse_maps: Tensor, rows: 
         np.ascontiguousarray(rows.numpy(), dtype=np.int64)
     log_mass = np.empty(n, np.float64)
     k = compiled.kernels(KERNELS)
+    compiled.threads(n * (math.ceil(s / fine_per_coarse) + 2) ** 2)
     k._coarse_log_mass(cm, r, o, s, float(fine_per_coarse), float(wf), float(hf),
-                     float(coarse_ln_omega), log_mass)
+                       float(coarse_ln_omega), log_mass)
     # float32, as the torch path: log_mass (float32) - log(divisor)
     lm = (log_mass.astype(np.float32) - np.float32(math.log(divisor))).astype(np.float32)
     lse = torch.logsumexp(torch.from_numpy(x).reshape(n, s * s), dim=1).numpy()
     out = np.empty_like(x)
+    compiled.threads(x.size)
     k._window_loss(x, o, wf, hf, lse, lm, float(ln_omega), out)
     return torch.from_numpy(out)
 
@@ -83,14 +87,18 @@ def bilinear_cost(flat: Tensor, offset: Tensor, size: tuple[int, int], ln_omega:
     v = np.zeros((0, 0), bool) if valid is None else \
         np.ascontiguousarray(valid.numpy()).reshape(xs.shape)
     out = np.empty(xs.shape, np.float32)
-    compiled.kernels(KERNELS)._bilinear_cost(flat.detach().numpy(), offset.numpy(), w, h,
-                                             float(ln_omega), xs, ys, v, out)
+    k = compiled.kernels(KERNELS)
+    compiled.threads(4 * out.size)
+    k._bilinear_cost(flat.detach().numpy(), offset.numpy(), w, h, float(ln_omega), xs, ys, v,
+                     out)
     return torch.from_numpy(out.reshape(lead))
 
 
 def neg_clamp_(maps: Tensor, ln_omega: float) -> None:
     """``maps <- min(-maps, ln_omega)`` in place, for a contiguous float32 CPU tensor."""
-    compiled.kernels(KERNELS)._neg_clamp(maps.detach().numpy().reshape(-1), float(ln_omega))
+    k = compiled.kernels(KERNELS)
+    compiled.threads(maps.numel())
+    k._neg_clamp(maps.detach().numpy().reshape(-1), float(ln_omega))
 
 
 def warmup() -> bool:

@@ -149,3 +149,43 @@ def test_warmup_says_when_it_compiles(monkeypatch, caplog):
         assert compiled.warmup()
     assert any(r.levelname == 'WARNING' and 'compiling the CPU kernels' in r.getMessage()
                for r in caplog.records)
+
+
+def _solve_with_fine_maps(threads: int) -> tuple:
+    """Coarse maps, a coarse + fine solve and fine maps from descriptors on ``threads`` torch
+    (and so numba) threads."""
+    from nre_ros.lossmaps import coarse_loss_maps, fine_loss_maps
+    from nre_ros.solver import refine_level, verdict
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        s = random_scene(1000, 0.5, noise=1.0, seed=8)
+        sol = solve_coarse(s.points_world, s.maps, s.K)
+        fine = fine_builder(s, ratio=4, window=16, noise=1.0)(sol.T_cam_world)
+        res = verdict(refine_level(sol, fine))
+        g = torch.Generator().manual_seed(0)
+        q, p = torch.randn(64, 240, 320, generator=g), torch.randn(1000, 64, generator=g)
+        coarse = coarse_loss_maps(q[:, ::4, ::4], p, 0.5)
+        windows = fine_loss_maps(q, p, torch.rand(1000, 2, generator=g) * 330 - 5, coarse, 4,
+                                 0.5, 16)
+        return res.T_cam_world, res.iterations, coarse.maps, windows.maps
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.skipif(compiled.available() and
+                    __import__('numba').config.NUMBA_NUM_THREADS < 2, reason='one CPU')
+def test_parallel_kernels_do_not_depend_on_the_thread_count():
+    """The parallel kernels (windows, log-mass, truncation, patches, moments, lookups) split
+    points across threads without changing any sum: 1 and 2 threads give the same bits."""
+    one, two = _solve_with_fine_maps(1), _solve_with_fine_maps(2)
+    assert np.array_equal(one[0], two[0]) and one[1] == two[1]
+    assert torch.equal(one[2], two[2]) and torch.equal(one[3], two[3])
+
+
+def test_small_calls_run_on_one_thread():
+    torch_threads = torch.get_num_threads()
+    assert compiled.threads() == min(torch_threads,
+                                     __import__('numba').config.NUMBA_NUM_THREADS)
+    assert compiled.threads(compiled.PARALLEL_MIN_WORK - 1) == 1
+    assert compiled.threads(compiled.PARALLEL_MIN_WORK) == compiled.threads()

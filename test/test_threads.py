@@ -108,3 +108,17 @@ def test_auto_follows_a_pinned_process():
             'from nre_ros.threads import apply_threads; '
             'print(apply_threads("auto"), torch.get_num_threads())' % cpu)
     assert _fresh_python(code).stdout.split() == ['1', '1']
+
+
+@pytest.mark.skipif(os.environ.get('NRE_ROS_NUMBA') == '0', reason='compiled kernels disabled')
+def test_compiled_kernels_keep_torchs_thread_count():
+    """Starting numba's pool (OpenMP layer: torch's runtime) resets the runtime's default count
+    to numba's; nre_ros.compiled restores torch's, and sizes numba's pool like it."""
+    pytest.importorskip('numba')
+    code = ('import nre_ros, torch; torch.set_num_threads(1); torch.ones(9).sum()\n'
+            'from nre_ros import compiled; assert compiled.warmup()\n'
+            'import numba; print(torch.get_num_threads(), numba.get_num_threads(),'
+            ' numba.threading_layer())')
+    out = _fresh_python(code).stdout.split()
+    assert out[:2] == ['1', '1']
+    assert out[2] in ('omp', 'tbb', 'workqueue')

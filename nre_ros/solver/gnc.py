@@ -212,6 +212,7 @@ class _Windows:
             maps = np.ascontiguousarray(self.maps.maps.numpy(), dtype=np.float32)
             G = np.empty((pts.shape[0], s, s), np.float32)
             peak = np.empty(pts.shape[0], np.float32)
+            compiled.threads(G.size)
             self.kernels._gather_patches(maps, pts, centre.to(torch.int64).numpy(), half,
                                          float(self.maps.ln_omega), G, peak)
             return torch.from_numpy(G), torch.from_numpy(peak)
@@ -323,6 +324,7 @@ class _Windows:
         basis shared by all points, and a binomial shift gives those in d."""
         if win.G is None:                                          # compiled path
             m = np.empty((6, win.f.shape[0]))
+            compiled.threads(win.f.shape[0] * (2 * r + 1) ** 2)
             self.kernels._moments(self.patch.numpy(), self.offset.numpy().astype(np.int64),
                                   win.cell.numpy(), self.pw, self.ph, win.f.numpy(),
                                   ok.numpy(), float(sigma), r, m)
