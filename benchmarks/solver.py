@@ -3,7 +3,8 @@
 Synthetic 640x480 query, coarse grid 80x60 (XFeat-like 64-d descriptors, tau = 20), fine grid
 320x240 (stride 2, windows of 16 cells), 50% wrong maps, 1-cell noise. Loss maps are built from
 random descriptors (timed: coarse maps + fine windows at the coarse solution); the solver stages
-then run on maps built from the scene's ground truth (random descriptors carry no signal). Usage: ``python benchmarks/solver.py [--json] [--repeats 20] [--threads 2]
+then run on maps built from the scene's ground truth (random descriptors carry no signal; those
+are built outside the timed runs, once per pose). Usage: ``python benchmarks/solver.py [--json] [--repeats 20] [--threads 2]
 [--clock wall|thread]``.
 """
 from __future__ import annotations
@@ -72,14 +73,19 @@ def bench(n: int, repeats: int) -> dict:
                               repeats)
     synthetic_fine = fine_builder(scene, ratio=4, window=16, noise=1.0)
     fl = synthetic_fine(rc.T_cam_world)
+    truth: dict[bytes, object] = {}
 
     def fine_from_descriptors(T: torch.Tensor):
         """Windows of the random fine descriptors at T (timed work, then discarded), then the
-        ground-truth fine maps the refinement runs on."""
+        ground-truth fine maps the refinement runs on: built once per pose, outside the timed
+        runs (the pipeline builds only the windows from descriptors)."""
         uv, index = se3.project_in_grid(scene.points_world, T, fl.K, (320, 240))
         fine_loss_maps(qf, pf[index], uv[index].float(), coarse_maps, 4, 20.0, 16,
                        coarse_index=index)
-        return synthetic_fine(T)
+        key = T.numpy().tobytes()
+        if key not in truth:
+            truth[key] = synthetic_fine(T)
+        return truth[key]
 
     fm_ms, fm_iqr, _ = time_ms(lambda: fine_from_descriptors(rc.T_cam_world), repeats)
     f_ms, f_iqr, _ = time_ms(lambda: refine(scene.points_world, fl.maps, fl.K, rc.T_cam_world,
@@ -141,8 +147,8 @@ def main() -> None:
     print()
     print(PAPER_TAB3)
     print('total = coarse maps from descriptors + MSAC + coarse GNC + fine windows from '
-          'descriptors + fine GNC + verdict (the ground-truth fine maps the GNC runs on are built '
-          'too: their mass normalisation, ~1-2 ms, is counted twice).')
+          'descriptors + fine GNC + verdict (the ground-truth fine maps the GNC runs on are '
+          'built once per coarse pose, in the warm-up: the pipeline does not build them).')
 
 
 if __name__ == '__main__':
