@@ -51,6 +51,35 @@ def _gather_patches(maps, pts, centre, half, ln_omega, out, peak):
         peak[m] = top
 
 
+@_jit
+def _window_cells(local, ok, patch_origin, size, r, f, cell):
+    """``gnc._Windows.window`` on the compiled path: each point's window centre cell (the
+    nearest cell of its map-frame projection ``local`` (M, 2) float32, rounded half to even)
+    and offset ``f = local - centre``. With patches (``patch_origin`` (M, 2) float32 cells of
+    their corner, side ``size``) the cell is the centre within its patch, clamped so that the
+    window stays inside; without (``patch_origin`` (0, 2)) the centre itself. Returns True,
+    leaving ``cell`` unfinished, when a usable point's (``ok``) window would leave its patch
+    (the caller re-cuts the patches and calls again)."""
+    cut = patch_origin.shape[0] > 0
+    lo = np.float32(r)
+    hi = np.float32(size - 1 - r)
+    for m in range(local.shape[0]):
+        cx = np.rint(local[m, 0])
+        cy = np.rint(local[m, 1])
+        f[m, 0] = local[m, 0] - cx
+        f[m, 1] = local[m, 1] - cy
+        if cut:
+            ox = cx - patch_origin[m, 0]
+            oy = cy - patch_origin[m, 1]
+            if ok[m] and (ox < lo or ox > hi or oy < lo or oy > hi):
+                return True
+            cx = min(max(ox, lo), hi)
+            cy = min(max(oy, lo), hi)
+        cell[m, 0] = np.int64(cx)
+        cell[m, 1] = np.int64(cy)
+    return False
+
+
 @_pjit
 def _moments(src, offset, cell, pw, ph, f, ok, sigma, r, out):
     """(6, M) float64 moments ``sum_q k(q - w) G(q) m(d)``, m(d) = 1, dx, dy, dx^2, dx dy,

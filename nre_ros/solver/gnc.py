@@ -50,6 +50,7 @@ __all__ = ['GncConfig', 'RefineResult', 'refine', 'smoothed_terms', 'information
            'warmup_compiled']
 
 KERNELS = 'nre_ros.solver._gnc_kernels'    # numba kernels of the CPU path (nre_ros.compiled)
+_NO_CELLS = np.zeros((0, 2), np.float32)   # no patch corners (the maps are their own patches)
 
 
 @dataclass(frozen=True)
@@ -198,6 +199,8 @@ class _Windows:
         itype = torch.int32 if self.m * ph * pw < 2 ** 31 - 1 else torch.int64
         self.itype = itype
         self.offset = torch.arange(self.m, device=self.dev, dtype=itype) * (ph * pw)
+        if self.kernels is not None:
+            self.offset64 = self.offset.numpy().astype(np.int64)
         self.lo = torch.zeros(2, 1, device=self.dev)
         self.hi = torch.tensor([[pw - 1.0], [ph - 1.0]], device=self.dev)
         self._grid = {}
@@ -280,6 +283,8 @@ class _Windows:
     def window(self, local: Tensor, ok: Tensor, r: int) -> _Window:
         """The (2r+1)^2 windows of G of the kept points around the nearest cells of ``local``
         ((M, 2) float32 finite map-frame coordinates)."""
+        if self.kernels is not None:
+            return self._window_compiled(local, ok, r)
         c, _ = self._offsets(r)
         K = c.numel()
         centre = local.round()
@@ -293,8 +298,6 @@ class _Windows:
             # Windows of usable points lie inside their patches; others are clamped there
             # (their kernel is zero).
             off = off.clamp_(r, s - 1 - r)
-            if self.kernels is not None:
-                return _Window(None, None, f, r, off.to(torch.int64))
             off = off.to(self.itype) - r
             base = self.offset + off[:, 1] * s + off[:, 0]
             if r not in self._grid:
@@ -302,8 +305,6 @@ class _Windows:
                 self._grid[r] = d[:, None] * s + d[None, :]
             idx = base[:, None, None] + self._grid[r]             # (M, K, K)
             inside = None
-        elif self.kernels is not None:
-            return _Window(None, None, f, r, centre.to(torch.int64))
         else:
             coords = centre.unsqueeze(-1) + c                     # (M, 2, K) patch cells
             ci = coords.clamp(self.lo, self.hi)
@@ -312,6 +313,20 @@ class _Windows:
             idx = (ci[:, 1] * self.pw + self.offset[:, None])[:, :, None] + ci[:, 0, None, :]
         G = self.patch.index_select(0, idx.reshape(-1)).reshape(-1, K, K)
         return _Window(G, inside, f, r)
+
+    def _window_compiled(self, local: Tensor, ok: Tensor, r: int) -> _Window:
+        """``window`` on the compiled path: window centre cells and offsets in one kernel
+        (the patches are re-cut first when a usable point's window would leave its patch)."""
+        n = local.shape[0]
+        f, cell = np.empty((n, 2), np.float32), np.empty((n, 2), np.int64)
+        x, use = local.numpy(), ok.numpy()
+        corner = self.patch_origin.numpy() if self.cut else _NO_CELLS
+        if self.kernels._window_cells(x, use, corner, self.size, r, f, cell):
+            self._recut_kept(local.round())
+            if self.kernels._window_cells(x, use, self.patch_origin.numpy(), self.size, r, f,
+                                          cell):      # re-cut patches are centred on the cells
+                raise RuntimeError('a window left its freshly cut patch')
+        return _Window(None, None, torch.from_numpy(f), r, torch.from_numpy(cell))
 
     def moments(self, win: _Window, ok: Tensor, sigma: float, r: int) -> Tensor:
         """(6, N) float64 moments ``sum_q k(q - w) G(q) m(d)`` with m(d) = 1, dx, dy, dx^2,
@@ -325,7 +340,7 @@ class _Windows:
         if win.G is None:                                          # compiled path
             m = np.empty((6, win.f.shape[0]))
             compiled.threads(win.f.shape[0] * (2 * r + 1) ** 2)
-            self.kernels._moments(self.patch.numpy(), self.offset.numpy().astype(np.int64),
+            self.kernels._moments(self.patch.numpy(), self.offset64,
                                   win.cell.numpy(), self.pw, self.ph, win.f.numpy(),
                                   ok.numpy(), float(sigma), r, m)
             return torch.from_numpy(m)
