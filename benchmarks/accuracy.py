@@ -597,6 +597,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument('--min-inliers', type=int, default=None,
                     help='fix threshold for RE/peer rows (default: chosen from out-of-map runs, '
                          'else DEFAULT_THRESHOLDS)')
+    ap.add_argument('--precision', default='auto', choices=('auto', 'fp32', 'bf16'),
+                    help='precision of the query networks (maps are built by `nre-ros build-map` '
+                         'with its default, auto)')
     ap.add_argument('--json', action='store_true', help='print only the JSON table')
     ap.add_argument('--raw', type=Path, default=None,
                     help='save each dataset\'s per-query records here (JSON) as it finishes')
@@ -606,8 +609,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING)
     apply_threads(PipelineConfig().num_threads)
     model = load_model(args.model, 'cpu')             # builds the maps (torch)
-    # localizes: the product's default backend (ONNX Runtime on CPU), as Relocalizer.from_config
-    loc_model = load_configured_model(args.model, PipelineConfig())
+    # localizes: the product's default backend and precision, as Relocalizer.from_config
+    loc_model = load_configured_model(args.model, PipelineConfig(precision=args.precision))
     ex = None
     if not args.report_only and any(m in PEERS for m in args.methods):
         ex = Extractors(with_lighterglue='xfeat_lighterglue_poselib' in args.methods)
@@ -616,6 +619,7 @@ def main(argv: list[str] | None = None) -> None:
     load0 = os.getloadavg()[1]
     meta = run_metadata()           # at the start: the code that runs (others may commit meanwhile)
     meta['nre_ros_worktree'] = nre_ros_worktree()
+    meta['query_networks'] = getattr(loc_model, 'backend', 'torch')
     for ds in args.datasets:
         saved = None if args.raw is None else args.raw / f'{ds}.json'
         if args.report_only:

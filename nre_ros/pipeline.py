@@ -41,6 +41,8 @@ from nre_ros.solver import intrinsics_check
 from nre_ros.solver.intrinsics_check import IntrinsicsCheckConfig
 from nre_ros.solver.depth_init import DepthInitConfig, depth_msac
 from nre_ros.threads import apply_threads, check_threads, resolve_threads
+from nre_ros.precision import check_precision, resolve_precision
+from nre_ros.precision import describe as describe_precision
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +107,9 @@ class PipelineConfig:
     # ~/.cache/nre_ros), torch on CUDA; or torch | onnxruntime | tensorrt.
     backend: str = 'auto'
     device: str = 'cpu'            # cpu | cuda (tensorrt implies cuda)
+    # number format of the networks: auto = bf16 on a CPU with bf16 units (AMX-BF16 /
+    # AVX512-BF16; torch backend), else fp32 (CUDA keeps fp32 / TensorRT fp16); or fp32 | bf16
+    precision: str = 'auto'
     # CPU threads of the networks and torch ops: 'auto' = the CPUs this process may use
     # (affinity, cgroup quota; nre_ros.threads), or a count
     num_threads: int | str = 'auto'
@@ -125,6 +130,7 @@ class PipelineConfig:
 
     def __post_init__(self) -> None:
         check_threads(self.num_threads, 'pipeline.num_threads')
+        check_precision(self.precision, 'pipeline.precision')
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> 'PipelineConfig':
@@ -152,11 +158,12 @@ def prior_mahalanobis_sq(T_cam_world: np.ndarray, covariance: np.ndarray, prior:
         return None
 
 
-def resolve_backend(backend: str, device: str) -> str:
-    """'auto' -> torch on CUDA, onnxruntime on CPU (torch when onnxruntime is missing)."""
+def resolve_backend(backend: str, device: str, precision: str = 'fp32') -> str:
+    """'auto' -> torch on CUDA, torch for bf16 on CPU (faster than ONNX Runtime fp32,
+    docs/decisions.md), onnxruntime for fp32 on CPU (torch when onnxruntime is missing)."""
     if backend != 'auto':
         return backend
-    if device.startswith('cuda'):
+    if device.startswith('cuda') or precision == 'bf16':
         return 'torch'
     try:
         import onnxruntime  # noqa: F401
@@ -166,13 +173,26 @@ def resolve_backend(backend: str, device: str) -> str:
     return 'onnxruntime'
 
 
+def resolve_runtime(config: 'PipelineConfig', flags=None) -> tuple[str, str]:
+    """(backend, precision) the networks of ``config`` run with, e.g. ('torch', 'bf16') on a
+    CPU with bf16 units (``flags``: the CPU's, nre_ros.precision.cpu_flags, for tests)."""
+    precision = resolve_precision(config.precision, config.device, config.backend, flags)
+    return resolve_backend(config.backend, config.device, precision), precision
+
+
 def load_configured_model(name: str, config: 'PipelineConfig'):
-    """Model ``name`` on ``config``'s backend and device (what ``Relocalizer.from_config``
-    runs; benchmarks use it so their rows time the product's default path)."""
-    backend = resolve_backend(config.backend, config.device)
+    """Model ``name`` on ``config``'s backend, device and precision (what
+    ``Relocalizer.from_config`` runs; benchmarks use it so their rows time the product's
+    default path)."""
+    backend, precision = resolve_runtime(config)
+    logger.info(describe_precision(precision))
+    from nre_ros.backends import BackendConfig, load_backend
+    if backend == 'torch' and precision == 'bf16':
+        return load_backend(BackendConfig(model=name, backend='torch', device=config.device,
+                                          precision='bf16',
+                                          threads=resolve_threads(config.num_threads)))
     if backend == 'torch':
         return load_model(name, config.device)
-    from nre_ros.backends import BackendConfig, load_backend
     if backend == 'tensorrt':
         logger.info('building/loading the TensorRT engine (minutes on first use)')
     else:
@@ -252,7 +272,7 @@ class Relocalizer:
         name = map_.spec.name if config.model == 'auto' else config.model
         model = load_configured_model(name, config)
         logger.info('loaded model %s (%s, %d threads) and map %s (%d keyframes, %d points) in '
-                    '%.0f ms', model.spec.name, resolve_backend(config.backend, config.device),
+                    '%.0f ms', model.spec.name, getattr(model, 'backend', 'torch'),
                     threads, map_path, map_.num_keyframes, map_.num_points,
                     1e3 * (time.perf_counter() - t0))
         return cls(map_, model, config)

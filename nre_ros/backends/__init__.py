@@ -2,7 +2,7 @@
 
 | backend | device | precision | notes |
 |---|---|---|---|
-| ``torch`` | cpu / cuda | fp32 / fp16 on CUDA | inference_mode, thread count from the config |
+| ``torch`` | cpu / cuda | fp32 / bf16 on CPU / fp16 on CUDA | inference_mode, thread count from the config |
 | ``onnxruntime`` | cpu / cuda | fp32 | exports the model to ONNX (dynamic H/W) into the cache |
 | ``tensorrt`` | cuda | fp16 | engine built from the ONNX file, cached by hash/version/GPU |
 """
@@ -19,6 +19,7 @@ import torch
 from nre_ros.backends.base import BackendModel, Runner
 from nre_ros.errors import BackendUnavailable, ConfigError
 from nre_ros.models import DEFAULT_MODEL, load_model
+from nre_ros.precision import resolve_precision
 from nre_ros.threads import apply_threads
 
 __all__ = ['BackendConfig', 'BackendModel', 'Runner', 'load_backend', 'BACKENDS',
@@ -38,6 +39,8 @@ class BackendConfig:
         backend: one of BACKENDS.
         device: 'cpu' or 'cuda' ('tensorrt' implies cuda).
         fp16: half precision for torch on CUDA (TensorRT always builds fp16; ONNX Runtime fp32).
+        precision: 'fp32', 'bf16' (torch on CPU) or 'auto' (nre_ros.precision: bf16 on a CPU
+            with bf16 units when the backend is torch, else fp32).
         threads: CPU threads (torch intra-op / ORT intra-op threads): 'auto' (the CPUs this
             process may use, nre_ros.threads), a count, or 0 = leave torch's as they are.
         cache_dir: where ONNX files and TensorRT engines go ('' = default_cache_dir()).
@@ -49,6 +52,7 @@ class BackendConfig:
     backend: str = 'torch'
     device: str = 'cpu'
     fp16: bool = False
+    precision: str = 'fp32'
     threads: int | str = 'auto'
     cache_dir: str = ''
     image_sizes: tuple[tuple[int, int], ...] = ((480, 640),)
@@ -107,7 +111,7 @@ def load_backend(config: BackendConfig = BackendConfig(), model=None) -> Backend
     """Build the configured backend around ``config.model`` (or an already loaded ``model``).
 
     Raises:
-        ConfigError: unknown backend name.
+        ConfigError: unknown backend name, or precision bf16 on a backend without it.
         BackendUnavailable: the backend cannot run here (no CUDA, no TensorRT, ...), with why.
     """
     if config.backend not in BACKENDS:
@@ -120,8 +124,11 @@ def load_backend(config: BackendConfig = BackendConfig(), model=None) -> Backend
     model = model or load_model(config.model, 'cpu' if config.backend != 'torch' else device)
     if config.backend == 'torch':
         from nre_ros.backends.torch_backend import TorchRunner
-        runner = TorchRunner(model.networks(), device, fp16=config.fp16, threads=threads)
+        bf16 = resolve_precision(config.precision, device, config.backend) == 'bf16'
+        runner = TorchRunner(model.networks(), device, fp16=config.fp16, threads=threads,
+                             bf16=bf16)
     else:
+        resolve_precision(config.precision, device, config.backend)   # bf16 -> ConfigError
         from nre_ros.backends.onnx_backend import export_onnx, export_problem
         cache = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
         onnx_dir = cache / 'onnx' / (f'{model.spec.name}-{model.spec.weights_sha256[:12]}-'

@@ -1,10 +1,12 @@
-"""torch runners: CPU (float32, inference_mode, configured thread count) and CUDA (fp16)."""
+"""torch runners: CPU (float32 or bfloat16, inference_mode, configured thread count) and CUDA
+(fp16)."""
 from __future__ import annotations
 
 import copy
 import logging
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from nre_ros.errors import BackendUnavailable
@@ -24,21 +26,27 @@ class TorchRunner:
             leaves torch's setting.
         channels_last: levels run in NHWC memory format (the fine level only by default:
             oneDNN's 1-channel first convolution is slow in NCHW, while XFeat coarse is slower
-            in NHWC; docs/decisions.md).
+            in NHWC; docs/decisions.md). With bf16 every level runs in NHWC.
+        bf16: run under ``torch.autocast(dtype=torch.bfloat16)`` (convolutions and matrix
+            products in bf16, reductions such as the instance norm in fp32); the first output
+            (descriptors) is re-normalized in float32.
     """
 
     def __init__(self, networks: dict[str, nn.Module], device: str | torch.device = 'cpu',
                  fp16: bool = False, threads: int | str | None = 'auto',
-                 channels_last: tuple[str, ...] = ('fine',)) -> None:
+                 channels_last: tuple[str, ...] = ('fine',), bf16: bool = False) -> None:
         self.device = torch.device(device)
         if self.device.type == 'cuda' and not torch.cuda.is_available():
             raise BackendUnavailable('torch CUDA backend asked for, but torch.cuda.is_available()'
                                      ' is False (CPU build of torch or no GPU); use backend=torch')
         if fp16 and self.device.type != 'cuda':
             raise BackendUnavailable('fp16 needs CUDA; on CPU use fp16=False')
+        if fp16 and bf16:
+            raise BackendUnavailable('fp16 and bf16 are exclusive')
         if threads and self.device.type == 'cpu':
             apply_threads(threads)
         self.fp16 = fp16
+        self.bf16 = bf16
         self.input_dtype = torch.float16 if fp16 else torch.float32
         # private copies per level: the caller's model stays untouched by the dtype and
         # memory-format changes below, and levels sharing weights (XFeat) get their own layout
@@ -48,11 +56,13 @@ class TorchRunner:
             # keep normalization statistics in fp32 would need per-layer casts; XFeat's
             # instance norm is stable in fp16 on [0, 1] inputs (checked against fp32 in tests)
             self.networks = {k: net.half() for k, net in self.networks.items()}
+        if bf16:
+            channels_last = tuple(self.networks)
         self.memory_formats = {k: torch.channels_last if k in channels_last
                                else torch.contiguous_format for k in self.networks}
         self.networks = {k: net.to(memory_format=self.memory_formats[k])
                          for k, net in self.networks.items()}
-        self.name = f'torch-{self.device.type}' + ('-fp16' if fp16 else '')
+        self.name = f'torch-{self.device.type}' + ('-fp16' if fp16 else '-bf16' if bf16 else '')
 
     def levels(self) -> tuple[str, ...]:
         return tuple(self.networks)
@@ -61,6 +71,9 @@ class TorchRunner:
     def __call__(self, level: str, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
         x = image.to(self.device, self.input_dtype).contiguous(
             memory_format=self.memory_formats[level])
-        out = self.networks[level](x)
-        out = out if isinstance(out, tuple) else (out,)
-        return tuple(o.float().contiguous() for o in out)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            out = self.networks[level](x)
+        out = tuple(o.float().contiguous() for o in (out if isinstance(out, tuple) else (out,)))
+        if self.bf16:
+            out = (F.normalize(out[0], dim=1),) + out[1:]
+        return out

@@ -10,6 +10,7 @@ from nre_ros.errors import InputError
 from nre_ros.maps.build_common import BuildOptions
 from nre_ros.maps.format import METADATA_FILE
 from nre_ros.maps.stats import format_summary, map_summary
+from nre_ros.precision import PRECISIONS
 
 NAME = 'build-map'
 HELP = ('build a map (rgbd: posed RGB-D; posed: posed RGB; colmap: COLMAP model; sfm: images; '
@@ -30,6 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--model', default=None,
                         help='feature model (default: nre_ros.models.DEFAULT_MODEL)')
     parser.add_argument('--device', default='cpu')
+    parser.add_argument('--precision', choices=PRECISIONS, default='auto',
+                        help='network precision: auto = bf16 on a CPU with bf16 units, else fp32 '
+                             '(maps work with queries of either precision)')
     parser.add_argument('--split', default=None, help='use split_<SPLIT>.txt, e.g. map')
     parser.add_argument('--step', type=int, default=DEFAULTS.keyframe_step,
                         help='keep every n-th frame')
@@ -75,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
                         keypoint_mode=args.keypoints, image_max_size=args.max_size,
                         descriptor_dtype='float32' if args.float32 else 'float16')
     t0 = time.perf_counter()
-    model = feature_model(args.model, args.device)
+    model = feature_model(args.model, args.device, args.precision)
     if args.builder == 'rgbd':
         m = maps.build_rgbd_map(args.source, model, opts, progress=True)
     elif args.builder == 'posed':
@@ -102,14 +106,14 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def feature_model(name: str | None, device: str):
-    """The networks the map is built with: the relocalizer's own backend and threads
-    (``PipelineConfig`` defaults: ONNX Runtime on CPU, torch on CUDA), so building runs the
-    product's fastest path and stores the descriptors it will be compared with."""
+def feature_model(name: str | None, device: str, precision: str = 'auto'):
+    """The networks the map is built with: the relocalizer's own backend, precision and threads
+    (``PipelineConfig`` defaults: torch bf16 on a CPU with bf16 units, else ONNX Runtime on
+    CPU; torch on CUDA), so building runs the product's fastest path."""
     from nre_ros.models import DEFAULT_MODEL
     from nre_ros.pipeline import PipelineConfig, load_configured_model
     from nre_ros.threads import apply_threads
-    config = PipelineConfig(device=device)
+    config = PipelineConfig(device=device, precision=precision)
     apply_threads(config.num_threads)
     return load_configured_model(name or DEFAULT_MODEL, config)
 
