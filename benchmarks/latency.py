@@ -8,9 +8,9 @@ One run on the fr1_rpy hard queries (every 2nd: 48) against the ``hard_map`` spl
   SEQ OUT --builder rgbd --split hard_map`` with every other option at its default), in three
   modes: ``global`` (no prior), ``tracking`` (prior = ground truth moved 5 cm / 2 deg, seeded
   per query; fine level on, as by default) and ``rgbd`` (the query's depth image given);
-- ``nre_ros_before``: the same with the ``xfeat-ms`` model (the map built with ``--model
-  xfeat-ms``). While ``xfeat-ms`` is the default model the two are the same pipeline on the
-  same map: the rows are measured once and printed for both (said in the output);
+- ``nre_ros_before``: the pipeline as it was before issue 17: the ``xfeat-ms`` model in fp32
+  (``precision: fp32``, so ONNX Runtime on CPU; the map built with ``--model xfeat-ms``, the
+  same map while ``xfeat-ms`` is the default model);
 - ``nre_ros_lite``: the same with the ``xfeat-ms-lite`` model (fine level on the x2 image, the
   cheaper candidate; map built with ``--model xfeat-ms-lite``);
 - ``xfeat_mnn`` (XFeat + mutual NN + PoseLib) and ``sift_magsac`` (SIFT + ratio test + OpenCV
@@ -58,6 +58,7 @@ from nre_ros.results import Prior  # noqa: E402
 DATASET = 'fr1_hard'            # accuracy.py's fr1_rpy hard_query against the hard_map split
 EVERY = 2
 BEFORE_MODEL = 'xfeat-ms'
+BEFORE_PRECISION = 'fp32'
 LITE_MODEL = 'xfeat-ms-lite'
 PEER_NAMES = {'xfeat_mnn': 'xfeat_mnn_poselib', 'sift_magsac': 'sift_magsac'}
 METHODS = ('nre_ros', 'nre_ros_before', 'nre_ros_lite') + tuple(PEER_NAMES)
@@ -133,11 +134,11 @@ def within(T, T_gt) -> bool:
 class NreMethod:
     """The pipeline on one map: (ms, T | None, mode reached) per mode."""
 
-    def __init__(self, map_path: Path) -> None:
+    def __init__(self, map_path: Path, precision: str = 'auto') -> None:
         from nre_ros.maps import load_map
         from nre_ros.pipeline import PipelineConfig, Relocalizer, load_configured_model
         map_ = load_map(map_path)
-        config = PipelineConfig()
+        config = PipelineConfig(precision=precision)
         self.reloc = Relocalizer(map_, load_configured_model(map_.spec.name, config), config)
         self.reloc.warmup()
 
@@ -205,11 +206,12 @@ def run(args) -> tuple[dict, dict]:
     threads = apply_threads(PipelineConfig().num_threads)
     qs = queries(DATASET, EVERY, args.queries)
     runners = {}
-    if 'nre_ros' in args.methods or (
-            'nre_ros_before' in args.methods and DEFAULT_MODEL == BEFORE_MODEL):
+    if 'nre_ros' in args.methods:
         runners['nre_ros'] = NreMethod(get_map(args.cache, None))
-    if 'nre_ros_before' in args.methods and DEFAULT_MODEL != BEFORE_MODEL:
-        runners['nre_ros_before'] = NreMethod(get_map(args.cache, BEFORE_MODEL))
+    if 'nre_ros_before' in args.methods:
+        runners['nre_ros_before'] = NreMethod(
+            get_map(args.cache, None if DEFAULT_MODEL == BEFORE_MODEL else BEFORE_MODEL),
+            BEFORE_PRECISION)
     if 'nre_ros_lite' in args.methods and DEFAULT_MODEL != LITE_MODEL:
         runners['nre_ros_lite'] = NreMethod(get_map(args.cache, LITE_MODEL))
     peers = [m for m in args.methods if m in PEER_NAMES]
@@ -219,7 +221,9 @@ def run(args) -> tuple[dict, dict]:
         runners['peers'] = PeerMethods(nre, args.cache, peers)
     records = {c: {} for c in CONDITIONS}
     meta = run_metadata()
-    meta.update(threads=threads, queries=len(qs), load_avg_1_5_min_before=os.getloadavg()[:2])
+    meta.update(threads=threads, queries=len(qs), load_avg_1_5_min_before=os.getloadavg()[:2],
+                networks={k: getattr(r.reloc.model, 'backend', 'torch')
+                          for k, r in runners.items() if isinstance(r, NreMethod)})
     t0 = time.perf_counter()
     with Competitor() as competitor:
         for i, q in enumerate(qs):
@@ -238,9 +242,6 @@ def run(args) -> tuple[dict, dict]:
                 for m, modes in records['quiet'].items() for mode, recs in modes.items()))
     meta.update(load_avg_1_5_min_after=os.getloadavg()[:2], wall_s=round(time.perf_counter() - t0))
     table = summarize(records, qs)
-    if 'nre_ros_before' in args.methods and 'nre_ros_before' not in table:
-        table['nre_ros_before'] = table['nre_ros']
-        meta['nre_ros_before'] = f'= nre_ros ({BEFORE_MODEL} is the default model)'
     if 'nre_ros_lite' in args.methods and 'nre_ros_lite' not in table:
         table['nre_ros_lite'] = table['nre_ros']
         meta['nre_ros_lite'] = f'= nre_ros ({LITE_MODEL} is the default model)'

@@ -4,13 +4,14 @@
     python benchmarks/networks.py [--repeats 5] [--threads 2] [--quality] [--json]
 
 Speed: median and IQR of ``--repeats`` runs after a warm-up, coarse and fine levels timed
-separately, for every backend that can run here (torch CPU, ONNX Runtime CPU; torch CUDA fp16,
-ONNX Runtime CUDA and TensorRT where present). The NRE paper's 15.5 + 7.2 ms (GTX 1080Ti,
+separately, for every backend that can run here (torch CPU fp32 and bf16, ONNX Runtime CPU;
+torch CUDA fp16, ONNX Runtime CUDA and TensorRT where present). The NRE paper's 15.5 + 7.2 ms (GTX 1080Ti,
 coarse + fine) is printed for reference; it was not measured here.
 
 Quality (--quality): median cosine-argmax reprojection error of co-visible points on the NRE
 MegaDepth pair and on TUM fr1_rpy map/query pairs (nre_ros.models.quality), for the default model,
-a randomly initialized network of the same shape and DISK (when its wheel is installed).
+its bf16 networks (torch CPU, ``precision: bf16``), a randomly initialized network of the same
+shape and DISK (when its wheel is installed).
 """
 from __future__ import annotations
 
@@ -22,11 +23,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+import nre_ros  # noqa: E402,F401  (before torch: passive OpenMP waiting, as the product)
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 from nre_ros.backends import BackendConfig, load_backend  # noqa: E402
 from nre_ros.errors import BackendUnavailable  # noqa: E402
@@ -54,6 +56,8 @@ def header(threads: int) -> dict:
 
 def backend_configs(threads: int) -> list[tuple[str, BackendConfig]]:
     out = [('torch-cpu', BackendConfig(backend='torch', device='cpu', threads=threads)),
+           ('torch-cpu-bf16', BackendConfig(backend='torch', device='cpu', precision='bf16',
+                                            threads=threads)),
            ('onnxruntime-cpu', BackendConfig(backend='onnxruntime', device='cpu',
                                              threads=threads))]
     if torch.cuda.is_available():
@@ -107,15 +111,20 @@ def quality(n_tum_pairs: int) -> list[dict]:
     data = REPO.parent / 'shared' / 'data'
     sets = {'megadepth': [Q.megadepth_pair(data / 'nre_megadepth_pair')],
             'tum_fr1_rpy': Q.tum_pairs(TumSequence(data / 'tum_rgbd_fr1_rpy'), n_tum_pairs)}
-    candidates = [('xfeat-ms', True), ('xfeat-ms', False), ('disk', True)]
+    candidates = [('xfeat-ms', True, 'fp32'), ('xfeat-ms', True, 'bf16'),
+                  ('xfeat-ms', False, 'fp32'), ('disk', True, 'fp32')]
     rows = []
-    for name, pretrained in candidates:
+    for name, pretrained, precision in candidates:
         try:
             model = load_model(name, pretrained=pretrained)
+            if precision == 'bf16':
+                model = load_backend(BackendConfig(model=name, backend='torch',
+                                                   precision='bf16', threads=0), model=model)
         except BackendUnavailable as exc:
             rows.append({'model': name, 'skipped': str(exc)})
             continue
         label = name if pretrained else f'{name} (random init)'
+        label += ' bf16' if precision == 'bf16' else ''
         for set_name, pairs in sets.items():
             sc = model.spec.coarse_stride
             ec = Q.evaluate_level(model, pairs, 'coarse')

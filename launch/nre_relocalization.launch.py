@@ -30,6 +30,7 @@ ARGUMENTS = {
     'pipeline_config': ('', 'PipelineConfig YAML (config/pipeline.yaml)'),
     'threads': ('', 'CPU threads of the networks (num_threads: auto or N; "" = the params '
                 'file\'s, default auto)'),
+    'precision': ('', 'network precision: auto | fp32 | bf16 ("" = the params file\'s)'),
     'pose': ('', 'remap ~/pose to this topic, e.g. amcl_pose ("" = ~/pose)'),
     'autostart': ('false', 'configure + activate without a lifecycle manager'),
     'use_sim_time': ('false', 'use /clock (bag replay)'),
@@ -40,7 +41,7 @@ def _node(context):
     arg = {name: LaunchConfiguration(name).perform(context) for name in ARGUMENTS}
     overrides = {'autostart': arg['autostart'].lower() == 'true',
                  'use_sim_time': arg['use_sim_time'].lower() == 'true'}
-    for name in ('map_path', 'image_transport', 'pipeline_config'):
+    for name in ('map_path', 'image_transport', 'pipeline_config', 'precision'):
         if arg[name]:
             overrides[name] = arg[name]
     if arg['threads']:

@@ -8,6 +8,7 @@ from nre_ros.datasets import TumSequence
 from nre_ros.geometry import invert, pose_error
 from nre_ros.paths import shared_file
 from nre_ros.pipeline import PipelineConfig, Prior, Relocalizer
+from nre_ros.precision import bf16_unit
 
 
 @pytest.fixture(scope='module')
@@ -71,6 +72,19 @@ def test_bad_input_is_a_failure_not_an_exception(reloc, queries):
     assert not out.ok and out.reason == 'bad_input'
 
 
+@pytest.mark.skipif(bf16_unit() is None, reason='this CPU has no bf16 unit (amx_bf16 / '
+                    'avx512_bf16): precision auto is fp32 here')
+def test_bf16_networks_localize_every_demo_query(reloc, queries):
+    """The default on a CPU with bf16 units: torch bf16 networks, queried against the shipped
+    map built in fp32 (precision is not part of the map's identity)."""
+    assert reloc.model.backend == 'torch-cpu-bf16'
+    for frame in queries.frames:
+        out = reloc.localize(queries.load_rgb(frame), queries.camera)
+        assert out.ok, (frame.timestamp, out)
+        dt, dr = pose_error(out.T_cam_world, invert(frame.T_world_cam))
+        assert dt < 0.25 and dr < 2.0, (frame.timestamp, dt, dr)
+
+
 def test_pipeline_yaml_is_the_default_and_strict(tmp_path):
     assert PipelineConfig.from_yaml(shared_file('config/pipeline.yaml')) == PipelineConfig()
     (tmp_path / 'bad.yaml').write_text('pipeline:\n  retrieval:\n    top_kk: 3\n')
@@ -80,13 +94,14 @@ def test_pipeline_yaml_is_the_default_and_strict(tmp_path):
 
 def test_onnxruntime_backend_localizes_like_torch(queries, tmp_path, monkeypatch):
     """The pipeline runs its networks on the configured backend (ONNX exported into the cache);
-    the CPU default 'auto' is ONNX Runtime."""
+    the CPU default 'auto' in fp32 is ONNX Runtime."""
     monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path))
-    ort = Relocalizer.from_config(shared_file('maps/demo/fr1_rpy.nremap'), PipelineConfig())
+    ort = Relocalizer.from_config(shared_file('maps/demo/fr1_rpy.nremap'),
+                                  PipelineConfig(precision='fp32'))
     assert ort.model.backend.startswith('onnxruntime')
     assert list((tmp_path / 'nre_ros' / 'onnx').rglob('*-fine.onnx'))
     torch_reloc = Relocalizer.from_config(shared_file('maps/demo/fr1_rpy.nremap'),
-                                          PipelineConfig(backend='torch'))
+                                          PipelineConfig(backend='torch', precision='fp32'))
     assert not hasattr(torch_reloc.model, 'backend')
     frame = queries.frames[0]
     a = torch_reloc.localize(queries.load_rgb(frame), queries.camera)

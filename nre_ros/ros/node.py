@@ -69,6 +69,8 @@ def pipeline_relocalizer(map_path: str, cfg: NodeConfig):
         else PipelineConfig()
     if cfg.num_threads:
         pcfg = dataclasses.replace(pcfg, num_threads=cfg.num_threads)
+    if cfg.precision:
+        pcfg = dataclasses.replace(pcfg, precision=cfg.precision)
     return Relocalizer.from_config(map_path, pcfg)
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from nre_ros.errors import ConfigError
+from nre_ros.precision import PRECISIONS
 from nre_ros.threads import check_threads
 from nre_ros.stream.config import Param, StreamConfig, check_removed, coerce, params_of, setting
 
@@ -33,6 +34,10 @@ class NodeConfig(StreamConfig):
         'auto', 'CPU threads of the networks: "auto" = the CPUs this process may use (affinity, '
         "cgroup quota), N, or 0 = the pipeline config's num_threads", range=(0, 256),
         kinds=(str, int))
+    precision: str = setting(
+        '', 'number format of the networks: auto = bf16 on a CPU with bf16 units (AMX-BF16 / '
+        'AVX512-BF16), else fp32; fp32; bf16; "" = the pipeline config\'s precision',
+        choices=('',) + PRECISIONS)
     map_frame: str = setting('map', 'global frame of the map (REP 105)')
     odom_frame: str = setting('odom', 'odometry frame (REP 105)')
     base_frame: str = setting('base_link', 'robot base frame; the pose is of this frame')
