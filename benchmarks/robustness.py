@@ -13,7 +13,14 @@ Recall at (0.25 m, 2 deg) per variant for nre_ros and the matcher peers of
 ``benchmarks/accuracy_peers.py`` (fix thresholds: accuracy.py's DEFAULT_THRESHOLDS). Then the
 wrong-intrinsics sweep (nre_ros only): the right images with a wrong K (focal x0.67 to x2,
 principal point moved 80 px), counting published poses and those off by more than
-(0.25 m, 2 deg). Maps and peer databases are accuracy.py's (built into its cache when absent).
+(0.25 m, 2 deg). Each wrong K is one stream, as from a camera driver publishing that
+CameraInfo: the queries in their order, one after the other, all counted (also the first ones,
+before the relocalizer's evidence about that camera suffices); the relocalizer keeps its
+evidence per camera (size, K, distortion), so each wrong K starts with none, and the right-K
+variants above are streams of their own cameras too. ``from query`` is the first query from
+which the camera's combined evidence refused every pose (``info['camera_intrinsics']``).
+Maps and peer databases are accuracy.py's (built into its cache when absent); ``--peers`` with
+no names runs nre_ros alone.
 """
 from __future__ import annotations
 
@@ -136,12 +143,14 @@ def main(argv: list[str] | None = None) -> None:
     qs = acc.queries(query_set, 1 if args.all else args.every, None)
     methods = ['nre_ros'] + list(args.peers)
     hits = {v: {m: 0 for m in methods} for v in args.variants}
+    camera_refused = {v: 0 for v in args.variants}     # right K, refused by the camera's evidence
     for i, q in enumerate(qs):
         image0 = q.image()
         for v in args.variants:
             img, cam, T_gt = VARIANTS[v](image0, q.camera, q.T_gt)
             o = reloc.localize(img, cam)
             hits[v]['nre_ros'] += good(o.T_cam_world if o.ok else None, T_gt)
+            camera_refused[v] += o.info.get('camera_intrinsics', {}).get('consistent') is False
             if peers is not None:
                 for m, (T, n, _) in peers.localize(img, cam).items():
                     hits[v][m] += good(T if n >= acc.DEFAULT_THRESHOLDS[m] else None, T_gt)
@@ -151,15 +160,19 @@ def main(argv: list[str] | None = None) -> None:
     if not args.no_sweep:
         for name, wrong in SWEEP.items():
             published = wrong_count = 0
-            for q in qs:
+            since = None                  # first query of the camera's inconsistent verdict
+            for i, q in enumerate(qs):
                 o = reloc.localize(q.image(), wrong(q.camera))
                 if o.ok:
                     published += 1
                     wrong_count += not good(o.T_cam_world, q.T_gt)
-            sweep[name] = (published, wrong_count)
-            acc.log(f'  sweep {name}: {published} published, {wrong_count} wrong')
+                refused = o.info.get('camera_intrinsics', {}).get('consistent') is False
+                since = (i if since is None else since) if refused else None
+            sweep[name] = (published, wrong_count, since)
+            acc.log(f'  sweep {name}: {published} published, {wrong_count} wrong, camera '
+                    f'refused from query {since}')
         if 'original' in hits:
-            sweep['right K'] = (hits['original']['nre_ros'], None)
+            sweep['right K'] = (hits['original']['nre_ros'], None, None)
     wall = time.perf_counter() - t0
     n = len(qs)
     print(f'# benchmarks/robustness.py, {args.dataset} map, {n} {query_set} queries (every '
@@ -169,21 +182,24 @@ def main(argv: list[str] | None = None) -> None:
     print('|---' * (len(methods) + 1) + '|')
     for v in args.variants:
         print(f'| {v} | ' + ' | '.join(f'{hits[v][m] / n:.2f}' for m in methods) + ' |')
+    wrongly = {v: k for v, k in camera_refused.items() if k}
+    print(f'\nright-K queries judged inconsistent by their camera\'s evidence: '
+          + (', '.join(f'{v} {k}' for v, k in wrongly.items()) if wrongly else 'none'))
     if sweep:
         print(f'\nwrong intrinsics (nre_ros, {n} queries each): published / wrong among them '
               f'(error over ({THRESHOLD[0]} m, {THRESHOLD[1]} deg))')
-        print('| intrinsics | published | wrong |')
-        print('|---|---|---|')
+        print('| intrinsics | published | wrong | from query |')
+        print('|---|---|---|---|')
         total = wrong_total = 0
-        for name, (p, w) in sweep.items():
+        for name, (p, w, since) in sweep.items():
             if w is None:
-                print(f'| {name} (localized right, of {n}) | {p} | - |')
+                print(f'| {name} (localized right, of {n}) | {p} | - | - |')
                 continue
             total += n
             wrong_total += w
-            print(f'| {name} | {p} | {w} |')
+            print(f'| {name} | {p} | {w} | {"-" if since is None else since} |')
         print(f'| all wrong-K queries | | {wrong_total} of {total} '
-              f'({100.0 * wrong_total / max(total, 1):.1f} %) |')
+              f'({100.0 * wrong_total / max(total, 1):.1f} %) | |')
 
 
 if __name__ == '__main__':

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
@@ -39,6 +40,7 @@ from nre_ros.solver import (FineLevel, MsacResult, SolverConfig, VerdictConfig, 
 from nre_ros.solver import se3
 from nre_ros.solver import intrinsics_check
 from nre_ros.solver.intrinsics_check import IntrinsicsCheckConfig
+from nre_ros.solver.intrinsics_stream import FrameIntrinsics, IntrinsicsEvidence
 from nre_ros.solver.depth_init import DepthInitConfig, depth_msac
 from nre_ros.threads import apply_threads, check_threads, resolve_threads
 from nre_ros.precision import check_precision, resolve_precision
@@ -47,6 +49,7 @@ from nre_ros.precision import describe as describe_precision
 logger = logging.getLogger(__name__)
 
 MIN_IMAGE_SIDE = 32     # smallest image side (after resizing) the feature networks accept
+MAX_CAMERAS = 8         # cameras whose intrinsics evidence is kept (least recently seen dropped)
 
 
 @dataclass(frozen=True)
@@ -246,6 +249,8 @@ class Relocalizer:
         self._map_focal = float(np.median(np.sqrt(K[:, 0, 0] * K[:, 1, 1])))
         size = np.asarray(map_.kf_image_size, np.float64)
         self._map_view = float(np.median(size[:, 0] / K[:, 0, 0] * size[:, 1] / K[:, 1, 1]))
+        # intrinsics evidence per camera (size, K, distortion), least recently seen first
+        self._evidence: OrderedDict[tuple, IntrinsicsEvidence] = OrderedDict()
 
     def check_map_file(self, every_s: float = 10.0) -> str | None:
         """How the map's files changed on disk since loading (None if not), checked at most
@@ -331,7 +336,61 @@ class Relocalizer:
         if out.ok and not is_rigid(out.T_cam_world, atol=1e-6):
             out = Failure('diverged', 'the solver returned a non-rigid pose', out.timings_ms,
                           out.info)
+        out = self._camera_verdict(out, camera)
         return self._finish(out, t0, mode, timings)
+
+    def camera_evidence(self, camera: Camera) -> IntrinsicsEvidence:
+        """The intrinsics evidence gathered for ``camera`` (same size, K and distortion = same
+        camera); a camera not seen before (or dropped, ``MAX_CAMERAS``) starts with none."""
+        key = (camera.width, camera.height, camera.fisheye, camera.K.tobytes(),
+               camera.dist.tobytes())
+        ev = self._evidence.pop(key, None)
+        if ev is None:
+            ev = IntrinsicsEvidence(self.config.intrinsics.stream)
+        self._evidence[key] = ev
+        while len(self._evidence) > MAX_CAMERAS:
+            self._evidence.popitem(last=False)
+        return ev
+
+    def _camera_verdict(self, out: Outcome, camera: Camera) -> Outcome:
+        """Add this frame's intrinsics estimate to its camera's evidence
+        (``nre_ros.solver.intrinsics_stream``); once the combined estimate contradicts the
+        camera's K, every pose of that camera is refused (``intrinsics_inconsistent``) while it
+        does. The combined estimate goes to ``info['camera_intrinsics']``; the verdict's changes
+        are logged once."""
+        info = dict(out.info)
+        frame = info.pop('_intrinsics_frame', None)
+        cfg = self.config.intrinsics
+        if not (cfg.enabled and cfg.stream.enabled):
+            return replace(out, info=info)
+        ev = self.camera_evidence(camera)
+        if frame is not None:
+            ev.add(frame)
+        was = ev.inconsistent
+        problem, est = ev.verdict()
+        if est is None:
+            return replace(out, info=info)
+        s, (rx, ry) = est.focal_scale, est.principal_offset_rel
+        focal = [s * camera.fx, s * camera.fy]
+        pp = [camera.cx + rx * camera.fx, camera.cy + ry * camera.fy]
+        info['camera_intrinsics'] = {'consistent': problem is None, 'frames': est.frames,
+                                     'views': est.views, 'focal_ratio': s,
+                                     'estimated_focal_px': focal,
+                                     'estimated_principal_point_px': pp}
+        if problem and not was:
+            logger.warning('camera K looks wrong: over %d frames (%d views) its images fit '
+                           'focal length %.1f, %.1f px and principal point %.1f, %.1f px (given '
+                           '%.1f, %.1f and %.1f, %.1f): %s; refusing poses until the '
+                           'CameraInfo changes', est.frames, est.views, *focal, *pp,
+                           camera.fx, camera.fy, camera.cx, camera.cy, problem)
+        elif was and not problem:
+            logger.warning('camera K consistent again over %d frames (%d views): publishing '
+                           'poses again', est.frames, est.views)
+        if problem and out.ok:
+            return Failure('intrinsics_inconsistent', f'the camera\'s intrinsics cannot explain '
+                           f'its images ({est.frames} frames, {est.views} views): {problem}',
+                           out.timings_ms, info)
+        return replace(out, info=info)
 
     def _localize(self, prep0: PreparedImage, prior: Prior | None, timings: dict
                   ) -> tuple[Outcome, str]:
@@ -497,10 +556,26 @@ class Relocalizer:
                 'focal_ratio_log_sigma': est.focal_scale_sigma,
                 'intrinsics_check_level': lvl.name,
                 'principal_offset_rel': (prep.R_img_cam.T @ d)[:2].tolist()}
+        if est.fit_principal_point:
+            info['_intrinsics_frame'] = self._frame_intrinsics(est, lvl, prep)
         if problem:
             return Failure('intrinsics_inconsistent', f'the given camera intrinsics cannot '
                            f'explain the image: {problem}', timings, info)
         return replace(out, timings_ms=timings, info=info)
+
+    def _frame_intrinsics(self, est: intrinsics_check.IntrinsicsEstimate, lvl,
+                          prep: PreparedImage) -> FrameIntrinsics:
+        """A fine-level estimate as the camera's evidence wants it: theta and its block-
+        jackknife covariance in units of the focal length and the caller's camera frame, the
+        fitted camera's centre, optical axis and the median depth of the level's points."""
+        K = lvl.K.cpu().numpy()
+        J = np.diag([1.0, 1.0 / K[0, 0], 1.0 / K[1, 1]])
+        J[1:, 1:] = prep.R_img_cam.T[:2, :2] @ J[1:, 1:]
+        T = est.T_cam_world
+        pc = lvl.points_world.cpu().numpy() @ T[:3, :3].T + T[:3, 3]
+        return FrameIntrinsics(J @ est.theta, J @ est.jackknife_cov @ J.T,
+                               -T[:3, :3].T @ T[:3, 3], T[2, :3].copy(),
+                               float(np.median(pc[:, 2])), float(np.sqrt(self._view_ratio(prep))))
 
     def _metres_per_unit(self) -> float | None:
         """Size of one map unit in metres (None when the map is not metric)."""

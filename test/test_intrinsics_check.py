@@ -179,3 +179,31 @@ def test_a_narrower_view_widens_the_tolerances_unless_the_focal_is_too_long():
     assert inconsistency(_estimate(1.0, (8.0, -35.0)), K, view_scale=0.62 * 1.0) is None
     assert inconsistency(_estimate(1.0, (8.0, -35.0)), K) is not None
     assert inconsistency(_estimate(0.87), K, view_scale=0.62) is not None
+
+
+def test_a_stream_with_a_wrong_principal_point_is_refused_once_the_views_agree(query, caplog):
+    """One CameraInfo with the principal point 80 px off (0.15 f): the frames' estimates are
+    combined per camera, so once three views agree every frame is refused, also frame 0,
+    whose own estimate (57-68 px) is within the per-frame tolerance and whose pose is
+    published without the stream. The same images with the right CameraInfo (another camera:
+    no evidence carried over) are published; back to the wrong one, still refused."""
+    reloc = Relocalizer.from_config(shared_file('maps/demo/fr1_rpy.nremap'), PipelineConfig())
+    seq = TumSequence(shared_file('maps/demo/queries'))
+    cam = seq.camera
+    wrong = _with(cam, dcx=80.0)
+    caplog.set_level('WARNING', logger='nre_ros.pipeline')
+    outs = [reloc.localize(seq.load_rgb(f), wrong) for f in seq.frames[1:] + seq.frames[:1]]
+    latched = [o.info.get('camera_intrinsics', {}).get('consistent') is False for o in outs]
+    first = latched.index(True)
+    assert first <= 4 and all(latched[first:]), latched
+    assert not any(o.ok for o in outs[first:])
+    assert all(o.reason == 'intrinsics_inconsistent' for o in outs[first:])
+    last = outs[-1].info['camera_intrinsics']
+    assert last['estimated_principal_point_px'][0] == pytest.approx(cam.cx, abs=25.0)
+    assert last['frames'] >= 3 and last['views'] >= 3
+    assert sum('camera K looks wrong' in r.getMessage() for r in caplog.records) == 1
+    right = [reloc.localize(seq.load_rgb(f), cam) for f in seq.frames[:2]]
+    assert all(o.ok for o in right), right
+    assert 'camera_intrinsics' not in right[0].info          # a new camera: no evidence yet
+    again = reloc.localize(seq.load_rgb(seq.frames[0]), wrong)
+    assert not again.ok and again.info['camera_intrinsics']['consistent'] is False

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from nre_ros.geometry import so3_exp
+from nre_ros.solver.intrinsics_stream import IntrinsicsStreamConfig
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,8 @@ class IntrinsicsCheckConfig:
     robust_scale_px: float = 4.0       # Cauchy scale of the fit, image pixels
     peak_margin: float = 3.0           # maps used: minimum below ln|Omega| - margin
     iterations: int = 20               # robust Gauss-Newton iterations (at most)
+    # the frames of one camera combined (nre_ros.solver.intrinsics_stream)
+    stream: IntrinsicsStreamConfig = IntrinsicsStreamConfig()
 
 
 @dataclass(frozen=True)
