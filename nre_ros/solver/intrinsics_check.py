@@ -79,66 +79,90 @@ class IntrinsicsEstimate:
         return np.array(t + list(self.principal_offset) if self.fit_principal_point else t)
 
 
-def _jacobian(pc: np.ndarray, K: np.ndarray, s: float, with_pp: bool) -> np.ndarray:
-    """(N, 2, P) derivatives of the projections of camera points pc (N, 3) by a left
-    increment (translation, rotation) of T_cam_world, log s and, with ``with_pp``, (dx, dy)."""
-    x, y, z = pc[:, 0], pc[:, 1], pc[:, 2]
+def _jacobian(pc: np.ndarray, K: np.ndarray, s: np.ndarray | float, with_pp: bool
+              ) -> np.ndarray:
+    """(..., 2, P) derivatives of the projections of camera points pc (..., 3) by a left
+    increment (translation, rotation) of T_cam_world, log s and, with ``with_pp``, (dx, dy);
+    ``s`` broadcasts against pc's leading shape."""
+    x, y, z = pc[..., 0] / pc[..., 2], pc[..., 1] / pc[..., 2], 1.0 / pc[..., 2]
+    s = np.asarray(s, np.float64)
     fx, fy = s * K[0, 0], s * K[1, 1]
-    n = len(pc)
-    dpi = np.zeros((n, 2, 3))                     # d(u, v) / d(camera point)
-    dpi[:, 0, 0] = fx / z
-    dpi[:, 0, 2] = -fx * x / z ** 2
-    dpi[:, 1, 1] = fy / z
-    dpi[:, 1, 2] = -fy * y / z ** 2
-    skew = np.zeros((n, 3, 3))                    # d(pc) / d(rotation) = -[pc]x
-    skew[:, 0, 1], skew[:, 0, 2] = z, -y
-    skew[:, 1, 0], skew[:, 1, 2] = -z, x
-    skew[:, 2, 0], skew[:, 2, 1] = y, -x
-    cols = [dpi, dpi @ skew, np.stack([fx * x / z, fy * y / z], axis=1)[:, :, None]]
+    zero, one = np.zeros_like(x), np.ones_like(x)
+    du = [z, zero, -x * z, -x * y, 1.0 + x * x, -y, x]
+    dv = [zero, z, -y * z, -1.0 - y * y, x * y, x, y]
     if with_pp:
-        cols.append(np.broadcast_to(np.eye(2), (n, 2, 2)))
-    return np.concatenate(cols, axis=2)
+        du, dv = du + [one / fx, zero], dv + [zero, one / fy]
+    return np.stack([np.asarray(fx)[..., None] * np.stack(du, -1),
+                     np.asarray(fy)[..., None] * np.stack(dv, -1)], -2)
+
+
+def _fit_many(X: np.ndarray, uv: np.ndarray, K: np.ndarray, T: np.ndarray, theta: np.ndarray,
+              robust_scale: float, iterations: int, keep: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Cauchy-weighted Gauss-Newton fits of the observations ``keep`` (B, N) bool selects,
+    all from pose T (4, 4) and theta = (log s[, dx, dy]), side by side; each stops on its own
+    once its step is negligible. Returns (B, 4, 4) poses, (B, P) thetas, (B, 6 + P, 6 + P)
+    normal matrices and (B,) residual variances of the last iteration."""
+    B, n_th = len(keep), len(theta)
+    R = np.repeat(T[None, :3, :3], B, 0)
+    t = np.repeat(T[None, :3, 3], B, 0)
+    theta = np.repeat(np.asarray(theta, np.float64)[None], B, 0)
+    with_pp = n_th == 3
+    n_par = 6 + n_th
+    H, sigma2 = np.repeat(np.eye(n_par)[None], B, 0), np.full(B, math.inf)
+    active = np.ones(B, bool)
+    for _ in range(iterations):
+        a = np.flatnonzero(active)
+        pc = X @ R[a].transpose(0, 2, 1) + t[a, None]
+        front = (pc[..., 2] > 1e-6) & keep[a]
+        pc = np.where(front[..., None], pc, 1.0)
+        s = np.exp(theta[a, :1])                                   # (b, 1)
+        pp = theta[a, 1:] if with_pp else np.zeros((len(a), 2))
+        proj = np.stack([s * K[0, 0] * pc[..., 0] / pc[..., 2] + K[0, 2] + pp[:, :1],
+                         s * K[1, 1] * pc[..., 1] / pc[..., 2] + K[1, 2] + pp[:, 1:]], axis=-1)
+        r = np.where(front[..., None], proj - uv, 0.0)
+        r2 = (r ** 2).sum(-1)
+        w = front / (1.0 + r2 / robust_scale ** 2)                 # Cauchy IRLS weights
+        J = _jacobian(pc, K, s, with_pp).reshape(len(a), -1, n_par)    # (b, 2 N, P)
+        Jw = J * np.repeat(w, 2, axis=1)[..., None]
+        H[a] = Jw.transpose(0, 2, 1) @ J
+        g = (Jw.transpose(0, 2, 1) @ r.reshape(len(a), -1, 1))[..., 0]
+        sigma2[a] = (w * r2).sum(-1) / np.maximum(1, 2 * front.sum(-1) - n_par)
+        Ha = H[a] + 1e-9 * np.eye(n_par) * np.diagonal(H[a], axis1=1, axis2=2)[:, None, :]
+        step, ok = np.zeros((len(a), n_par)), np.ones(len(a), bool)
+        try:
+            step = -np.linalg.solve(Ha, g[..., None])[..., 0]
+        except np.linalg.LinAlgError:
+            for i in range(len(a)):
+                try:
+                    step[i] = -np.linalg.solve(Ha[i], g[i])
+                except np.linalg.LinAlgError:
+                    ok[i] = False
+        step[~ok] = 0.0
+        dR = so3_exp(step[:, 3:6])
+        R[a], t[a] = dR @ R[a], np.einsum('bij,bj->bi', dR, t[a]) + step[:, :3]
+        theta[a] = theta[a] + step[:, 6:]
+        done = (np.abs(step[:, :7]).max(1) < 1e-7) & (np.abs(step[:, 7:]).max(1, initial=0.0)
+                                                      < 1e-4)
+        active[a[done | ~ok]] = False
+        if not active.any():
+            break
+    T_fit = np.repeat(np.eye(4)[None], B, 0)
+    T_fit[:, :3, :3], T_fit[:, :3, 3] = R, t
+    return T_fit, theta, H, sigma2
 
 
 def _fit(X: np.ndarray, uv: np.ndarray, K: np.ndarray, T: np.ndarray, theta: np.ndarray,
          robust_scale: float, iterations: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Cauchy-weighted Gauss-Newton from pose T (4, 4) and theta = (log s[, dx, dy]):
     (T, theta, formal covariance of theta)."""
-    R, t, theta = T[:3, :3].copy(), T[:3, 3].copy(), np.array(theta, np.float64)
-    with_pp = len(theta) == 3
-    n_par = 6 + len(theta)
-    H, sigma2 = np.eye(n_par), math.inf
-    for _ in range(iterations):
-        pc = X @ R.T + t
-        front = pc[:, 2] > 1e-6
-        pc = np.where(front[:, None], pc, 1.0)
-        s = math.exp(theta[0])
-        pp = theta[1:] if with_pp else np.zeros(2)
-        proj = np.stack([s * K[0, 0] * pc[:, 0] / pc[:, 2] + K[0, 2] + pp[0],
-                         s * K[1, 1] * pc[:, 1] / pc[:, 2] + K[1, 2] + pp[1]], axis=1)
-        r = np.where(front[:, None], proj - uv, 0.0)
-        r2 = (r ** 2).sum(1)
-        w = front / (1.0 + r2 / robust_scale ** 2)                 # Cauchy IRLS weights
-        J = _jacobian(pc, K, s, with_pp)
-        Jw = J * w[:, None, None]
-        H = np.einsum('nij,nik->jk', Jw, J)
-        g = np.einsum('nij,ni->j', Jw, r)
-        sigma2 = float((w * r2).sum()) / max(1, 2 * int(front.sum()) - n_par)
-        try:
-            step = -np.linalg.solve(H + 1e-9 * np.diag(np.diag(H)), g)
-        except np.linalg.LinAlgError:
-            break
-        dR = so3_exp(step[3:6])
-        R, t, theta = dR @ R, dR @ t + step[:3], theta + step[6:]
-        if np.abs(step[:7]).max() < 1e-7 and np.abs(step[7:]).max(initial=0.0) < 1e-4:
-            break
+    T_fit, theta, H, sigma2 = _fit_many(X, uv, K, T, theta, robust_scale, iterations,
+                                        np.ones((1, len(X)), bool))
     try:
-        cov = np.linalg.inv(H)[6:, 6:] * sigma2
+        cov = np.linalg.inv(H[0])[6:, 6:] * sigma2[0]
     except np.linalg.LinAlgError:
-        cov = np.full((len(theta), len(theta)), np.inf)
-    T_fit = np.eye(4)
-    T_fit[:3, :3], T_fit[:3, 3] = R, t
-    return T_fit, theta, cov
+        cov = np.full((theta.shape[1], theta.shape[1]), np.inf)
+    return T_fit[0], theta[0], cov
 
 
 def _jackknife_cov(X: np.ndarray, uv: np.ndarray, K: np.ndarray, T: np.ndarray,
@@ -149,12 +173,13 @@ def _jackknife_cov(X: np.ndarray, uv: np.ndarray, K: np.ndarray, T: np.ndarray,
     lo, hi = uv.min(0), uv.max(0)
     cell = np.clip(((uv - lo) / np.maximum(hi - lo, 1e-9) * blocks).astype(int), 0, blocks - 1)
     label = cell[:, 1] * blocks + cell[:, 0]
-    thetas = [_fit(X[label != b], uv[label != b], K, T, theta, robust_scale, 4)[1]
-              for b in np.unique(label) if (label != b).sum() >= min_points]
-    m = len(thetas)
+    keep = label[None] != np.unique(label)[:, None]
+    keep = keep[keep.sum(1) >= min_points]
+    m = len(keep)
     if m < 4:
         return np.full((len(theta), len(theta)), np.inf)
-    d = np.array(thetas) - np.mean(thetas, axis=0)
+    thetas = _fit_many(X, uv, K, T, theta, robust_scale, 4, keep)[1]
+    d = thetas - thetas.mean(0)
     return (m - 1) / m * (d.T @ d)
 
 
