@@ -8,6 +8,7 @@ from nre_ros.camera import Camera
 from nre_ros.datasets import TumSequence
 from nre_ros.geometry import so3_exp
 from nre_ros.paths import shared_file
+from nre_ros.pipeline import Relocalizer
 from nre_ros.preprocess import rotate_quarter_turns, undistort
 from nre_ros.solver.intrinsics_check import (IntrinsicsCheckConfig, IntrinsicsEstimate,
                                              estimate_intrinsics, inconsistency)
@@ -181,13 +182,13 @@ def test_a_narrower_view_widens_the_tolerances_unless_the_focal_is_too_long():
     assert inconsistency(_estimate(0.87), K, view_scale=0.62) is not None
 
 
-def test_a_stream_with_a_wrong_principal_point_is_refused_once_the_views_agree(query, caplog):
+def test_a_stream_with_a_wrong_principal_point_is_refused_once_the_views_agree(reloc, caplog):
     """One CameraInfo with the principal point 80 px off (0.15 f): the frames' estimates are
     combined per camera, so once three views agree every frame is refused, also frame 0,
     whose own estimate (57-68 px) is within the per-frame tolerance and whose pose is
     published without the stream. The same images with the right CameraInfo (another camera:
     no evidence carried over) are published; back to the wrong one, still refused."""
-    reloc = Relocalizer.from_config(shared_file('maps/demo/fr1_rpy.nremap'), PipelineConfig())
+    reloc = Relocalizer(reloc.map, reloc.model, reloc.config)      # no evidence yet
     seq = TumSequence(shared_file('maps/demo/queries'))
     cam = seq.camera
     wrong = _with(cam, dcx=80.0)
