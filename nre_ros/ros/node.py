@@ -152,7 +152,9 @@ class RelocalizationNode(LifecycleNode):
         self._note_units(reloc)
         self.get_logger().info(
             f'Configured: map {cfg.map_path} loaded in {t_load:.2f} s, warm-up '
-            f'{time.perf_counter() - t0 - t_load:.2f} s; tf_mode={cfg.tf_owner}, '
+            f'{time.perf_counter() - t0 - t_load:.2f} s; networks '
+            f'{getattr(getattr(reloc, "model", None), "backend", "torch")}; '
+            f'tf_mode={cfg.tf_owner}, '
             f'frames {cfg.map_frame}/{cfg.odom_frame}/{cfg.base_frame}')
         return TransitionCallbackReturn.SUCCESS
 
