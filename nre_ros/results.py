@@ -79,8 +79,9 @@ class Failure:
     Reason codes the relocalizer produces: 'bad_input', 'no_keyframes', 'too_few_points',
     'too_few_peaked_maps', 'no_hypothesis', 'diverged', 'too_few_supported', 'cost_too_high',
     'degenerate_geometry', 'disagrees_with_prior' (tracking, before the global fallback),
-    'intrinsics_inconsistent' (the given K cannot explain the image; info 'estimated_focal_px',
-    'estimated_principal_point_px').
+    'intrinsics_inconsistent' (the given K cannot explain the image, info 'estimated_focal_px',
+    'estimated_principal_point_px'; or its camera's images combined cannot, info
+    'camera_intrinsics').
     """
 
     reason: str
