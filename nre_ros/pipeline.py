@@ -72,6 +72,10 @@ class RotationConfig:
     # MSAC support (supported / candidate maps) is below this fraction (1.0 = always search);
     # between the support of right and of rolled orientations (docs/decisions.md).
     early_exit_support: float = 0.6
+    # An MSAC pose rolled more than this (deg) from its nearest keyframes (by position and
+    # optical axis) matched the map across a large in-plane rotation: it does not take the early
+    # exit (docs/decisions.md).
+    upright_roll_deg: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -609,6 +613,14 @@ class Relocalizer:
             return 0.0
         return c.msac.support / c.msac.num_candidates
 
+    def _upright(self, c: _Candidate) -> bool:
+        """Whether the MSAC pose of ``c`` (its turned image's T_img_world) is rolled at most
+        ``rotation.upright_roll_deg`` from the best-aligned of its nearest keyframes."""
+        T = c.msac.T_cam_world
+        n_kf = min(self.config.tracking.keyframes, self.map.num_keyframes)
+        near = nearest_keyframes(self._kf_T_cam_world, T, with_roll=False)[:n_kf]
+        return abs(roll_deg(self._kf_T_cam_world[near], T)) <= self.config.rotation.upright_roll_deg
+
     def _global(self, prep0: PreparedImage, timings: dict) -> Outcome:
         """Retrieval, rotation search and MSAC, then ``_solve``; stage times go to
         ``timings`` (mutated)."""
@@ -628,7 +640,7 @@ class Relocalizer:
         searched = 1
         # 2) the other rotations only when that was not convincing
         if len(turns) > 1 and (not tried or self._support_fraction(tried[0])
-                               < rot.early_exit_support):
+                               < rot.early_exit_support or not self._upright(tried[0])):
             searched = len(turns)
             done = {c.prep.quarter_turns for c in tried}
             cands = first + [candidate(k) for k in turns[1:]]
@@ -710,10 +722,16 @@ def quarter_turns_to(T_kf_world: np.ndarray, T_cam_world: np.ndarray,
     angle of R_kf_cam = R_kf_world R_cam_world^T (one quarter turn maps camera (x, y) to
     (y, -x), i.e. -90 deg about z). 0 while the best-aligned roll is within ``upright_deg``:
     the upright image matches rolled views better than a turned one (docs/decisions.md)."""
+    best = roll_deg(T_kf_world, T_cam_world)
+    return 0 if abs(best) < upright_deg else int(round(-best / 90.0)) % 4
+
+
+def roll_deg(T_kf_world: np.ndarray, T_cam_world: np.ndarray) -> float:
+    """Signed in-plane angle (deg) of R_kf_cam = R_kf_world R_cam_world^T for the best-aligned
+    (smallest angle) of keyframes ``T_kf_world`` (K, 4, 4)."""
     R = np.asarray(T_kf_world).reshape(-1, 4, 4)[:, :3, :3] @ np.asarray(T_cam_world)[:3, :3].T
     angle = np.degrees(np.arctan2(R[:, 1, 0], R[:, 0, 0]))
-    best = float(angle[np.argmin(np.abs(angle))])
-    return 0 if abs(best) < upright_deg else int(round(-best / 90.0)) % 4
+    return float(angle[np.argmin(np.abs(angle))])
 
 
 def _ms_since(t0: float) -> float:
