@@ -619,7 +619,8 @@ class Relocalizer:
         T = c.msac.T_cam_world
         n_kf = min(self.config.tracking.keyframes, self.map.num_keyframes)
         near = nearest_keyframes(self._kf_T_cam_world, T, with_roll=False)[:n_kf]
-        return abs(roll_deg(self._kf_T_cam_world[near], T)) <= self.config.rotation.upright_roll_deg
+        roll = roll_deg(self._kf_T_cam_world[near], T)
+        return abs(roll) <= self.config.rotation.upright_roll_deg
 
     def _global(self, prep0: PreparedImage, timings: dict) -> Outcome:
         """Retrieval, rotation search and MSAC, then ``_solve``; stage times go to
