@@ -74,8 +74,8 @@ def test_explicit_precision_and_errors(caplog):
 
 
 def test_runtime_of_the_pipeline_config():
-    """bf16 runs on torch (faster than ONNX Runtime fp32 there, docs/decisions.md); fp32 keeps
-    the ONNX Runtime default on CPU."""
+    """bf16 runs on torch (nre_ros has no ONNX Runtime bf16 path; docs/decisions.md); fp32
+    keeps the ONNX Runtime default on CPU."""
     assert resolve_runtime(PipelineConfig(), AMX) == ('torch', 'bf16')
     assert resolve_runtime(PipelineConfig(precision='fp32'), AMX)[1] == 'fp32'
     assert resolve_runtime(PipelineConfig(), PLAIN_X86)[1] == 'fp32'
