@@ -166,7 +166,7 @@ def prior_mahalanobis_sq(T_cam_world: np.ndarray, covariance: np.ndarray, prior:
 
 
 def resolve_backend(backend: str, device: str, precision: str = 'fp32') -> str:
-    """'auto' -> torch on CUDA, torch for bf16 on CPU (faster than ONNX Runtime fp32,
+    """'auto' -> torch on CUDA, torch for bf16 on CPU (ONNX Runtime has no bf16 path here;
     docs/decisions.md), onnxruntime for fp32 on CPU (torch when onnxruntime is missing)."""
     if backend != 'auto':
         return backend
@@ -193,19 +193,16 @@ def load_configured_model(name: str, config: 'PipelineConfig'):
     default path)."""
     backend, precision = resolve_runtime(config)
     logger.info(describe_precision(precision))
-    from nre_ros.backends import BackendConfig, load_backend
-    if backend == 'torch' and precision == 'bf16':
-        return load_backend(BackendConfig(model=name, backend='torch', device=config.device,
-                                          precision='bf16',
-                                          threads=resolve_threads(config.num_threads)))
-    if backend == 'torch':
+    if backend == 'torch' and precision == 'fp32':
         return load_model(name, config.device)
     if backend == 'tensorrt':
         logger.info('building/loading the TensorRT engine (minutes on first use)')
-    else:
+    elif backend == 'onnxruntime':
         logger.info('loading ONNX Runtime networks (exported once into the cache; the first '
                     'time takes longer)')
+    from nre_ros.backends import BackendConfig, load_backend
     return load_backend(BackendConfig(model=name, backend=backend, device=config.device,
+                                      precision=precision,
                                       threads=resolve_threads(config.num_threads)))
 
 
@@ -617,10 +614,14 @@ class Relocalizer:
         """Whether the MSAC pose of ``c`` (its turned image's T_img_world) is rolled at most
         ``rotation.upright_roll_deg`` from the best-aligned of its nearest keyframes."""
         T = c.msac.T_cam_world
-        n_kf = min(self.config.tracking.keyframes, self.map.num_keyframes)
-        near = nearest_keyframes(self._kf_T_cam_world, T, with_roll=False)[:n_kf]
-        roll = roll_deg(self._kf_T_cam_world[near], T)
+        roll = roll_deg(self._kf_T_cam_world[self._nearest_by_view(T)], T)
         return abs(roll) <= self.config.rotation.upright_roll_deg
+
+    def _nearest_by_view(self, T_cam_world: np.ndarray) -> np.ndarray:
+        """Indices of the ``tracking.keyframes`` keyframes nearest to ``T_cam_world`` (4, 4) by
+        position and optical axis, whatever their roll."""
+        n_kf = min(self.config.tracking.keyframes, self.map.num_keyframes)
+        return nearest_keyframes(self._kf_T_cam_world, T_cam_world, with_roll=False)[:n_kf]
 
     def _global(self, prep0: PreparedImage, timings: dict) -> Outcome:
         """Retrieval, rotation search and MSAC, then ``_solve``; stage times go to
@@ -669,8 +670,7 @@ class Relocalizer:
         # position and optical axis (none for moderate rolls), then take the nearest keyframes
         # of the turned camera
         kf = self._kf_T_cam_world
-        near = nearest_keyframes(kf, T_prior, with_roll=False)[:n_kf]
-        prep = rotated(prep, quarter_turns_to(kf[near], T_prior))
+        prep = rotated(prep, quarter_turns_to(kf[self._nearest_by_view(T_prior)], T_prior))
         T_init = np.eye(4)
         T_init[:3, :3] = prep.R_img_cam
         T_init = T_init @ T_prior
