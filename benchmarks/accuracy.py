@@ -73,10 +73,10 @@ from nre_ros.datasets import TumSequence, load_rgb  # noqa: E402
 from nre_ros.errors import MapFormatError  # noqa: E402
 from nre_ros.eval.metrics import errors, nees, summarize  # noqa: E402
 from nre_ros.geometry import transform_points  # noqa: E402
-from nre_ros.paths import shared_data_dir  # noqa: E402
 from nre_ros.maps import BuildOptions, load_map, with_command  # noqa: E402
 from nre_ros.models import DEFAULT_MODEL, load_model  # noqa: E402
 from nre_ros.paths import shared_data_dir  # noqa: E402
+from nre_ros.precision import PRECISIONS  # noqa: E402
 from nre_ros.pipeline import (FineConfig, PipelineConfig, Prior, Relocalizer,  # noqa: E402
                               load_configured_model)
 from nre_ros.results import Result  # noqa: E402
@@ -597,7 +597,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument('--min-inliers', type=int, default=None,
                     help='fix threshold for RE/peer rows (default: chosen from out-of-map runs, '
                          'else DEFAULT_THRESHOLDS)')
-    ap.add_argument('--precision', default='auto', choices=('auto', 'fp32', 'bf16'),
+    ap.add_argument('--precision', default='auto', choices=PRECISIONS,
                     help='precision of the query networks (maps are built by `nre-ros build-map` '
                          'with its default, auto)')
     ap.add_argument('--json', action='store_true', help='print only the JSON table')
