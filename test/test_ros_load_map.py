@@ -68,8 +68,8 @@ def test_load_map_swaps_keeps_old_on_failure_and_rejects_concurrent(running):
 def test_tf_keeps_flowing_while_load_map_holds_the_executor(running):
     """map->odom is republished by its own thread: a 2 s ~/load_map (which runs in the one
     executor thread, as in main()) leaves no gap in it. A blocked publisher would leave a gap
-    of the whole 2 s; the bound (half of it) leaves room for a loaded machine, where gaps of
-    0.77 s were seen with a 20 Hz TF."""
+    of the whole 2 s; the bound (half of it) leaves room for a loaded machine's scheduling
+    delays (20 Hz TF)."""
     import time
     node, rig, factory = running(publish_identity_until_localized=True)
     client = rig.create_client(LoadMap, '/nre_relocalization/load_map')
