@@ -58,8 +58,9 @@ def test_rolled_camera_is_tracked_without_rotation_search(reloc):
 
 def test_sideways_camera_is_turned_upright_by_the_global_search(reloc):
     """Demo frame 6 turned a quarter turn: the image as given fits the map with high MSAC
-    support but a pose rolled far from its nearest keyframes, so the turns are searched (it was
-    published 2.2 deg off); the upright frame still takes the early exit."""
+    support but a pose rolled far from its nearest keyframes, so the turns are searched (before,
+    that pose was published, outside (0.25 m, 2 deg)); the upright frame still takes the early
+    exit."""
     from nre_ros.preprocess import rotate_quarter_turns, undistort
     seq = TumSequence(shared_file('maps/demo/queries'))
     frame = seq.frames[6]
