@@ -25,6 +25,7 @@ no names runs nre_ros alone.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -111,6 +112,21 @@ def good(T_est, T_gt) -> bool:
     return bool(dt <= THRESHOLD[0] and dr <= THRESHOLD[1])
 
 
+def _dump_row(i: int, name: str, variant: str, o, T_gt: np.ndarray) -> dict:
+    """One query's nre_ros outcome as a JSON-serializable dict."""
+    keys = ('supported', 'points', 'quarter_turns', 'orientations_searched', 'focal_ratio',
+            'coarse_mean_cost', 'chance_support', 'chance_support_bound', 'init')
+    row = {'query': i, 'name': name, 'variant': variant, 'ok': bool(o.ok),
+           'reason': None if o.ok else o.reason, 'detail': None if o.ok else o.detail,
+           **{k: o.info[k] for k in keys if k in o.info},
+           'keyframe': (o.info.get('keyframes') or [None])[0]}
+    if o.ok:
+        dt, dr = pose_error(o.T_cam_world, T_gt)
+        row.update(error_m=float(dt), error_deg=float(dr), num_supported=o.num_supported,
+                   num_points=o.num_points)
+    return row
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     ap.add_argument('--dataset', default='demo',
@@ -120,6 +136,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument('--variants', nargs='+', default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument('--peers', nargs='*', default=list(PEERS), choices=list(PEERS))
     ap.add_argument('--no-sweep', action='store_true', help='skip the wrong-intrinsics sweep')
+    ap.add_argument('--dump', type=Path, help='write one JSON line per query and variant '
+                    '(nre_ros outcome: reason, support, error of a published pose)')
     ap.add_argument('--cache', type=Path, default=acc.ROOT / 'out' / 'accuracy_cache')
     args = ap.parse_args(argv)
     apply_threads(PipelineConfig().num_threads)
@@ -144,6 +162,7 @@ def main(argv: list[str] | None = None) -> None:
     methods = ['nre_ros'] + list(args.peers)
     hits = {v: {m: 0 for m in methods} for v in args.variants}
     camera_refused = {v: 0 for v in args.variants}     # right K, refused by the camera's evidence
+    dump = args.dump.open('w') if args.dump else None
     for i, q in enumerate(qs):
         image0 = q.image()
         for v in args.variants:
@@ -151,6 +170,9 @@ def main(argv: list[str] | None = None) -> None:
             o = reloc.localize(img, cam)
             hits[v]['nre_ros'] += good(o.T_cam_world if o.ok else None, T_gt)
             camera_refused[v] += o.info.get('camera_intrinsics', {}).get('consistent') is False
+            if dump is not None:
+                dump.write(json.dumps(_dump_row(i, q.name, v, o, T_gt)) + '\n')
+                dump.flush()
             if peers is not None:
                 for m, (T, n, _) in peers.localize(img, cam).items():
                     hits[v][m] += good(T if n >= acc.DEFAULT_THRESHOLDS[m] else None, T_gt)

@@ -32,7 +32,7 @@ from nre_ros.maps import Map, RetrievalIndex, global_descriptor, load_map
 from nre_ros.maps.retrieval import nearest_keyframes
 from nre_ros.models import FeatureModel, load_model
 from nre_ros.preprocess import (PreparedImage, check_prepared_size, check_prior_pose,
-                                match_focal, prepare, rotated)
+                                denoise, match_focal, prepare, rotated)
 from nre_ros.results import Failure, Outcome, Prior
 from nre_ros.models.base import DenseFeatures
 from nre_ros.solver import (FineLevel, MsacResult, SolverConfig, VerdictConfig, msac,
@@ -90,6 +90,17 @@ class ScaleConfig:
 
 
 @dataclass(frozen=True)
+class DenoiseConfig:
+    """Smooth noisy queries before the networks (``preprocess.denoise``): a Gaussian of
+    ``sigma`` px when the estimated noise sigma of the image's grey is over ``noise_threshold``
+    grey levels (docs/decisions.md)."""
+
+    enabled: bool = True
+    noise_threshold: float = 3.0
+    sigma: float = 1.0
+
+
+@dataclass(frozen=True)
 class FineConfig:
     enabled: bool = True
     window: int = 16               # fine cells per window side
@@ -128,6 +139,7 @@ class PipelineConfig:
     depth: DepthInitConfig = DepthInitConfig()   # RGB-D queries: Kabsch initialization
     intrinsics: IntrinsicsCheckConfig = IntrinsicsCheckConfig()   # refuse poses K cannot explain
     scale: ScaleConfig = ScaleConfig()           # resample queries to the map's focal length
+    denoise: DenoiseConfig = DenoiseConfig()     # smooth noisy queries
     # Verdict thresholds between in-map and out-of-map queries of real maps; covariance_scale
     # k^2: the points' errors are far from independent, so the Laplace covariance is too
     # small (docs/decisions.md). The solver's own defaults stay generic.
@@ -318,6 +330,11 @@ class Relocalizer:
                 prior = Prior(*check_prior_pose(prior.T_cam_world, prior.covariance))
             prep0 = prepare(image, camera, self.config.max_image_side, 0, depth)
             check_prepared_size(prep0, MIN_IMAGE_SIDE)
+            dn = self.config.denoise
+            noise_info = None
+            if dn.enabled:
+                img, noise_info = denoise(prep0.image, dn.noise_threshold, dn.sigma)
+                prep0 = replace(prep0, image=img)
             sc = self.config.scale
             if sc.enabled:
                 prep0 = match_focal(prep0, self._map_focal, sc.tolerance, sc.max_upscale)
@@ -338,6 +355,8 @@ class Relocalizer:
             out = Failure('diverged', 'the solver returned a non-rigid pose', out.timings_ms,
                           out.info)
         out = self._camera_verdict(out, camera)
+        if noise_info is not None:
+            out = replace(out, info={**out.info, **noise_info})
         return self._finish(out, t0, mode, timings)
 
     def camera_evidence(self, camera: Camera) -> IntrinsicsEvidence:
@@ -531,21 +550,22 @@ class Relocalizer:
     def _check_intrinsics(self, out: Outcome, sol, prep: PreparedImage) -> Outcome:
         """Refuse a pose whose maps fit other intrinsics than the given ones
         (``nre_ros.solver.intrinsics_check``): the gross-error guard on the coarse level, then
-        focal scale and principal point on the fine level (tolerances widened for a view
-        narrower than the map keyframes'). The estimate (fine level when there is one) goes to
+        focal scale and principal point on the fine level (tolerances of both widened for a
+        view narrower than the map keyframes'). The estimate (fine level when there is one) goes to
         ``info`` either way; the principal-point offset as ``principal_offset_rel`` (caller's
         camera frame, in units of the focal length)."""
         t = time.perf_counter()
         cfg, spec = self.config.intrinsics, self.model.spec
         c = sol.coarse
+        view_scale = float(np.sqrt(self._view_ratio(prep)))
         problem, est = intrinsics_check.check_gross(c.points_world, c.maps, c.K, sol.T_cam_world,
-                                                    cfg, spec.coarse_stride)
+                                                    cfg, spec.coarse_stride, view_scale)
         lvl = c
         if problem is None and sol.level.name == 'fine':
             f = sol.level
             fine_problem, fine_est = intrinsics_check.check(
                 f.points_world, f.maps, f.K, sol.T_cam_world, cfg, spec.fine_stride,
-                view_scale=float(np.sqrt(self._view_ratio(prep))))
+                view_scale=view_scale)
             if fine_est is not None:
                 problem, est, lvl = fine_problem, fine_est, f
         timings = {**out.timings_ms, 'intrinsics_check': _ms_since(t)}

@@ -216,3 +216,28 @@ def match_focal(prep: PreparedImage, focal: float, tolerance: float, max_upscale
     if prep.depth is not None:
         d = cv2.resize(prep.depth, (w, h), interpolation=cv2.INTER_NEAREST)
     return PreparedImage(img, new_cam, prep.R_img_cam, prep.quarter_turns, d)
+
+
+# Immerkaer's noise operator: the difference of two Laplacians, blind to linear gradients
+_NOISE_KERNEL = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
+
+
+def noise_sigma(gray: np.ndarray) -> float:
+    """Standard deviation of white noise in ``gray`` (H, W) float, in its units (Immerkaer,
+    "Fast noise variance estimation", 1996: mean absolute response of a kernel that cancels
+    smooth image content; texture adds a little)."""
+    r = cv2.filter2D(gray, cv2.CV_32F, _NOISE_KERNEL)[1:-1, 1:-1]
+    return float(np.sqrt(np.pi / 2.0) / 6.0 * np.abs(r).mean())
+
+
+def denoise(image: np.ndarray, noise_threshold: float, sigma: float) -> tuple[np.ndarray, dict]:
+    """(H, W, 3) uint8 ``image`` smoothed by a Gaussian of ``sigma`` px when the estimated noise
+    sigma of its grey (channel mean, as the networks see it) is over ``noise_threshold`` grey
+    levels: the networks' per-image grey normalisation absorbs gain and offset, not noise.
+    Returns the image (the input itself when not smoothed) and {'noise_sigma': ..,
+    'denoise_sigma': .. (only when smoothed)}."""
+    info: dict = {'noise_sigma': noise_sigma(image.mean(axis=2, dtype=np.float32))}
+    if info['noise_sigma'] <= noise_threshold:
+        return image, info
+    info['denoise_sigma'] = sigma
+    return cv2.GaussianBlur(image, (0, 0), sigma), info

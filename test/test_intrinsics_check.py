@@ -11,7 +11,8 @@ from nre_ros.paths import shared_file
 from nre_ros.pipeline import Relocalizer
 from nre_ros.preprocess import rotate_quarter_turns, undistort
 from nre_ros.solver.intrinsics_check import (IntrinsicsCheckConfig, IntrinsicsEstimate,
-                                             estimate_intrinsics, inconsistency)
+                                             estimate_intrinsics, gross_inconsistency,
+                                             inconsistency)
 
 F_FINE = 262.0    # focal length of a stride-2 grid of a 640 x 480, f = 525 camera
 
@@ -180,6 +181,17 @@ def test_a_narrower_view_widens_the_tolerances_unless_the_focal_is_too_long():
     assert inconsistency(_estimate(1.0, (8.0, -35.0)), K, view_scale=0.62 * 1.0) is None
     assert inconsistency(_estimate(1.0, (8.0, -35.0)), K) is not None
     assert inconsistency(_estimate(0.87), K, view_scale=0.62) is not None
+
+
+def test_the_gross_guard_widens_for_a_narrow_view_only():
+    """A crop with 0.62 x the map's view whose coarse maps read 1.25 x the focal length is
+    within what it measures; on a full view, with a focal estimated too short, or far beyond
+    (x 1.5 given f x 0.67), it is refused."""
+    assert gross_inconsistency(1.25, view_scale=0.62) is None
+    assert gross_inconsistency(1.25) is not None
+    assert gross_inconsistency(1.25, view_scale=1.0) is not None
+    assert gross_inconsistency(0.75, view_scale=0.62) is not None
+    assert gross_inconsistency(1.5) is not None
 
 
 def test_a_stream_with_a_wrong_principal_point_is_refused_once_the_views_agree(reloc, caplog):

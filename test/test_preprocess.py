@@ -3,7 +3,7 @@ import pytest
 
 from nre_ros.camera import Camera
 from nre_ros.errors import InputError
-from nre_ros.preprocess import prepare, rotate_quarter_turns, undistort
+from nre_ros.preprocess import denoise, noise_sigma, prepare, rotate_quarter_turns, undistort
 
 
 @pytest.mark.parametrize('k', [0, 1, 2, 3])
@@ -81,3 +81,30 @@ def test_rotating_a_prepared_image_equals_rotating_the_undistorted_resized_one()
         np.testing.assert_allclose(a.camera.K, K_cam.K)
         np.testing.assert_allclose(a.R_img_cam, R)
         assert a.quarter_turns == k and a.depth.shape == a.image.shape[:2]
+
+
+def _gradient(h=240, w=320):
+    """(H, W) float32: a smooth ramp plus a bilinear term (the noise kernel cancels both)."""
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    return 40.0 + 0.25 * x + 0.2 * y + 0.0008 * x * y
+
+
+@pytest.mark.parametrize('sigma', [0.0, 4.0, 12.0])
+def test_noise_sigma_reads_white_noise_on_a_smooth_image(sigma):
+    rng = np.random.default_rng(3)
+    gray = _gradient() + rng.normal(0.0, sigma, (240, 320)).astype(np.float32)
+    assert noise_sigma(gray) == pytest.approx(sigma, abs=0.03 * sigma + 1e-3)
+
+
+def test_a_noisy_image_is_smoothed_and_a_clean_one_left_alone():
+    """Noise of sigma 15 in each channel is 15 / sqrt(3) in the channel mean the networks see;
+    a sigma 1 px Gaussian brings it under a third. A clean (quantized) image is returned as is."""
+    rng = np.random.default_rng(4)
+    clean = np.round(np.repeat(_gradient()[..., None], 3, axis=2)).astype(np.uint8)
+    out, info = denoise(clean, noise_threshold=3.0, sigma=1.0)
+    assert out is clean and 'denoise_sigma' not in info and info['noise_sigma'] < 1.0
+    noisy = np.clip(clean + rng.normal(0.0, 15.0, clean.shape), 0, 255).astype(np.uint8)
+    out, info = denoise(noisy, noise_threshold=3.0, sigma=1.0)
+    assert info['noise_sigma'] == pytest.approx(15.0 / np.sqrt(3.0), rel=0.05)
+    assert info['denoise_sigma'] == 1.0
+    assert noise_sigma(out.mean(axis=2, dtype=np.float32)) < info['noise_sigma'] / 3.0

@@ -315,16 +315,29 @@ def check(points_world, maps, K, T_cam_world, cfg: IntrinsicsCheckConfig = Intri
 
 
 def check_gross(points_world, maps, K, T_cam_world,
-                cfg: IntrinsicsCheckConfig = IntrinsicsCheckConfig(), pixels_per_cell: float = 8.0
-                ) -> tuple[str | None, IntrinsicsEstimate | None]:
+                cfg: IntrinsicsCheckConfig = IntrinsicsCheckConfig(), pixels_per_cell: float = 8.0,
+                view_scale: float = 1.0) -> tuple[str | None, IntrinsicsEstimate | None]:
     """Gross-error guard on full-grid (coarse) maps, whose minima do not depend on the pose:
-    the focal scale alone (no jackknife), refused beyond ``coarse_max_focal_change``. Arguments
-    as ``check``."""
+    the focal scale alone (no jackknife), refused beyond ``coarse_max_focal_change``, widened
+    for a view narrower than the map keyframes' (``view_scale`` < 1) as in ``inconsistency``
+    (a full view keeps the fixed tolerance). Arguments as ``check``."""
     fit = _fit_level(points_world, maps, K, T_cam_world, cfg, pixels_per_cell, False, 0)
     if fit is None:
         return None, None
     est, _ = fit
-    if abs(est.focal_scale - 1.0) > cfg.coarse_max_focal_change:
-        return (f'the image fits a focal length {est.focal_scale:.2f} x the given one on the '
-                f'coarse level (tolerance {cfg.coarse_max_focal_change:.2f})'), est
-    return None, est
+    return gross_inconsistency(est.focal_scale, cfg, view_scale), est
+
+
+def gross_inconsistency(focal_scale: float, cfg: IntrinsicsCheckConfig = IntrinsicsCheckConfig(),
+                        view_scale: float = 1.0) -> str | None:
+    """The gross-error guard's sentence for a coarse focal scale estimate, or None: beyond
+    ``coarse_max_focal_change``, divided for a narrow view (``view_scale`` < 1) by the view
+    under the estimated focal length as in ``inconsistency`` (only when s >= 1)."""
+    v = 1.0
+    if view_scale < 1.0 and focal_scale >= 1.0:
+        v = min(1.0, max(view_scale / focal_scale, 1e-3))
+    tolerance = cfg.coarse_max_focal_change / v
+    if abs(focal_scale - 1.0) > tolerance:
+        return (f'the image fits a focal length {focal_scale:.2f} x the given one on the '
+                f'coarse level (tolerance {tolerance:.2f})')
+    return None
