@@ -169,3 +169,22 @@ def test_extract_fine_equals_the_fine_level_of_extract():
         only = m.extract_fine(image)
         assert only.shape == full.shape == (64, 48, 65)
         assert torch.equal(only, full)
+
+
+def test_s3_fine_level_shape_and_grid_alignment():
+    """'xfeat-ms-s3' (image upsampled by 8/3): an H x W image gives an H//3 x W//3 fine map, and
+    shifting the image by 12 px shifts it by exactly 4 cells (stride-3 convention)."""
+    model = load_model('xfeat-ms-s3')
+    assert model.spec.fine_stride == 3 and model.pad_multiple == 96
+    rng = np.random.default_rng(2)
+    base = rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    big = np.ascontiguousarray(np.kron(base, np.ones((4, 4, 1), dtype=np.uint8))[:150, :200])
+    shifted = np.ascontiguousarray(big[:, 12:])
+    fa = model.extract(big).fine
+    fb = model.extract(shifted).fine
+    assert fa.shape == (64, 50, 66) and fb.shape == (64, 50, 62)
+    assert torch.allclose(fa.norm(dim=0), torch.ones(()), atol=1e-4)
+    sim_aligned = (fa[:, 6:-6, 10:60] * fb[:, 6:-6, 6:56]).sum(0).mean()
+    sim_off = (fa[:, 6:-6, 6:56] * fb[:, 6:-6, 6:56]).sum(0).mean()
+    assert sim_aligned > 0.9 and sim_aligned > sim_off + 0.1
+    assert torch.equal(model.extract_fine(big), fa)

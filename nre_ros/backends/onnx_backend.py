@@ -70,7 +70,8 @@ def export_onnx(model, out_dir: str | Path) -> dict[str, Path]:
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {level: export_level(net, out_dir / f'{model.spec.name}-{level}.onnx')
+    example_hw = tuple(-(-s // model.pad_multiple) * model.pad_multiple for s in (480, 640))
+    paths = {level: export_level(net, out_dir / f'{model.spec.name}-{level}.onnx', example_hw)
              for level, net in model.networks().items()}
     spec_path = out_dir / f'{model.spec.name}.spec.json'
     spec_path.write_text(json.dumps({'spec': json.loads(model.spec.to_json()),

