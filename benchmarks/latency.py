@@ -11,8 +11,8 @@ One run on the fr1_rpy hard queries (every 2nd: 48) against the ``hard_map`` spl
 - ``nre_ros_before``: the pipeline as it was before issue 17: the ``xfeat-ms`` model in fp32
   (``precision: fp32``, so ONNX Runtime on CPU; the map built with ``--model xfeat-ms``, the
   same map while ``xfeat-ms`` is the default model);
-- ``nre_ros_lite``: the same with the ``xfeat-ms-lite`` model (fine level on the x2 image, the
-  cheaper candidate; map built with ``--model xfeat-ms-lite``);
+- ``nre_ros_lite`` / ``nre_ros_s3``: the same with the ``xfeat-ms-lite`` / ``xfeat-ms-s3``
+  model (fine level on the x2 / x8/3 image, the cheaper candidates; map built with ``--model``);
 - ``xfeat_mnn`` (XFeat + mutual NN + PoseLib) and ``sift_magsac`` (SIFT + ratio test + OpenCV
   MAGSAC) from ``accuracy_peers.py``, global only, fix thresholds ``accuracy.DEFAULT_THRESHOLDS``.
 
@@ -59,9 +59,9 @@ DATASET = 'fr1_hard'            # accuracy.py's fr1_rpy hard_query against the h
 EVERY = 2
 BEFORE_MODEL = 'xfeat-ms'
 BEFORE_PRECISION = 'fp32'
-LITE_MODEL = 'xfeat-ms-lite'
+CANDIDATE_MODELS = {'nre_ros_lite': 'xfeat-ms-lite', 'nre_ros_s3': 'xfeat-ms-s3'}
 PEER_NAMES = {'xfeat_mnn': 'xfeat_mnn_poselib', 'sift_magsac': 'sift_magsac'}
-METHODS = ('nre_ros', 'nre_ros_before', 'nre_ros_lite') + tuple(PEER_NAMES)
+METHODS = ('nre_ros', 'nre_ros_before') + tuple(CANDIDATE_MODELS) + tuple(PEER_NAMES)
 NRE_MODES = ('global', 'tracking', 'rgbd')
 CONDITIONS = ('quiet', 'loaded')
 RECALL_AT = (0.25, 2.0)
@@ -212,8 +212,9 @@ def run(args) -> tuple[dict, dict]:
         runners['nre_ros_before'] = NreMethod(
             get_map(args.cache, None if DEFAULT_MODEL == BEFORE_MODEL else BEFORE_MODEL),
             BEFORE_PRECISION)
-    if 'nre_ros_lite' in args.methods and DEFAULT_MODEL != LITE_MODEL:
-        runners['nre_ros_lite'] = NreMethod(get_map(args.cache, LITE_MODEL))
+    for method, model in CANDIDATE_MODELS.items():
+        if method in args.methods and DEFAULT_MODEL != model:
+            runners[method] = NreMethod(get_map(args.cache, model))
     peers = [m for m in args.methods if m in PEER_NAMES]
     if peers:
         nre = runners.get('nre_ros') or next(iter(runners.values()), None) \
@@ -242,9 +243,10 @@ def run(args) -> tuple[dict, dict]:
                 for m, modes in records['quiet'].items() for mode, recs in modes.items()))
     meta.update(load_avg_1_5_min_after=os.getloadavg()[:2], wall_s=round(time.perf_counter() - t0))
     table = summarize(records, qs)
-    if 'nre_ros_lite' in args.methods and 'nre_ros_lite' not in table:
-        table['nre_ros_lite'] = table['nre_ros']
-        meta['nre_ros_lite'] = f'= nre_ros ({LITE_MODEL} is the default model)'
+    for method, model in CANDIDATE_MODELS.items():
+        if method in args.methods and method not in table and 'nre_ros' in table:
+            table[method] = table['nre_ros']
+            meta[method] = f'= nre_ros ({model} is the default model)'
     table = {m: table[m] for m in args.methods if m in table}
     return table, meta
 
