@@ -222,6 +222,13 @@ def _sigmas(d: np.ndarray, cov: np.ndarray) -> float:
     return math.sqrt(q) if math.isfinite(q) and q > 0 else 0.0
 
 
+def _view_under_estimate(view_scale: float, focal_scale: float) -> float:
+    """The query's view size relative to the map keyframes' under the estimated focal length
+    (``view_scale / s``, in [1e-3, 1]) when the estimate says the given focal is not too long
+    (s >= 1); 1 otherwise, since a too-long given focal also makes the view look narrow."""
+    return min(1.0, max(view_scale / focal_scale, 1e-3)) if focal_scale >= 1.0 else 1.0
+
+
 def inconsistency(est: IntrinsicsEstimate, K: np.ndarray,
                   cfg: IntrinsicsCheckConfig = IntrinsicsCheckConfig(),
                   view_scale: float = 1.0) -> str | None:
@@ -236,7 +243,7 @@ def inconsistency(est: IntrinsicsEstimate, K: np.ndarray,
     long also makes the view look narrow: the tolerances are widened only when the estimate
     does not say so (s >= 1), for the view under the estimated focal length (view_scale / s)."""
     theta = est.theta
-    v = min(1.0, max(view_scale / est.focal_scale, 1e-3)) if est.focal_scale >= 1.0 else 1.0
+    v = _view_under_estimate(view_scale, est.focal_scale)
     max_focal_change, max_principal_shift = cfg.max_focal_change / v, cfg.max_principal_shift / v ** 2
 
     def significant(idx: slice) -> tuple[bool, float]:
@@ -333,9 +340,7 @@ def gross_inconsistency(focal_scale: float, cfg: IntrinsicsCheckConfig = Intrins
     """The gross-error guard's sentence for a coarse focal scale estimate, or None: beyond
     ``coarse_max_focal_change``, divided for a narrow view (``view_scale`` < 1) by the view
     under the estimated focal length as in ``inconsistency`` (only when s >= 1)."""
-    v = 1.0
-    if view_scale < 1.0 and focal_scale >= 1.0:
-        v = min(1.0, max(view_scale / focal_scale, 1e-3))
+    v = _view_under_estimate(view_scale, focal_scale) if view_scale < 1.0 else 1.0
     tolerance = cfg.coarse_max_focal_change / v
     if abs(focal_scale - 1.0) > tolerance:
         return (f'the image fits a focal length {focal_scale:.2f} x the given one on the '
