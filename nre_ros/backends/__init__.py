@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from nre_ros.backends.base import BackendModel, Runner
+from nre_ros.backends.base import BackendModel, Runner, padded_size
 from nre_ros.errors import BackendUnavailable, ConfigError
 from nre_ros.models import DEFAULT_MODEL, load_model
 from nre_ros.precision import resolve_precision
@@ -80,10 +80,6 @@ def graph_digest(sources: list[Path] | None = None, torch_version: str = torch._
         digest.update(path.name.encode())
         digest.update(Path(path).read_bytes())
     return digest.hexdigest()[:8]
-
-
-def _padded(size: tuple[int, int], multiple: int) -> tuple[int, int]:
-    return tuple(-(-s // multiple) * multiple for s in size)
 
 
 def _export_atomically(model, onnx_dir: Path, export) -> None:
@@ -155,6 +151,6 @@ def load_backend(config: BackendConfig = BackendConfig(), model=None) -> Backend
             runner = OnnxRunner(paths, device, threads=threads)
         else:
             from nre_ros.backends.tensorrt_backend import TensorRTRunner
-            sizes = [_padded(s, model.pad_multiple) for s in config.image_sizes]
+            sizes = [padded_size(s, model.pad_multiple) for s in config.image_sizes]
             runner = TensorRTRunner(paths, cache / 'tensorrt', sizes, fp16=True)   # always fp16
     return BackendModel(model.spec, runner, model.pad_multiple, config.with_fine)

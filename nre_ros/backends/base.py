@@ -18,6 +18,11 @@ from nre_ros.models.xfeat import pad_image
 logger = logging.getLogger(__name__)
 
 
+def padded_size(size: tuple[int, ...], multiple: int) -> tuple[int, ...]:
+    """Each side of ``size`` rounded up to a multiple of ``multiple``."""
+    return tuple(-(-s // multiple) * multiple for s in size)
+
+
 class Runner(Protocol):
     """Runs one level network ('coarse' or 'fine') of a model."""
 

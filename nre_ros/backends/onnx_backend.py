@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from nre_ros.backends.base import padded_size
 from nre_ros.errors import BackendUnavailable
 from nre_ros.models.base import file_sha256
 from nre_ros.threads import resolve_threads
@@ -70,7 +71,7 @@ def export_onnx(model, out_dir: str | Path) -> dict[str, Path]:
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    example_hw = tuple(-(-s // model.pad_multiple) * model.pad_multiple for s in (480, 640))
+    example_hw = padded_size((480, 640), model.pad_multiple)
     paths = {level: export_level(net, out_dir / f'{model.spec.name}-{level}.onnx', example_hw)
              for level, net in model.networks().items()}
     spec_path = out_dir / f'{model.spec.name}.spec.json'
