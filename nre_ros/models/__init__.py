@@ -22,7 +22,8 @@ from nre_ros.models.base import DenseFeatures, FeatureModel, ModelSpec
 __all__ = ['DenseFeatures', 'FeatureModel', 'ModelSpec', 'load_model', 'MODEL_NAMES',
            'DEFAULT_MODEL', 'unloadable_reason']
 
-MODEL_NAMES = ('xfeat-ms', 'xfeat-ms-lite', 'xfeat-ms-s3', 'xfeat', 'nre-paper', 'disk', 'xfeat-ms-nre')
+MODEL_NAMES = ('xfeat-ms', 'xfeat-ms-lite', 'xfeat-ms-s3', 'xfeat', 'nre-paper', 'disk',
+               'xfeat-ms-nre')
 DEFAULT_MODEL = 'xfeat-ms'
 
 
