@@ -223,8 +223,8 @@ class XFeatMultiScaleLite(XFeatMultiScale):
 
 class XFeatMultiScaleS3(XFeatMultiScale):
     """Model 'xfeat-ms-s3': as 'xfeat-ms' with the fine level on the image upsampled by 8/3
-    (stride 3): about 0.44 of the x4 fine cost. Images are padded to a multiple of 96 so that
-    the upsampled sides are multiples of 32."""
+    (stride 3), (8/3)^2 / 16 = 0.44 of the x4 image's pixels (its cost: MODELS.md). Images
+    are padded to a multiple of 96 so that the upsampled sides are multiples of 32."""
 
     name = 'xfeat-ms-s3'
     fine_upsample = (8, 3)
