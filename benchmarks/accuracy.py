@@ -185,16 +185,16 @@ def build_megadepth_map(model):
     uv, valid = cam.project(transform_points(T, pts))
     pts, uv = pts[valid], uv[valid]
     n = len(pts)
-    coarse, fine, glob = describe_observations([lambda: img], [cam], T[None], pts,
-                                               np.zeros(n, np.int64), np.arange(n), model,
-                                               'float16')
+    coarse, fine, glob, light = describe_observations([lambda: img], [cam], T[None], pts,
+                                                      np.zeros(n, np.int64), np.arange(n),
+                                                      model, 'float16')
     rgb = img[np.clip(uv[:, 1].round().astype(int), 0, cam.height - 1),
               np.clip(uv[:, 0].round().astype(int), 0, cam.width - 1)]
     opts = BuildOptions(image_max_size=640, max_points_per_keyframe=max(n, 1))
     return assemble_map(model, ['source_image.jpg'], [cam], T[None], glob, pts, rgb,
                         np.zeros(n, np.int64), np.arange(n), uv.astype(np.float32), coarse, fine,
                         prov=provenance('npz_points', MEGADEPTH, opts),
-                        units='sfm (MegaDepth, arbitrary scale)')
+                        units='sfm (MegaDepth, arbitrary scale)', brightness=light)
 
 
 def build_map_argv(name: str, path: Path, model: str | None = None) -> list[str]:
@@ -218,9 +218,13 @@ def get_map(name: str, cache: Path, model) -> Path:
     if path.exists():
         try:
             m = load_map(path, model.spec)
-            if expected is None or m.metadata.provenance.get('command') == expected:
+            if m.kf_brightness is None:
+                log(f'map {path} predates keyframe brightness (kf_brightness); rebuilding')
+            elif expected is None or m.metadata.provenance.get('command') == expected:
                 return path
-            log(f'map {path} was built by {m.metadata.provenance.get("command")!r}; rebuilding')
+            else:
+                log(f'map {path} was built by {m.metadata.provenance.get("command")!r}; '
+                    'rebuilding')
         except MapFormatError as exc:
             log(f'map {path} is stale ({exc}); rebuilding')
     log(f'building map {name} -> {path}')

@@ -32,7 +32,7 @@ from nre_ros.maps import Map, RetrievalIndex, global_descriptor, load_map
 from nre_ros.maps.retrieval import nearest_keyframes
 from nre_ros.models import FeatureModel, load_model
 from nre_ros.preprocess import (PreparedImage, check_prepared_size, check_prior_pose,
-                                denoise, match_focal, prepare, rotated)
+                                denoise, match_brightness, match_focal, prepare, rotated)
 from nre_ros.results import Failure, Outcome, Prior
 from nre_ros.models.base import DenseFeatures
 from nre_ros.solver import (FineLevel, MsacResult, SolverConfig, VerdictConfig, msac,
@@ -101,6 +101,17 @@ class DenoiseConfig:
 
 
 @dataclass(frozen=True)
+class BrightnessConfig:
+    """Bring washed-out queries back to the map's light (``preprocess.match_brightness``): a
+    gamma that brings the query's grey mean to the median of the map's keyframes
+    (``kf_brightness``), applied when that gamma is over ``min_gamma``; maps without
+    ``kf_brightness`` (built before it existed) leave queries as they are (docs/decisions.md)."""
+
+    enabled: bool = True
+    min_gamma: float = 1.5
+
+
+@dataclass(frozen=True)
 class FineConfig:
     enabled: bool = True
     window: int = 16               # fine cells per window side
@@ -140,6 +151,7 @@ class PipelineConfig:
     intrinsics: IntrinsicsCheckConfig = IntrinsicsCheckConfig()   # refuse poses K cannot explain
     scale: ScaleConfig = ScaleConfig()           # resample queries to the map's focal length
     denoise: DenoiseConfig = DenoiseConfig()     # smooth noisy queries
+    brightness: BrightnessConfig = BrightnessConfig()   # darken washed-out queries
     # Verdict thresholds between in-map and out-of-map queries of real maps; covariance_scale
     # k^2: the points' errors are far from independent, so the Laplace covariance is too
     # small (docs/decisions.md). The solver's own defaults stay generic.
@@ -262,6 +274,13 @@ class Relocalizer:
         self._map_focal = float(np.median(np.sqrt(K[:, 0, 0] * K[:, 1, 1])))
         size = np.asarray(map_.kf_image_size, np.float64)
         self._map_view = float(np.median(size[:, 0] / K[:, 0, 0] * size[:, 1] / K[:, 1, 1]))
+        self._map_brightness = None
+        if map_.kf_brightness is not None:
+            self._map_brightness = float(np.clip(np.median(map_.kf_brightness), 0.02, 0.98))
+        elif config.brightness.enabled:
+            logger.info('map has no keyframe brightness (kf_brightness, recorded by builds since '
+                        '2026-12-03): washed-out queries are not matched to its light; rebuild '
+                        'the map to add it')
         # intrinsics evidence per camera (size, K, distortion), least recently seen first
         self._evidence: OrderedDict[tuple, IntrinsicsEvidence] = OrderedDict()
 
@@ -331,10 +350,16 @@ class Relocalizer:
             prep0 = prepare(image, camera, self.config.max_image_side, 0, depth)
             check_prepared_size(prep0, MIN_IMAGE_SIDE)
             dn = self.config.denoise
-            noise_info = None
+            prep_info = None
             if dn.enabled:
-                img, noise_info = denoise(prep0.image, dn.noise_threshold, dn.sigma)
+                img, prep_info = denoise(prep0.image, dn.noise_threshold, dn.sigma)
                 prep0 = replace(prep0, image=img)
+            br = self.config.brightness
+            if br.enabled and self._map_brightness is not None:
+                img, light_info = match_brightness(prep0.image, self._map_brightness,
+                                                   br.min_gamma)
+                prep0 = replace(prep0, image=img)
+                prep_info = {**(prep_info or {}), **light_info}
             sc = self.config.scale
             if sc.enabled:
                 prep0 = match_focal(prep0, self._map_focal, sc.tolerance, sc.max_upscale)
@@ -355,8 +380,8 @@ class Relocalizer:
             out = Failure('diverged', 'the solver returned a non-rigid pose', out.timings_ms,
                           out.info)
         out = self._camera_verdict(out, camera)
-        if noise_info is not None:
-            out = replace(out, info={**out.info, **noise_info})
+        if prep_info is not None:
+            out = replace(out, info={**out.info, **prep_info})
         return self._finish(out, t0, mode, timings)
 
     def camera_evidence(self, camera: Camera) -> IntrinsicsEvidence:

@@ -241,3 +241,29 @@ def denoise(image: np.ndarray, noise_threshold: float, sigma: float) -> tuple[np
         return image, info
     info['denoise_sigma'] = sigma
     return cv2.GaussianBlur(image, (0, 0), sigma), info
+
+
+def grey_mean(image: np.ndarray) -> float:
+    """Mean grey level in [0, 1] of an (H, W, 3) uint8 image (channel mean, as the networks see
+    it): the brightness a map records per keyframe (``kf_brightness``)."""
+    return float(image.mean(dtype=np.float64) / 255.0)
+
+
+def match_brightness(image: np.ndarray, reference: float, min_gamma: float
+                     ) -> tuple[np.ndarray, dict]:
+    """(H, W, 3) uint8 ``image`` darkened by the gamma log(reference) / log(mean) that takes its
+    grey mean to the map's ``reference`` (in (0, 1)), when that gamma is over ``min_gamma``: a
+    washed-out query (over-exposed, bright gamma) is brought back towards the map's light. The
+    networks' per-image grey normalisation absorbs gain and offset but not a gamma; queries
+    darker than the reference are left as they are. Returns the image (the input itself when
+    unchanged) and {'brightness': grey mean, 'brightness_gamma': .. (only when changed)}."""
+    mean = grey_mean(image)
+    info: dict = {'brightness': mean}
+    if not reference < mean < 1.0:
+        return image, info
+    gamma = float(np.log(reference) / np.log(mean))
+    if gamma <= min_gamma:
+        return image, info
+    info['brightness_gamma'] = gamma
+    lut = np.round(255.0 * (np.arange(256) / 255.0) ** gamma).astype(np.uint8)
+    return lut[image], info

@@ -77,6 +77,14 @@ def test_map_contents(tiny_map):
     assert np.allclose(m.keyframes[0].T_cam_world @ np.linalg.inv(m.kf_T_cam_world[0]), np.eye(4))
 
 
+def test_map_records_each_keyframes_brightness(fr1_rpy, tiny_map):
+    from nre_ros.preprocess import grey_mean
+    want = [grey_mean(fr1_rpy.load_rgb(fr1_rpy.frame(n))) for n in tiny_map.keyframe_names]
+    assert tiny_map.kf_brightness.dtype == np.float32
+    assert np.allclose(tiny_map.kf_brightness, want, atol=1e-6)
+    assert 0.3 < min(want) and max(want) < 0.7          # an office in daylight, not a constant
+
+
 def test_summary_and_reprojection(tiny_map, saved):
     from nre_ros.maps.stats import map_summary, reprojection_errors
     err = reprojection_errors(tiny_map)
@@ -151,6 +159,17 @@ def test_reject_bad_offsets(saved):
     _rewrite(saved, lambda t: t['kf_offsets'].__setitem__(1, -4))
     with pytest.raises(MapFormatError, match='kf_offsets must rise'):
         load_map(saved)
+
+
+def test_reject_brightness_out_of_range(saved):
+    _rewrite(saved, lambda t: t['kf_brightness'].__setitem__(0, 1.5))
+    with pytest.raises(MapFormatError, match='kf_brightness must lie in'):
+        load_map(saved)
+
+
+def test_map_without_brightness_still_loads(saved):
+    _rewrite(saved, lambda t: t.pop('kf_brightness'))
+    assert load_map(saved).kf_brightness is None
 
 
 def test_reject_wrong_model_hash(saved, model):

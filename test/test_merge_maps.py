@@ -39,6 +39,7 @@ def test_shards_merge_back_into_the_map_and_overlap_is_deduplicated(demo, tmp_pa
     m = load_map(out)
     assert m.keyframe_names == demo.keyframe_names
     assert np.array_equal(m.kf_T_cam_world, demo.kf_T_cam_world)
+    assert np.array_equal(m.kf_brightness, demo.kf_brightness)
     assert m.num_observations == demo.num_observations
     # each keyframe sees the same 3D points with the same descriptors (points are not fused,
     # so a point seen from both halves appears twice)
@@ -64,6 +65,9 @@ def test_merge_refuses_other_frames_and_keeps_moved_copies(demo):
     validate_map(m)
     c = concat_maps([demo, far])
     _same(c, m)
+    assert np.array_equal(c.kf_brightness, np.tile(demo.kf_brightness, 2))
+    # a part without a brightness record (an older map): the merged map has none
+    assert concat_maps([demo, replace(far, kf_brightness=None)]).kf_brightness is None
     assert m.keyframe_names[demo.num_keyframes].endswith('#2')
     # the moved copy is consistent: points project to the same pixels in the moved keyframes
     from nre_ros.maps.stats import reprojection_errors

@@ -17,6 +17,7 @@ from nre_ros.errors import ConfigError, InputError
 from nre_ros.maps.features import GLOBAL_METHOD, sample_descriptors
 from nre_ros.maps.format import Map, MapMetadata
 from nre_ros.models.base import DenseFeatures, FeatureModel
+from nre_ros.preprocess import grey_mean
 
 logger = logging.getLogger(__name__)
 
@@ -123,8 +124,10 @@ def assemble_map(model: FeatureModel, names: list[str], cams: list[Camera],
                  T_cam_world: np.ndarray, global_desc: np.ndarray, points_world: np.ndarray,
                  points_rgb: np.ndarray, obs_kf: np.ndarray, obs_point: np.ndarray,
                  obs_uv: np.ndarray, obs_coarse: np.ndarray, obs_fine: np.ndarray | None,
-                 prov: dict, units: str = 'm', map_frame: str = 'map') -> Map:
-    """Sort observations by keyframe, drop unobserved points, build the Map (arrays (O, ...))."""
+                 prov: dict, units: str = 'm', map_frame: str = 'map',
+                 brightness: list[float] | None = None) -> Map:
+    """Sort observations by keyframe, drop unobserved points, build the Map (arrays (O, ...));
+    ``brightness``: the K keyframe images' ``preprocess.grey_mean``."""
     order = np.argsort(obs_kf, kind='stable')
     obs_kf, obs_point, obs_uv = obs_kf[order], obs_point[order], obs_uv[order]
     obs_coarse = obs_coarse[order]
@@ -151,13 +154,14 @@ def assemble_map(model: FeatureModel, names: list[str], cams: list[Camera],
         obs_coarse=obs_coarse, obs_fine=obs_fine,
         metadata=MapMetadata(map_frame=map_frame, units=units,
                              global_descriptor=dict(GLOBAL_METHOD), provenance=prov),
-        kf_fisheye=fisheye if fisheye.any() else None)
+        kf_fisheye=fisheye if fisheye.any() else None,
+        kf_brightness=None if brightness is None else np.asarray(brightness, np.float32))
 
 
 def describe_observations(images: list, cams: list[Camera], T_cam_world: np.ndarray,
                           points_world: np.ndarray, obs_kf: np.ndarray, obs_point: np.ndarray,
                           model: FeatureModel, dtype: str, progress: bool = False, desc: str = ''
-                          ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+                          ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, list[float]]:
     """Second pass of the builders without depth: features of every keyframe, descriptors at
     the projections of its points.
 
@@ -167,17 +171,19 @@ def describe_observations(images: list, cams: list[Camera], T_cam_world: np.ndar
         points_world: (P, 3); obs_kf, obs_point: (O,) observations.
 
     Returns:
-        coarse (O, C), fine (O, Cf) | None, global descriptors (K, G).
+        coarse (O, C), fine (O, Cf) | None, global descriptors (K, G), K grey means.
     """
     from tqdm import tqdm
 
     from nre_ros.maps.features import global_descriptor
     coarse = np.zeros((len(obs_kf), model.spec.coarse_dim), dtype)
     fine = None
-    globals_ = []
+    globals_, brightness = [], []
     for i in tqdm(range(len(cams)), desc=desc or 'descriptors', unit='kf', disable=not progress):
-        feats = model.extract(images[i]())
+        rgb = images[i]()
+        feats = model.extract(rgb)
         globals_.append(global_descriptor(feats))
+        brightness.append(grey_mean(rgb))
         sel = np.flatnonzero(obs_kf == i)
         T = T_cam_world[i]
         uv, _ = cams[i].project(points_world[obs_point[sel]] @ T[:3, :3].T + T[:3, 3])
@@ -187,4 +193,4 @@ def describe_observations(images: list, cams: list[Camera], T_cam_world: np.ndar
             if fine is None:
                 fine = np.zeros((len(obs_kf), f.shape[1]), dtype)
             fine[sel] = f
-    return coarse, fine, np.stack(globals_)
+    return coarse, fine, np.stack(globals_), brightness

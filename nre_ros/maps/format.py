@@ -17,6 +17,8 @@ Tensors (dtype, shape)::
                                      in maps with a fisheye keyframe
     kf_image_size    I32 (K, 2)      (width, height) in pixels
     kf_global        F32 (K, G)      L2-normalized global descriptors (retrieval)
+    kf_brightness    F32 (K,)        grey mean in [0, 1] of the image the features were computed
+                                     on (``preprocess.grey_mean``); optional (older maps lack it)
     kf_offsets       I64 (K + 1,)    observations of keyframe i: [kf_offsets[i], kf_offsets[i+1])
     points_world     F32 (P, 3)      map points, world frame, ``units``
     points_rgb       U8  (P, 3)      colour (for viz)
@@ -68,7 +70,9 @@ _DTYPES = {
     'points_world': (np.float32,), 'points_rgb': (np.uint8,), 'obs_point': (np.int32,),
     'obs_uv': (np.float32,), 'obs_coarse': (np.float16, np.float32),
     'obs_fine': (np.float16, np.float32), 'kf_fisheye': (np.uint8,),
+    'kf_brightness': (np.float32,),
 }
+OPTIONAL_TENSORS = ('obs_fine', 'kf_fisheye', 'kf_brightness')
 
 
 @dataclass(frozen=True)
@@ -122,6 +126,7 @@ class Map:
     obs_fine: np.ndarray | None = None
     metadata: MapMetadata = field(default_factory=MapMetadata)
     kf_fisheye: np.ndarray | None = None
+    kf_brightness: np.ndarray | None = None
     # the files it was loaded from (None for a map built in memory): see changed_on_disk
     source: tuple[FileStamp, ...] | None = field(default=None, compare=False, repr=False)
 
@@ -173,7 +178,7 @@ class Map:
 
     def tensors(self) -> dict[str, np.ndarray]:
         out = {k: np.ascontiguousarray(getattr(self, k)) for k in REQUIRED_TENSORS}
-        for name in ('obs_fine', 'kf_fisheye'):
+        for name in OPTIONAL_TENSORS:
             if getattr(self, name) is not None:
                 out[name] = np.ascontiguousarray(getattr(self, name))
         return out
@@ -284,7 +289,7 @@ def load_map(path: str | Path, expected_spec: ModelSpec | None = None,
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise MapFormatError(f'map {path}: metadata keyframe_names must be a list of strings')
     m = Map(spec=spec, keyframe_names=tuple(names), metadata=_metadata_from_meta(meta, path),
-            obs_fine=arrays.get('obs_fine'), kf_fisheye=arrays.get('kf_fisheye'),
+            **{k: arrays.get(k) for k in OPTIONAL_TENSORS},
             **{k: arrays[k] for k in REQUIRED_TENSORS}, source=(meta_stamp, tensors_stamp))
     validate_map(m, str(path))
     counts = meta.get('counts', {})
@@ -449,6 +454,10 @@ def validate_map(m: Map, where: str = '<memory>') -> None:
         _check_array(where, 'kf_fisheye', m.kf_fisheye, (K,))
         if np.any(m.kf_fisheye > 1) or np.any(m.kf_dist[m.kf_fisheye == 1, 4:] != 0):
             _fail(where, 'kf_fisheye must be 0/1, fisheye keyframes have 4 distortion values')
+    if m.kf_brightness is not None:
+        _check_array(where, 'kf_brightness', m.kf_brightness, (K,))
+        if not np.all((m.kf_brightness >= 0) & (m.kf_brightness <= 1)):
+            _fail(where, 'kf_brightness must lie in [0, 1]')
     if K == 0 or P == 0:
         _fail(where, f'empty map ({K} keyframes, {P} points)')
     T = m.kf_T_cam_world

@@ -57,6 +57,7 @@ def select_keyframes(m: Map, keep: np.ndarray) -> Map:
         **{k: np.asarray(getattr(m, k))[idx] for k in _KF_ARRAYS},
         kf_offsets=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
         kf_fisheye=None if m.kf_fisheye is None else np.asarray(m.kf_fisheye)[idx],
+        kf_brightness=None if m.kf_brightness is None else np.asarray(m.kf_brightness)[idx],
         points_world=np.asarray(m.points_world)[used], points_rgb=np.asarray(m.points_rgb)[used],
         obs_point=remap[pts].astype(np.int32), obs_uv=np.asarray(m.obs_uv)[obs],
         obs_coarse=np.asarray(m.obs_coarse)[obs],
@@ -81,6 +82,8 @@ def concat_maps(maps: list[Map], provenance: dict | None = None) -> Map:
     if any(m.kf_fisheye is not None for m in maps):
         fisheye = np.concatenate([np.zeros(m.num_keyframes, np.uint8) if m.kf_fisheye is None
                                   else np.asarray(m.kf_fisheye) for m in maps])
+    # a merged map has a brightness reference only when every part has one
+    brightness = None if any(m.kf_brightness is None for m in maps) else cat('kf_brightness')
     meta = maps[0].metadata
     if provenance is not None:
         meta = replace(meta, provenance=provenance)
@@ -88,7 +91,8 @@ def concat_maps(maps: list[Map], provenance: dict | None = None) -> Map:
         maps[0], keyframe_names=tuple(names), **{k: cat(k) for k in _KF_ARRAYS},
         kf_offsets=np.concatenate([[0]] + [np.asarray(m.kf_offsets[1:]) + b
                                            for m, b in zip(maps, obs_base)]).astype(np.int64),
-        kf_fisheye=fisheye, points_world=cat('points_world'), points_rgb=cat('points_rgb'),
+        kf_fisheye=fisheye, kf_brightness=brightness, points_world=cat('points_world'),
+        points_rgb=cat('points_rgb'),
         obs_point=np.concatenate([np.asarray(m.obs_point) + b for m, b in zip(maps, point_base)]
                                  ).astype(np.int32),
         obs_uv=cat('obs_uv'), obs_coarse=cat('obs_coarse'),

@@ -27,6 +27,7 @@ from nre_ros.maps.build_common import (BuildOptions, PosedImage, assemble_map,
 from nre_ros.maps.features import global_descriptor, select_keypoints
 from nre_ros.maps.format import Map
 from nre_ros.models.base import FeatureModel
+from nre_ros.preprocess import grey_mean
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ def rgbd_map_from_images(images: Iterable[PosedImage], model: FeatureModel,
     """Build a map from posed RGB-D images (each with ``load_depth``), one image at a time."""
     t0 = time.perf_counter()
     state = _FusionState()
-    names, cams, poses, globals_ = [], [], [], []
+    names, cams, poses, globals_, brightness = [], [], [], [], []
     bar = tqdm(images, desc='rgbd map', unit='kf', disable=not progress,
                total=total if total is not None else _len(images))
     for kf, im in enumerate(bar):
@@ -71,12 +72,13 @@ def rgbd_map_from_images(images: Iterable[PosedImage], model: FeatureModel,
         cams.append(cam)
         poses.append(T_cam_world)
         globals_.append(global_descriptor(feats))
+        brightness.append(grey_mean(rgb))
         bar.set_postfix(points=len(state.points), refresh=False)
     if not names:
         raise InputError('no image to map')
     o = state.observations()
     m = assemble_map(model, names, cams, np.stack(poses), np.stack(globals_), state.points,
-                     state.colors, *o, prov=prov, map_frame=map_frame)
+                     state.colors, *o, prov=prov, map_frame=map_frame, brightness=brightness)
     logger.info('rgbd map: %d keyframes, %d points, %d observations in %.1f s',
                 m.num_keyframes, m.num_points, m.num_observations, time.perf_counter() - t0)
     return m
