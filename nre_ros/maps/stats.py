@@ -40,6 +40,9 @@ def map_summary(m: Map, path: str | Path | None = None) -> dict:
         'fine': f'{m.spec.fine_dim}-d /{m.spec.fine_stride}' if m.obs_fine is not None
         else 'none',
         'descriptor_dtype': str(m.obs_coarse.dtype),
+        # the light washed-out queries are matched to (None: built before it was recorded)
+        'brightness_median': None if m.kf_brightness is None
+        else float(np.median(m.kf_brightness)),
         'global_dim': int(m.kf_global.shape[1]),
         'weights_sha256': m.spec.weights_sha256[:16],
         'map_frame': m.metadata.map_frame, 'units': m.metadata.units,
