@@ -203,3 +203,36 @@ def _neg_clamp(flat, cap):
     for i in numba.prange(flat.shape[0]):
         v = -flat[i]
         flat[i] = c if v > c else v
+
+
+@numba.njit(cache=True, nogil=True, error_model='numpy', fastmath={'nnan', 'nsz'})
+def _row_min(row):
+    """min(row) of a float32 row without NaN (fast-math flags: a vectorized reduction)."""
+    r = row[0]
+    for j in range(1, row.shape[0]):
+        v = row[j]
+        r = v if v < r else r
+    return r
+
+
+@_jit
+def _argmin_cells(maps, index, out):
+    """out[m] = the (x, y) cell of the minimum of maps[index[m]] (N, h, w), the first in
+    row-major order, read in place: the first row of the smallest row minimum, then the first
+    cell of that row holding it. One thread: a pass over a few hundred maps is too short for
+    a parallel region to pay on a busy CPU."""
+    h, w = maps.shape[1], maps.shape[2]
+    for m in range(index.shape[0]):
+        src = maps[index[m]]
+        best = _row_min(src[0])
+        by = 0
+        for i in range(1, h):
+            v = _row_min(src[i])
+            if v < best:
+                best, by = v, i
+        row = src[by]
+        bx = 0
+        while bx < w - 1 and row[bx] != best:
+            bx += 1
+        out[m, 0] = bx
+        out[m, 1] = by

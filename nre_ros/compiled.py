@@ -2,11 +2,11 @@
 
 The torch code each kernel replaces stays the reference and the path for every other device,
 for tensors that need gradients, and whenever numba is missing or disabled (``NRE_ROS_NUMBA=0``).
-Kernel modules (``nre_ros._lossmaps_kernels``, ``nre_ros.solver._gnc_kernels`` and
-``_p3p_kernels``) import numba, which takes about half a second, so they are imported on first
-use only. Numba compiles a kernel on its first call (about a second each) and caches the machine
-code on disk (``cache=True``:
-beside the module, or in the user's cache directory when that is read-only); ``warmup()`` runs
+Kernel modules (``nre_ros._lossmaps_kernels``, ``nre_ros.solver._gnc_kernels``,
+``_p3p_kernels`` and ``_intrinsics_kernels``) import numba, which takes about half a second, so
+they are imported on first use only. Numba compiles a kernel on its first call (about a second
+each) and caches the machine code on disk (``cache=True``: beside the module, or in the user's
+cache directory when that is read-only); ``warmup()`` runs
 every kernel once on tiny inputs so that this happens when a relocalizer is created, not on its
 first query.
 
@@ -124,6 +124,7 @@ def warmup() -> bool:
     later runs read numba's cache."""
     from nre_ros import lossmaps_numba
     from nre_ros.solver.gnc import warmup_compiled as gnc_warmup
+    from nre_ros.solver.intrinsics_check import warmup_compiled as intrinsics_warmup
     from nre_ros.solver.p3p import warmup_compiled as p3p_warmup
     if not available():
         return False
@@ -132,7 +133,7 @@ def warmup() -> bool:
         logger.warning('compiling the CPU kernels with numba (first run after an install: '
                        'seconds to a minute; cached for the next start)')
     t0 = time.perf_counter()
-    ok = lossmaps_numba.warmup() and gnc_warmup() and p3p_warmup()
+    ok = lossmaps_numba.warmup() and gnc_warmup() and p3p_warmup() and intrinsics_warmup()
     elapsed = time.perf_counter() - t0
     if elapsed > SLOW_WARMUP_S and not cold:
         logger.warning('compiled the CPU kernels in %.0f s (numba; cached for the next start)',

@@ -81,11 +81,13 @@ class LossMaps:
         """(N,) ``ln|Omega| - min_p L_n(p)`` = ln(|Omega| max_p C_n(p)): 0 for a flat map."""
         return self.ln_omega - self.map_min
 
-    def argmin_uv(self, subcell: bool = True) -> Tensor:
-        """(N, 2) float32 grid coordinates of each map's minimum (see ``argmin_cells``)."""
-        uv = argmin_cells(self.maps, subcell)
+    def argmin_uv(self, subcell: bool = True, index: Tensor | None = None) -> Tensor:
+        """(N, 2) float32 grid coordinates of each map's minimum, or (M, 2) of the maps
+        ``index`` (M,) int64 selects (see ``argmin_cells``)."""
+        uv = argmin_cells(self.maps, subcell, index)
         if self.origin is not None:
-            uv = uv + self.origin.to(uv.dtype)
+            origin = self.origin if index is None else self.origin[index]
+            uv = uv + origin.to(uv.dtype)
         return uv
 
     def lookup(self, uv: Tensor, valid: Tensor | None = None) -> Tensor:
@@ -114,25 +116,30 @@ class LossMaps:
         return out.reshape(lead + (n,))
 
 
-def argmin_cells(maps: Tensor, subcell: bool = True) -> Tensor:
+def argmin_cells(maps: Tensor, subcell: bool = True, index: Tensor | None = None) -> Tensor:
     """(N, 2) float32 map-frame coordinates (x, y) of the minima of (N, h, w) maps, first
-    occurrence in row-major order; found row first, then column (cheaper than one argmin over
-    h*w cells).
+    occurrence in row-major order, found row first, then column (cheaper than one argmin over
+    h*w cells). With ``index`` (M,) int64: (M, 2) of the maps it selects, which the compiled
+    path (``lossmaps_numba``) reads in place (torch copies them).
 
     With ``subcell`` the minimum is refined per axis by the vertex of the parabola through the
     loss at the cell and its two neighbours (exact for Gaussian bumps, whose loss is
     quadratic), clamped to half a cell; no shift where a neighbour is missing or the loss is
     not convex there.
     """
-    m, h, w = maps.shape
-    ar = torch.arange(m, device=maps.device)
-    y = maps.amin(dim=2).argmin(dim=1)
-    x = maps[ar, y].argmin(dim=1)
+    n, h, w = maps.shape
+    rows = torch.arange(n, device=maps.device) if index is None else index
+    if index is not None and maps.dtype == torch.float32 and lossmaps_numba.usable(maps):
+        x, y = lossmaps_numba.argmin_cells(maps, rows).unbind(1)
+    else:
+        sub = maps if index is None else maps[index]
+        y = sub.amin(dim=2).argmin(dim=1)
+        x = sub[torch.arange(len(rows), device=maps.device), y].argmin(dim=1)
     uv = torch.stack([x, y], dim=1).to(torch.float32)
     if not subcell:
         return uv
     flat = maps.reshape(-1)
-    cell = ar * (h * w) + y * w + x
+    cell = rows * (h * w) + y * w + x
     c = flat[cell]
     coord = torch.stack([x, y], dim=1)
     ok = (coord > 0) & (coord < torch.tensor([w - 1, h - 1], device=maps.device))
@@ -143,6 +150,7 @@ def argmin_cells(maps: Tensor, subcell: bool = True) -> Tensor:
     ok = ok & (curv > 1e-6)
     d = 0.5 * (lo - hi) / torch.where(ok, curv, torch.ones_like(curv))
     return uv + torch.where(ok, d.clamp(-0.5, 0.5), torch.zeros_like(d))
+
 
 def bilinear_cost(flat: Tensor, offset: Tensor, size: tuple[int, int], ln_omega: float,
                   x: Tensor, y: Tensor, valid: Tensor | None = None) -> Tensor:

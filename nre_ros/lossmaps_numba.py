@@ -15,7 +15,7 @@ from torch import Tensor
 
 from nre_ros import compiled
 
-__all__ = ['bilinear_cost', 'neg_clamp_', 'usable', 'warmup', 'window_logits',
+__all__ = ['argmin_cells', 'bilinear_cost', 'neg_clamp_', 'usable', 'warmup', 'window_logits',
            'window_loss_maps']
 
 KERNELS = 'nre_ros._lossmaps_kernels'
@@ -94,6 +94,17 @@ def bilinear_cost(flat: Tensor, offset: Tensor, size: tuple[int, int], ln_omega:
     return torch.from_numpy(out.reshape(lead))
 
 
+def argmin_cells(maps: Tensor, index: Tensor) -> Tensor:
+    """(M, 2) int64 cells (x, y) of the minima of ``maps[index]`` ((N, h, w) float32, (M,)
+    int64), the first in row-major order as ``nre_ros.lossmaps.argmin_cells``; the maps are
+    read in place (no copy of the selected ones). CPU tensors only."""
+    m = np.ascontiguousarray(maps.detach().numpy(), dtype=np.float32)
+    out = np.empty((index.shape[0], 2), np.int64)
+    k = compiled.kernels(KERNELS)
+    k._argmin_cells(m, np.ascontiguousarray(index.numpy(), dtype=np.int64), out)
+    return torch.from_numpy(out)
+
+
 def neg_clamp_(maps: Tensor, ln_omega: float) -> None:
     """``maps <- min(-maps, ln_omega)`` in place, for a contiguous float32 CPU tensor."""
     k = compiled.kernels(KERNELS)
@@ -113,6 +124,7 @@ def warmup() -> bool:
     coarse = torch.rand(3, 3, 4, generator=g)
     window_loss_maps(logits, origin, coarse, None, math.log(13), 2.0, (7, 6), 1.0, math.log(43))
     neg_clamp_(coarse.clone(), 1.0)
+    argmin_cells(coarse, torch.tensor([2, 0]))
     xy = torch.rand(2, 3, generator=g) * 5
     bilinear_cost(coarse.reshape(-1), torch.arange(3) * 12, (4, 3), 2.0, xy, xy)
     bilinear_cost(coarse.reshape(-1), torch.arange(3) * 12, (4, 3), 2.0, xy, xy, xy > 1)

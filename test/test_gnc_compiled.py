@@ -117,17 +117,22 @@ def test_warmup_compiles_every_kernel():
     """compiled.warmup (what Relocalizer.warmup runs) compiles every kernel a query uses: a
     coarse + fine solve and fine maps from descriptors afterwards compile nothing new."""
     from nre_ros.lossmaps import coarse_loss_maps, fine_loss_maps
-    from nre_ros.solver import refine_level, solve_coarse, verdict
+    from nre_ros.solver import intrinsics_check, refine_level, solve_coarse, verdict
     assert compiled.warmup()
     names = ('nre_ros._lossmaps_kernels', 'nre_ros.solver._gnc_kernels',
-             'nre_ros.solver._p3p_kernels')
+             'nre_ros.solver._p3p_kernels', 'nre_ros.solver._intrinsics_kernels')
     kernels = [k for name in names for k in vars(compiled.kernels(name)).values()
                if hasattr(k, 'signatures')]
     before = [len(k.signatures) for k in kernels]
     s = random_scene(300, 0.3, noise=1.0, seed=4)
     sol = solve_coarse(s.points_world, s.maps, s.K)
     fine = fine_builder(s, ratio=4, window=16, noise=1.0)(sol.T_cam_world)
-    assert verdict(refine_level(sol, fine)).ok
+    refined = refine_level(sol, fine)
+    assert verdict(refined).ok
+    _, est = intrinsics_check.check(s.points_world, fine.maps, fine.K, refined.T_cam_world)
+    assert est is not None
+    _, est = intrinsics_check.check_gross(s.points_world, s.maps, s.K, sol.T_cam_world)
+    assert est is not None
     g = torch.Generator().manual_seed(0)
     q, p = torch.randn(8, 60, 80, generator=g), torch.randn(300, 8, generator=g)
     coarse = coarse_loss_maps(q[:, ::4, ::4], p, 2.0)

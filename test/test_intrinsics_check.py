@@ -109,6 +109,60 @@ def test_the_jackknife_keeps_regional_errors_from_refusing_a_right_k():
     assert refused_formal >= 5 and refused <= 2, (refused_formal, refused)
 
 
+def _estimates_equal(got: IntrinsicsEstimate, ref: IntrinsicsEstimate) -> None:
+    """Equal to rounding: the kernel sums the normal equations point by point, numpy by
+    matmul."""
+    assert got.focal_scale == pytest.approx(ref.focal_scale, rel=1e-9)
+    assert got.principal_offset == pytest.approx(ref.principal_offset, abs=1e-7)
+    np.testing.assert_allclose(got.T_cam_world, ref.T_cam_world, atol=1e-9)
+    for a, b in ((got.formal_cov, ref.formal_cov), (got.jackknife_cov, ref.jackknife_cov)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9 * np.abs(b).max())
+
+
+@pytest.mark.parametrize('fit_principal_point', [True, False])
+@pytest.mark.parametrize('true_scale, shift', [(1.0, 0.0), (1.25, 30.0)])
+def test_compiled_fit_equals_numpy(fit_principal_point, true_scale, shift, monkeypatch):
+    """The numba kernel (the CPU path) gives the numpy reference's estimate, covariances and
+    pose, outliers and points behind the camera included."""
+    from nre_ros import compiled
+    from nre_ros.solver.intrinsics_check import KERNELS
+    if compiled.kernels(KERNELS) is None:
+        pytest.skip('compiled kernels unavailable (numba missing or NRE_ROS_NUMBA=0)')
+    rng = np.random.default_rng(5)
+    X, K = _scene(rng)
+    X[:5, 2] *= -1                                          # behind the camera
+    K_true = K.copy()
+    K_true[:2, :2] *= true_scale
+    K_true[0, 2] += shift
+    uv = _observe(X, K_true, rng)
+    got = estimate_intrinsics(X, uv, K, _start(), 2.0, fit_principal_point)
+    monkeypatch.setenv('NRE_ROS_NUMBA', '0')
+    assert compiled.kernels(KERNELS) is None
+    ref = estimate_intrinsics(X, uv, K, _start(), 2.0, fit_principal_point)
+    assert np.isfinite(ref.jackknife_cov).all()
+    _estimates_equal(got, ref)
+
+
+def test_compiled_fit_stops_as_numpy_on_a_singular_system(monkeypatch):
+    """Every point behind the camera: no equations, the fit keeps its start on both paths."""
+    from nre_ros import compiled
+    from nre_ros.solver.intrinsics_check import KERNELS, _fit_many
+    if compiled.kernels(KERNELS) is None:
+        pytest.skip('compiled kernels unavailable (numba missing or NRE_ROS_NUMBA=0)')
+    rng = np.random.default_rng(6)
+    X, K = _scene(rng, n=40)
+    uv = _observe(X, K, rng)
+    keep = np.ones((2, len(X)), bool)
+    keep[1] = False                                         # the second fit sees nothing
+    X[:20, 2] *= -1
+    got = _fit_many(X, uv, K, _start(), np.zeros(3), 2.0, 20, keep)
+    monkeypatch.setenv('NRE_ROS_NUMBA', '0')
+    ref = _fit_many(X, uv, K, _start(), np.zeros(3), 2.0, 20, keep)
+    np.testing.assert_allclose(got[0][1], _start())         # the start, untouched
+    for a, b in zip(got, ref):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-9)
+
+
 @pytest.fixture(scope='module')
 def query():
     # frame 1: on frame 0 an 80 px shift reads 57-68 px, within the tolerance (0.13 f) that

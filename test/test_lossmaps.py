@@ -271,6 +271,26 @@ class TestNumbaKernels:
         for a, b in zip(got, ref):
             torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
 
+    def test_argmin_of_selected_maps_equals_torch(self, monkeypatch):
+        """The compiled argmin reads the selected maps in place and finds the torch path's
+        cells (first minimum in row-major order: ties, flat maps, minima on every edge) and
+        subcell offsets."""
+        _needs_kernels()
+        g = torch.Generator().manual_seed(9)
+        maps = torch.rand(40, 9, 11, generator=g) * 5
+        maps[3] = 2.0                                           # flat: cell (0, 0)
+        maps[4, 2, 7] = maps[4, 6, 1] = maps[4, 2, 9] = -1.0     # ties: the first row, column
+        maps[5, 8, 10] = maps[6, 0, 5] = maps[7, 4, 0] = -1.0    # on the edges
+        fine = LossMaps(maps, 5.0, (60, 50), torch.randint(-5, 50, (40, 2), generator=g))
+        index = torch.tensor([4, 3, 7, 5, 6, 4, 0, 39, 21])
+        got = fine.argmin_uv(True, index), fine.argmin_uv(False, index)
+        monkeypatch.setenv('NRE_ROS_NUMBA', '0')
+        ref = fine.select(index).argmin_uv(True), fine.select(index).argmin_uv(False)
+        assert torch.equal(ref[1][:5] - fine.origin[index[:5]],
+                           torch.tensor([[7.0, 2], [0, 0], [0, 4], [10, 8], [5, 0]]))
+        assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1])
+        assert torch.equal(fine.argmin_uv(True, index), ref[0])    # the torch path too
+
     def test_coarse_maps_equal_torch(self, monkeypatch):
         _needs_kernels()
         q, p = _random_desc(n=40)

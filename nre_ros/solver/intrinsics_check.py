@@ -25,8 +25,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from nre_ros import compiled
 from nre_ros.geometry import so3_exp
 from nre_ros.solver.intrinsics_stream import IntrinsicsStreamConfig
+
+KERNELS = 'nre_ros.solver._intrinsics_kernels'   # numba kernels of the CPU path (nre_ros.compiled)
 
 
 @dataclass(frozen=True)
@@ -102,14 +105,31 @@ def _fit_many(X: np.ndarray, uv: np.ndarray, K: np.ndarray, T: np.ndarray, theta
     """Cauchy-weighted Gauss-Newton fits of the observations ``keep`` (B, N) bool selects,
     all from pose T (4, 4) and theta = (log s[, dx, dy]), side by side; each stops on its own
     once its step is negligible. Returns (B, 4, 4) poses, (B, P) thetas, (B, 6 + P, 6 + P)
-    normal matrices and (B,) residual variances of the last iteration."""
-    B, n_th = len(keep), len(theta)
+    normal matrices and (B,) residual variances of the last iteration. Compiled kernel
+    (``_intrinsics_kernels``) when numba is available, else ``_gauss_newton``."""
+    B, n_par = len(keep), 6 + len(theta)
     R = np.repeat(T[None, :3, :3], B, 0)
     t = np.repeat(T[None, :3, 3], B, 0)
     theta = np.repeat(np.asarray(theta, np.float64)[None], B, 0)
+    H, sigma2 = np.repeat(np.eye(n_par)[None], B, 0), np.full(B, math.inf)
+    k = compiled.kernels(KERNELS)
+    fit = _gauss_newton if k is None else k._fit_many
+    fit(np.ascontiguousarray(X), np.ascontiguousarray(uv), np.ascontiguousarray(K),
+        np.ascontiguousarray(keep), float(robust_scale), int(iterations), R, t, theta, H, sigma2)
+    T_fit = np.repeat(np.eye(4)[None], B, 0)
+    T_fit[:, :3, :3], T_fit[:, :3, 3] = R, t
+    return T_fit, theta, H, sigma2
+
+
+def _gauss_newton(X: np.ndarray, uv: np.ndarray, K: np.ndarray, keep: np.ndarray,
+                  robust_scale: float, iterations: int, R: np.ndarray, t: np.ndarray,
+                  theta: np.ndarray, H: np.ndarray, sigma2: np.ndarray) -> None:
+    """The iterations of ``_fit_many`` in numpy, batched over the B fits: R (B, 3, 3),
+    t (B, 3), theta (B, P), the last normal matrices H (B, 6 + P, 6 + P) and residual
+    variances sigma2 (B,) updated in place."""
+    B, n_th = theta.shape
     with_pp = n_th == 3
     n_par = 6 + n_th
-    H, sigma2 = np.repeat(np.eye(n_par)[None], B, 0), np.full(B, math.inf)
     active = np.ones(B, bool)
     for _ in range(iterations):
         a = np.flatnonzero(active)
@@ -147,9 +167,6 @@ def _fit_many(X: np.ndarray, uv: np.ndarray, K: np.ndarray, T: np.ndarray, theta
         active[a[done | ~ok]] = False
         if not active.any():
             break
-    T_fit = np.repeat(np.eye(4)[None], B, 0)
-    T_fit[:, :3, :3], T_fit[:, :3, 3] = R, t
-    return T_fit, theta, H, sigma2
 
 
 def _fit(X: np.ndarray, uv: np.ndarray, K: np.ndarray, T: np.ndarray, theta: np.ndarray,
@@ -278,13 +295,12 @@ def peaked_observations(points_world, maps, max_points: int, margin: float = 3.0
     if keep.sum() > max_points:
         keep &= depth >= np.sort(depth)[-max_points]
     index = torch.as_tensor(np.flatnonzero(keep), dtype=torch.int64, device=maps.maps.device)
-    sub = maps.select(index)
-    uv = sub.argmin_uv(True)
+    uv = maps.argmin_uv(True, index)
     X = np.asarray(points_world[index].cpu().numpy(), np.float64)
     uv_np = uv.cpu().numpy().astype(np.float64)
-    if sub.origin is not None:
-        local = uv_np - sub.origin.cpu().numpy()
-        s = sub.maps.shape[-1]
+    if maps.origin is not None:
+        local = uv_np - maps.origin[index].cpu().numpy()
+        s = maps.maps.shape[-1]
         inner = ((local > 0.5) & (local < s - 1.5)).all(1)
         X, uv_np = X[inner], uv_np[inner]
     return X, uv_np
@@ -346,3 +362,16 @@ def gross_inconsistency(focal_scale: float, cfg: IntrinsicsCheckConfig = Intrins
         return (f'the image fits a focal length {focal_scale:.2f} x the given one on the '
                 f'coarse level (tolerance {tolerance:.2f})')
     return None
+
+
+def warmup_compiled() -> bool:
+    """Compile (or load from the disk cache) the fit kernel on a tiny problem, with and without
+    the principal point; False when it is unavailable."""
+    if compiled.kernels(KERNELS) is None:
+        return False
+    X = np.array([[0.1, 0.2, 2.0], [-0.3, 0.1, 3.0], [0.2, -0.2, 2.5], [0.0, 0.3, 4.0]])
+    K = np.array([[100.0, 0.0, 50.0], [0.0, 100.0, 40.0], [0.0, 0.0, 1.0]])
+    uv = X[:, :2] / X[:, 2:] * 100.0 + [50.0, 40.0]
+    for theta in (np.zeros(1), np.zeros(3)):
+        _fit_many(X, uv, K, np.eye(4), theta, 1.0, 2, np.ones((2, len(X)), bool))
+    return True
