@@ -4,8 +4,10 @@
     PYTHONPATH=. python benchmarks/intrinsics_check.py [--repeats 5] [--json]
 
 The shipped demo queries (``maps/demo``) are localized against the demo map with the right K
-and with two wrong ones (focal x1.25, principal point +80 px), recording the inputs of every
-intrinsics check the pipeline runs (the coarse gross-error guard and the fine check). Each
+and with two wrong ones (focal x1.25, principal point +80 px), by one relocalizer per path
+(``NRE_ROS_NUMBA=0`` for the reference: every stage on its torch path), query by query in
+turn: the pipeline's ``intrinsics_check`` stage time of each, and the inputs of every
+intrinsics check the compiled run made (the coarse gross-error guard and the fine check). Each
 query's checks are then replayed with each path in turn (reference, compiled, reference, ...),
 timing the stages of ``nre_ros.solver.intrinsics_check``: the peaked observations (argmins of
 the most peaked maps), the joint fit and the block-jackknife refits. Printed: ms p50 per query
@@ -51,23 +53,32 @@ def _cameras(cam: Camera) -> dict[str, Camera]:
     return out
 
 
-def record_checks(reloc: Relocalizer, seq: TumSequence) -> list[list[tuple]]:
-    """Per localized query, the (kind, args, kwargs) of each intrinsics check it ran."""
+def record_checks(relocs: dict[str, Relocalizer], seq: TumSequence
+                  ) -> tuple[list[list[tuple]], dict[str, list[float]]]:
+    """Localize every query with each path's relocalizer in turn: per query that reached the
+    check, the (kind, args, kwargs) of each intrinsics check it ran (compiled path's run), and
+    per path the pipeline's ``intrinsics_check`` stage (ms) of each query."""
     calls: list[tuple] = []
     check, check_gross = ic.check, ic.check_gross
     ic.check = lambda *a, **k: calls.append(('fine', a, k)) or check(*a, **k)
     ic.check_gross = lambda *a, **k: calls.append(('coarse', a, k)) or check_gross(*a, **k)
-    queries = []
+    queries, stage_ms = [], {p: [] for p in PATHS}
     try:
         for cam in _cameras(seq.camera).values():
             for frame in seq.frames:
-                calls = []
-                reloc.localize(seq.load_rgb(frame), cam)
+                image = seq.load_rgb(frame)
+                for path, flag in PATHS.items():
+                    os.environ['NRE_ROS_NUMBA'] = flag
+                    calls = []
+                    out = relocs[path].localize(image, cam)
+                    if 'intrinsics_check' in out.timings_ms:
+                        stage_ms[path].append(out.timings_ms['intrinsics_check'])
                 if calls:
                     queries.append(calls)
     finally:
         ic.check, ic.check_gross = check, check_gross
-    return queries
+        os.environ.pop('NRE_ROS_NUMBA')
+    return queries, stage_ms
 
 
 def replay(kind: str, args: tuple, kwargs: dict) -> tuple[dict, str | None, object]:
@@ -107,10 +118,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument('--json', action='store_true')
     args = ap.parse_args(argv)
     apply_threads(PipelineConfig().num_threads)
-    reloc = Relocalizer(load_map(shared_file('maps/demo/fr1_rpy.nremap')),
-                        load_configured_model(DEFAULT_MODEL, PipelineConfig()))
-    reloc.warmup()
-    queries = record_checks(reloc, TumSequence(shared_file('maps/demo/queries')))
+    map_ = load_map(shared_file('maps/demo/fr1_rpy.nremap'))
+    model = load_configured_model(DEFAULT_MODEL, PipelineConfig())
+    relocs = {p: Relocalizer(map_, model) for p in PATHS}    # each its own camera evidence
+    relocs['compiled'].warmup()
+    queries, stage_ms = record_checks(relocs, TumSequence(shared_file('maps/demo/queries')))
     times = {p: {s: [] for s in STAGES} for p in PATHS}
     results = {p: [] for p in PATHS}
     for calls in queries:
@@ -128,6 +140,7 @@ def main(argv: list[str] | None = None) -> None:
             times[path]['total per query'].append(1e3 * float(np.median(totals)))
             results[path].append([r[1:] for r in runs[0]])
     os.environ.pop('NRE_ROS_NUMBA')
+    pipeline_p50 = {p: float(np.median(v)) for p, v in stage_ms.items()}
     d_focal = d_pp = 0.0
     same_verdicts = True
     for ref, new in zip(results['reference'], results['compiled']):
@@ -139,7 +152,8 @@ def main(argv: list[str] | None = None) -> None:
                                                           e_ref.principal_offset)).max()))
     p50 = {p: {s: float(np.median(v)) for s, v in times[p].items() if v} for p in PATHS}
     if args.json:
-        print(json.dumps({'ms_p50': p50, 'queries': len(queries), 'max_rel_focal_diff': d_focal,
+        print(json.dumps({'ms_p50': p50, 'pipeline_stage_ms_p50': pipeline_p50,
+                          'queries': len(queries), 'max_rel_focal_diff': d_focal,
                           'max_principal_offset_diff_px': d_pp, 'same_verdicts': same_verdicts}))
         return
     print(f'# benchmarks/intrinsics_check.py, demo map, {len(queries)} checked queries (8 demo '
@@ -151,6 +165,9 @@ def main(argv: list[str] | None = None) -> None:
         if s in p50['reference']:
             r, c = p50['reference'][s], p50['compiled'][s]
             print(f'| {s} | {r:.2f} | {c:.2f} | {r / max(c, 1e-9):.1f}x |')
+    r, c = pipeline_p50['reference'], pipeline_p50['compiled']
+    print(f'| pipeline stage `intrinsics_check` (localize, {len(stage_ms["compiled"])} / '
+          f'{len(stage_ms["reference"])} queries) | {r:.2f} | {c:.2f} | {r / max(c, 1e-9):.1f}x |')
     print(f'\nlargest difference compiled vs reference: focal scale {d_focal:.1e} (relative), '
           f'principal offset {d_pp:.1e} grid px; verdicts {"equal" if same_verdicts else "DIFFER"}')
 

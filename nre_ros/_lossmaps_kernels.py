@@ -216,23 +216,22 @@ def _row_min(row):
 
 
 @_jit
-def _argmin_cells(maps, index, out):
-    """out[m] = the (x, y) cell of the minimum of maps[index[m]] (N, h, w), the first in
-    row-major order, read in place: the first row of the smallest row minimum, then the first
-    cell of that row holding it. One thread: a pass over a few hundred maps is too short for
-    a parallel region to pay on a busy CPU."""
+def _argmin_cells(maps, index, minima, out):
+    """out[m] = the (x, y) cell of the first minimum in row-major order of maps[index[m]]
+    (N, h, w), whose value ``minima[index[m]]`` is known, read in place: the first row whose
+    minimum it is, then the first cell of that row holding it (the rows below are not read).
+    One thread: a pass over a few hundred maps is too short for a parallel region to pay on a
+    busy CPU."""
     h, w = maps.shape[1], maps.shape[2]
     for m in range(index.shape[0]):
         src = maps[index[m]]
-        best = _row_min(src[0])
+        target = minima[index[m]]
         by = 0
-        for i in range(1, h):
-            v = _row_min(src[i])
-            if v < best:
-                best, by = v, i
+        while by < h - 1 and _row_min(src[by]) != target:
+            by += 1
         row = src[by]
         bx = 0
-        while bx < w - 1 and row[bx] != best:
+        while bx < w - 1 and row[bx] != target:
             bx += 1
         out[m, 0] = bx
         out[m, 1] = by

@@ -84,7 +84,7 @@ class LossMaps:
     def argmin_uv(self, subcell: bool = True, index: Tensor | None = None) -> Tensor:
         """(N, 2) float32 grid coordinates of each map's minimum, or (M, 2) of the maps
         ``index`` (M,) int64 selects (see ``argmin_cells``)."""
-        uv = argmin_cells(self.maps, subcell, index)
+        uv = argmin_cells(self.maps, subcell, index, None if index is None else self.map_min)
         if self.origin is not None:
             origin = self.origin if index is None else self.origin[index]
             uv = uv + origin.to(uv.dtype)
@@ -116,11 +116,13 @@ class LossMaps:
         return out.reshape(lead + (n,))
 
 
-def argmin_cells(maps: Tensor, subcell: bool = True, index: Tensor | None = None) -> Tensor:
+def argmin_cells(maps: Tensor, subcell: bool = True, index: Tensor | None = None,
+                 minima: Tensor | None = None) -> Tensor:
     """(N, 2) float32 map-frame coordinates (x, y) of the minima of (N, h, w) maps, first
     occurrence in row-major order, found row first, then column (cheaper than one argmin over
-    h*w cells). With ``index`` (M,) int64: (M, 2) of the maps it selects, which the compiled
-    path (``lossmaps_numba``) reads in place (torch copies them).
+    h*w cells). With ``index`` (M,) int64: (M, 2) of the maps it selects; given also the maps'
+    minima (N,) (``LossMaps.map_min``), the compiled path (``lossmaps_numba``) reads the
+    selected maps in place, each up to the row holding its minimum (torch copies them).
 
     With ``subcell`` the minimum is refined per axis by the vertex of the parabola through the
     loss at the cell and its two neighbours (exact for Gaussian bumps, whose loss is
@@ -129,8 +131,9 @@ def argmin_cells(maps: Tensor, subcell: bool = True, index: Tensor | None = None
     """
     n, h, w = maps.shape
     rows = torch.arange(n, device=maps.device) if index is None else index
-    if index is not None and maps.dtype == torch.float32 and lossmaps_numba.usable(maps):
-        x, y = lossmaps_numba.argmin_cells(maps, rows).unbind(1)
+    if (index is not None and minima is not None and maps.dtype == torch.float32
+            and lossmaps_numba.usable(maps)):
+        x, y = lossmaps_numba.argmin_cells(maps, index, minima).unbind(1)
     else:
         sub = maps if index is None else maps[index]
         y = sub.amin(dim=2).argmin(dim=1)

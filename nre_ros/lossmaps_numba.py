@@ -94,14 +94,16 @@ def bilinear_cost(flat: Tensor, offset: Tensor, size: tuple[int, int], ln_omega:
     return torch.from_numpy(out.reshape(lead))
 
 
-def argmin_cells(maps: Tensor, index: Tensor) -> Tensor:
+def argmin_cells(maps: Tensor, index: Tensor, minima: Tensor) -> Tensor:
     """(M, 2) int64 cells (x, y) of the minima of ``maps[index]`` ((N, h, w) float32, (M,)
-    int64), the first in row-major order as ``nre_ros.lossmaps.argmin_cells``; the maps are
-    read in place (no copy of the selected ones). CPU tensors only."""
+    int64), the first in row-major order as ``nre_ros.lossmaps.argmin_cells``, given every
+    map's minimum ``minima`` (N,); the maps are read in place, each up to the row holding its
+    minimum. CPU tensors only."""
     m = np.ascontiguousarray(maps.detach().numpy(), dtype=np.float32)
+    low = np.ascontiguousarray(minima.detach().numpy(), dtype=np.float32)
     out = np.empty((index.shape[0], 2), np.int64)
     k = compiled.kernels(KERNELS)
-    k._argmin_cells(m, np.ascontiguousarray(index.numpy(), dtype=np.int64), out)
+    k._argmin_cells(m, np.ascontiguousarray(index.numpy(), dtype=np.int64), low, out)
     return torch.from_numpy(out)
 
 
@@ -124,7 +126,7 @@ def warmup() -> bool:
     coarse = torch.rand(3, 3, 4, generator=g)
     window_loss_maps(logits, origin, coarse, None, math.log(13), 2.0, (7, 6), 1.0, math.log(43))
     neg_clamp_(coarse.clone(), 1.0)
-    argmin_cells(coarse, torch.tensor([2, 0]))
+    argmin_cells(coarse, torch.tensor([2, 0]), coarse.flatten(1).amin(1))
     xy = torch.rand(2, 3, generator=g) * 5
     bilinear_cost(coarse.reshape(-1), torch.arange(3) * 12, (4, 3), 2.0, xy, xy)
     bilinear_cost(coarse.reshape(-1), torch.arange(3) * 12, (4, 3), 2.0, xy, xy, xy > 1)
