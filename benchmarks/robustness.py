@@ -178,6 +178,8 @@ def main(argv: list[str] | None = None) -> None:
                     hits[v][m] += good(T if n >= acc.DEFAULT_THRESHOLDS[m] else None, T_gt)
         acc.log(f'  {i + 1}/{len(qs)} ' + ' '.join(f'{v}={hits[v]["nre_ros"]}'
                                                  for v in args.variants))
+    if dump is not None:
+        dump.close()
     sweep = {}
     if not args.no_sweep:
         for name, wrong in SWEEP.items():

@@ -349,17 +349,14 @@ class Relocalizer:
                 prior = Prior(*check_prior_pose(prior.T_cam_world, prior.covariance))
             prep0 = prepare(image, camera, self.config.max_image_side, 0, depth)
             check_prepared_size(prep0, MIN_IMAGE_SIDE)
-            dn = self.config.denoise
-            prep_info = None
+            dn, br = self.config.denoise, self.config.brightness
+            prep_info: dict = {}          # what denoise / match_brightness measured and did
             if dn.enabled:
-                img, prep_info = denoise(prep0.image, dn.noise_threshold, dn.sigma)
-                prep0 = replace(prep0, image=img)
-            br = self.config.brightness
+                img, info = denoise(prep0.image, dn.noise_threshold, dn.sigma)
+                prep0, prep_info = replace(prep0, image=img), {**prep_info, **info}
             if br.enabled and self._map_brightness is not None:
-                img, light_info = match_brightness(prep0.image, self._map_brightness,
-                                                   br.min_gamma)
-                prep0 = replace(prep0, image=img)
-                prep_info = {**(prep_info or {}), **light_info}
+                img, info = match_brightness(prep0.image, self._map_brightness, br.min_gamma)
+                prep0, prep_info = replace(prep0, image=img), {**prep_info, **info}
             sc = self.config.scale
             if sc.enabled:
                 prep0 = match_focal(prep0, self._map_focal, sc.tolerance, sc.max_upscale)
@@ -380,7 +377,7 @@ class Relocalizer:
             out = Failure('diverged', 'the solver returned a non-rigid pose', out.timings_ms,
                           out.info)
         out = self._camera_verdict(out, camera)
-        if prep_info is not None:
+        if prep_info:
             out = replace(out, info={**out.info, **prep_info})
         return self._finish(out, t0, mode, timings)
 
@@ -576,9 +573,9 @@ class Relocalizer:
         """Refuse a pose whose maps fit other intrinsics than the given ones
         (``nre_ros.solver.intrinsics_check``): the gross-error guard on the coarse level, then
         focal scale and principal point on the fine level (tolerances of both widened for a
-        view narrower than the map keyframes'). The estimate (fine level when there is one) goes to
-        ``info`` either way; the principal-point offset as ``principal_offset_rel`` (caller's
-        camera frame, in units of the focal length)."""
+        view narrower than the map keyframes'). The estimate (fine level when there is one)
+        goes to ``info`` either way; the principal-point offset as ``principal_offset_rel``
+        (caller's camera frame, in units of the focal length)."""
         t = time.perf_counter()
         cfg, spec = self.config.intrinsics, self.model.spec
         c = sol.coarse
