@@ -236,7 +236,8 @@ def coarse_loss_maps(query_desc: Tensor, point_desc: Tensor, inv_temperature: fl
         inv_temperature: tau multiplying the dot products (about 20 for XFeat's L2-normalised
             64-d descriptors; 1.0 for NRE's raw descriptors).
         normalize: L2-normalise both descriptor sets first.
-        chunk_elements: largest transient logits buffer (points x cells) computed at once.
+        chunk_elements: points x cells computed per matmul; the logits are written straight
+            into the output and normalised there, so no transient buffer exists at any size.
 
     Returns:
         LossMaps with (N, h, w) float32 maps, ln_omega = ln(h*w + 1), grid_size (w, h).
@@ -254,15 +255,11 @@ def coarse_loss_maps(query_desc: Tensor, point_desc: Tensor, inv_temperature: fl
     ln_omega = math.log(h * w + 1)
     n = p.shape[0]
     step = max(1, chunk_elements // (h * w))
-    if n <= step:
-        maps = p @ q
-        torch.log_softmax(maps, dim=1, out=maps)  # row-wise, in place: no second buffer
-        _neg_clamp_(maps, ln_omega)
-        return LossMaps(maps.reshape(n, h, w), ln_omega, (w, h))
-    # Chunks bound the transient logits buffer; the output is the only full-size tensor.
     maps = torch.empty(n, h * w, dtype=torch.float32, device=q.device)
     for s in range(0, n, step):
-        torch.log_softmax(p[s:s + step] @ q, dim=1, out=maps[s:s + step])
+        rows = maps[s:s + step]                   # contiguous rows of the output
+        torch.mm(p[s:s + step], q, out=rows)
+        torch.log_softmax(rows, dim=1, out=rows)  # row-wise, in place
     _neg_clamp_(maps, ln_omega)
     return LossMaps(maps.reshape(n, h, w), ln_omega, (w, h))
 
