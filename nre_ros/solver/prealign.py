@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from nre_ros.geometry import se3_exp
-from nre_ros.lossmaps import LossMaps, argmin_cells
+from nre_ros.lossmaps import LossMaps
 from nre_ros.solver.gnc import _jacobian
 
 __all__ = ['PrealignConfig', 'prealign']
@@ -53,8 +53,7 @@ def prealign(points_world: Tensor, maps: LossMaps, K: Tensor, T_init: Tensor,
     sel = torch.nonzero(maps.peakedness() >= config.min_peakedness).reshape(-1)
     if sel.numel() < config.min_points:
         return T_init
-    # minima of all maps read in place (a copy of the peaked ones cost more than the extra rows)
-    uv_min = argmin_cells(maps.maps, True).index_select(0, sel).double().cpu().numpy()
+    uv_min = maps.argmin_uv(True, sel).double().cpu().numpy()   # the peaked maps, read in place
     X = points_world.index_select(0, sel).double().cpu().numpy()
     fx, fy, cx, cy = (float(v) for v in (K[0, 0], K[1, 1], K[0, 2], K[1, 2]))
     T = T_init.detach().double().cpu().numpy().copy()
