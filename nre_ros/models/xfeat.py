@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.resources
 import logging
+import os
 
 import numpy as np
 import torch
@@ -21,6 +22,7 @@ from torch import nn
 
 from nre_ros.errors import BackendUnavailable
 from nre_ros.models.base import DenseFeatures, ModelSpec, check_image, file_sha256
+from nre_ros.models.xfeat_phase import PhaseBlock1
 
 logger = logging.getLogger(__name__)
 
@@ -77,17 +79,22 @@ def xfeat_forward(xfeat: nn.Module, image: torch.Tensor, keypoints: bool = True
     to ONNX with dynamic sizes, and without the unused reliability head."""
     gray = image if image.shape[1] == 1 else image.mean(dim=1, keepdim=True)
     x = instance_norm(gray, xfeat.norm.eps)
-    x1 = xfeat.block1(x)
-    x2 = xfeat.block2(x1 + xfeat.skip1(x))
+    feats = xfeat_tail(xfeat, xfeat.block1(x) + xfeat.skip1(x))
+    logits = xfeat.keypoint_head(F.pixel_unshuffle(x, STRIDE)) if keypoints else None
+    return feats, logits
+
+
+def xfeat_tail(xfeat: nn.Module, block2_input: torch.Tensor) -> torch.Tensor:
+    """XFeat from block2 on: (1, 24, H/4, W/4) = block1(x) + skip1(x) -> raw (1, 64, H/8, W/8)
+    features (before L2 normalization)."""
+    x2 = xfeat.block2(block2_input)
     x3 = xfeat.block3(x2)
     x4 = xfeat.block4(x3)
     x5 = xfeat.block5(x4)
     size = (x3.shape[-2], x3.shape[-1])
     x4 = F.interpolate(x4, size, mode='bilinear')
     x5 = F.interpolate(x5, size, mode='bilinear')
-    feats = xfeat.block_fusion(x3 + x4 + x5)
-    logits = xfeat.keypoint_head(F.pixel_unshuffle(x, STRIDE)) if keypoints else None
-    return feats, logits
+    return xfeat.block_fusion(x3 + x4 + x5)
 
 
 class XFeatCoarseNet(nn.Module):
@@ -110,26 +117,43 @@ class XFeatFineNet(nn.Module):
     descriptors of the bilinearly upsampled image (x4: stride 2; x2: stride 4; 8/3: stride 3).
     The upsampled sides must be multiples of 32: H and W multiples of 8 for x4, of 96 for 8/3.
 
+    For an integer ``upsample`` XFeat's first block runs in phase form on the block's output
+    grid (``nre_ros.models.xfeat_phase``): the same function, without forming the upsampled
+    image. ``phase=False`` (or the environment variable ``NRE_ROS_FINE_PHASE=0``) runs the
+    original layers on the upsampled image.
+
     Args:
         upsample: an integer factor, or the fraction (8, 3) as ``(numerator, denominator)``.
+        phase: phase form (default: on unless ``NRE_ROS_FINE_PHASE=0``; always off for a
+            fraction).
     """
 
-    def __init__(self, xfeat: nn.Module, upsample: int | tuple[int, int] = FINE_UPSAMPLE
-                 ) -> None:
+    def __init__(self, xfeat: nn.Module, upsample: int | tuple[int, int] = FINE_UPSAMPLE,
+                 phase: bool | None = None) -> None:
         super().__init__()
         self.xfeat = xfeat
         self.upsample = upsample
+        if phase is None:
+            phase = os.environ.get('NRE_ROS_FINE_PHASE', '1') != '0'
+        self.phase_block1 = PhaseBlock1(xfeat, upsample) if phase and isinstance(upsample, int) \
+            else None
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
+    def raw_features(self, image: torch.Tensor) -> torch.Tensor:
+        """(1, 3, H, W) -> XFeat's raw (1, 64, H/s, W/s) features of the upsampled image."""
         gray = image.mean(dim=1, keepdim=True)     # XFeat's first op, moved before the (linear)
-        if isinstance(self.upsample, tuple):       # upsample; exact sizes for a fraction
+        if self.phase_block1 is not None:                # upsample
+            return xfeat_tail(self.xfeat, self.phase_block1(gray))
+        if isinstance(self.upsample, tuple):       # exact sizes for a fraction
             num, den = self.upsample
             size = (gray.shape[-2] * num // den, gray.shape[-1] * num // den)
             x = F.interpolate(gray, size=size, mode='bilinear', align_corners=False)
         else:
             x = F.interpolate(gray, scale_factor=float(self.upsample), mode='bilinear',
                               align_corners=False)
-        return F.normalize(xfeat_forward(self.xfeat, x, keypoints=False)[0], dim=1)
+        return xfeat_forward(self.xfeat, x, keypoints=False)[0]
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.raw_features(image), dim=1)
 
 
 def fine_stride_of(upsample: int | tuple[int, int]) -> int:

@@ -27,7 +27,7 @@ from torch import nn
 from nre_ros.errors import BackendUnavailable, MapFormatError
 from nre_ros.models.base import ModelSpec, file_sha256
 from nre_ros.models.xfeat import (FINE_UPSAMPLE, INV_TEMPERATURE, NORMALIZATION, STRIDE,
-                                  XFeatMultiScale, weights_path, xfeat_forward)
+                                  XFeatFineNet, XFeatMultiScale, weights_path, xfeat_forward)
 
 NAME = 'xfeat-ms-nre'
 WEIGHTS_FILE = Path(__file__).resolve().parents[1] / 'weights' / f'{NAME}.safetensors'
@@ -123,21 +123,17 @@ class XFeatNreCoarseNet(nn.Module):
         return self.head(feats), scores
 
 
-class XFeatNreFineNet(nn.Module):
-    """(1, 3, H, W) in [0, 1] (multiples of 8) -> descriptors (1, 64, H/2, W/2)."""
+class XFeatNreFineNet(XFeatFineNet):
+    """(1, 3, H, W) in [0, 1] (multiples of 8) -> descriptors (1, 64, H/2, W/2): the NRE fine
+    head on XFeat's raw features of the x4 image (phase form as in XFeatFineNet)."""
 
     def __init__(self, xfeat: nn.Module, head: ResidualHead,
-                 upsample: int = FINE_UPSAMPLE) -> None:
-        super().__init__()
-        self.xfeat = xfeat
+                 upsample: int = FINE_UPSAMPLE, phase: bool | None = None) -> None:
+        super().__init__(xfeat, upsample, phase)
         self.head = head
-        self.upsample = upsample
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        gray = image.mean(dim=1, keepdim=True)
-        x = F.interpolate(gray, scale_factor=float(self.upsample), mode='bilinear',
-                          align_corners=False)
-        return self.head(xfeat_forward(self.xfeat, x, keypoints=False)[0])
+        return self.head(self.raw_features(image))
 
 
 class XFeatMultiScaleNre(XFeatMultiScale):

