@@ -108,3 +108,14 @@ def test_a_noisy_image_is_smoothed_and_a_clean_one_left_alone():
     assert info['noise_sigma'] == pytest.approx(15.0 / np.sqrt(3.0), rel=0.05)
     assert info['denoise_sigma'] == 1.0
     assert noise_sigma(out.mean(axis=2, dtype=np.float32)) < info['noise_sigma'] / 3.0
+
+
+def test_channel_mean_equals_numpys_float32_mean():
+    from nre_ros.preprocess import channel_mean
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    image[0, 0] = (255, 255, 254)                     # sums whose thirds round in float32
+    image[0, 1] = (1, 0, 0)
+    got = channel_mean(image)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, image.mean(axis=2, dtype=np.float32))
