@@ -113,3 +113,15 @@ def test_bf16_descriptors_match_fp32_on_a_real_image(fp32_and_bf16, fr1_rpy):
     overlap = len(keep[0] & keep[1]) / len(keep[0])
     print(f'keypoints: {overlap:.3f} of the fp32 top 600 kept in bf16')
     assert overlap > 0.9
+
+
+@pytest.mark.parametrize('shape', [(1, 64, 60, 80), (2, 8, 3, 5), (1, 64, 1, 1)])
+def test_bf16_descriptors_are_renormalised_to_nchw_float32(shape):
+    from nre_ros.backends.torch_backend import normalized_nchw
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0)).bfloat16()
+    for desc in (x, x.contiguous(memory_format=torch.channels_last)):
+        got = normalized_nchw(desc)
+        assert got.dtype == torch.float32 and got.is_contiguous()
+        torch.testing.assert_close(got, torch.nn.functional.normalize(desc.float(), dim=1),
+                                   rtol=0, atol=1e-6)
+        torch.testing.assert_close(got.norm(dim=1), torch.ones(shape[0], *shape[2:]))

@@ -73,7 +73,18 @@ class TorchRunner:
             memory_format=self.memory_formats[level])
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             out = self.networks[level](x)
-        out = tuple(o.float().contiguous() for o in (out if isinstance(out, tuple) else (out,)))
-        if self.bf16:
-            out = (F.normalize(out[0], dim=1),) + out[1:]
-        return out
+        out = out if isinstance(out, tuple) else (out,)
+        if self.bf16:     # descriptors re-normalised in float32
+            return (normalized_nchw(out[0]),) + tuple(o.float().contiguous() for o in out[1:])
+        return tuple(o.float().contiguous() for o in out)
+
+
+def normalized_nchw(desc: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) descriptors, any dtype and memory format -> float32, contiguous (NCHW),
+    L2-normalised over C. A channels_last input is normalised as its contiguous (N H W, C) rows
+    and transposed once (converting it to NCHW first made both steps strided and slow)."""
+    if not desc.is_contiguous(memory_format=torch.channels_last) or desc.is_contiguous():
+        return F.normalize(desc.float().contiguous(), dim=1)
+    n, c, h, w = desc.shape
+    rows = F.normalize(desc.permute(0, 2, 3, 1).reshape(n * h * w, c).float(), dim=1)
+    return rows.reshape(n, h, w, c).permute(0, 3, 1, 2).contiguous()
