@@ -115,7 +115,7 @@ def test_bf16_descriptors_match_fp32_on_a_real_image(fp32_and_bf16, fr1_rpy):
     assert overlap > 0.9
 
 
-@pytest.mark.parametrize('shape', [(1, 64, 60, 80), (2, 8, 3, 5), (1, 64, 1, 1)])
+@pytest.mark.parametrize('shape', [(1, 64, 60, 80), (2, 8, 3, 5), (1, 64, 1, 1), (2, 16, 50, 90)])
 def test_bf16_descriptors_are_renormalised_to_nchw_float32(shape):
     from nre_ros.backends.torch_backend import normalized_nchw
     x = torch.randn(shape, generator=torch.Generator().manual_seed(0)).bfloat16()

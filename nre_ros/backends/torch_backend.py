@@ -79,12 +79,17 @@ class TorchRunner:
         return tuple(o.float().contiguous() for o in out)
 
 
-def normalized_nchw(desc: torch.Tensor) -> torch.Tensor:
+def normalized_nchw(desc: torch.Tensor, block: int = 2048) -> torch.Tensor:
     """(N, C, H, W) descriptors, any dtype and memory format -> float32, contiguous (NCHW),
-    L2-normalised over C. A channels_last input is normalised as its contiguous (N H W, C) rows
-    and transposed once (converting it to NCHW first made both steps strided and slow)."""
+    L2-normalised over C. A channels_last input is read as its contiguous (H W, C) rows,
+    ``block`` rows at a time (normalised, then transposed into the output while in cache):
+    converting it to NCHW first made both steps strided and slow."""
     if not desc.is_contiguous(memory_format=torch.channels_last) or desc.is_contiguous():
         return F.normalize(desc.float().contiguous(), dim=1)
     n, c, h, w = desc.shape
-    rows = F.normalize(desc.permute(0, 2, 3, 1).reshape(n * h * w, c).float(), dim=1)
-    return rows.reshape(n, h, w, c).permute(0, 3, 1, 2).contiguous()
+    rows = desc.permute(0, 2, 3, 1).reshape(n, h * w, c)
+    out = torch.empty(n, c, h * w, dtype=torch.float32, device=desc.device)
+    for i in range(n):
+        for s in range(0, h * w, block):
+            out[i, :, s:s + block] = F.normalize(rows[i, s:s + block].float(), dim=1).t()
+    return out.reshape(n, c, h, w)
