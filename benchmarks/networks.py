@@ -1,12 +1,17 @@
 #!/usr/bin/env python3
 """Feature-network benchmark: ms/frame per backend and model at 640x480, and descriptor quality.
 
-    python benchmarks/networks.py [--repeats 5] [--threads 2] [--quality] [--json]
+    python benchmarks/networks.py [--repeats 5] [--threads 2] [--quality] [--fine-paths] [--json]
 
 Speed: median and IQR of ``--repeats`` runs after a warm-up, coarse and fine levels timed
 separately, for every backend that can run here (torch CPU fp32 and bf16, ONNX Runtime CPU;
 torch CUDA fp16, ONNX Runtime CUDA and TensorRT where present). The NRE paper's 15.5 + 7.2 ms (GTX 1080Ti,
 coarse + fine) is printed for reference; it was not measured here.
+
+Fine paths (--fine-paths): the fine network of each model with an integer upsampling in its
+original layers (``NRE_ROS_FINE_PHASE=0``) and with XFeat's first block in phase form (the
+default, nre_ros.models.xfeat_phase), timed interleaved (one run of each per repeat) on the torch
+backends, with the largest difference between their descriptors.
 
 Quality (--quality): median cosine-argmax reprojection error of co-visible points on the NRE
 MegaDepth pair and on TUM fr1_rpy map/query pairs (nre_ros.models.quality), for the default model,
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -105,6 +111,62 @@ def speed(models: list[str], repeats: int, threads: int) -> list[dict]:
     return rows
 
 
+def load_original_fine(name: str):
+    """Model ``name`` whose fine network runs XFeat's original layers (no phase form)."""
+    previous = os.environ.get('NRE_ROS_FINE_PHASE')
+    os.environ['NRE_ROS_FINE_PHASE'] = '0'
+    try:
+        return load_model(name)
+    finally:
+        if previous is None:
+            del os.environ['NRE_ROS_FINE_PHASE']
+        else:
+            os.environ['NRE_ROS_FINE_PHASE'] = previous
+
+
+def fine_paths(models: list[str], repeats: int, threads: int) -> list[dict]:
+    """Fine network ms of the original layers vs the phase form, interleaved, torch backends."""
+    from nre_ros.models.xfeat import pad_image
+    image = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    rows = []
+    for name in models:
+        phase_model = load_model(name)
+        if getattr(getattr(phase_model, 'fine_net', None), 'phase_block1', None) is None:
+            rows.append({'model': name, 'skipped': 'no phase form (no integer fine upsampling)'})
+            continue
+        original_model = load_original_fine(name)
+        for label, cfg in backend_configs(threads):
+            if not label.startswith('torch'):
+                continue
+            cfg = BackendConfig(**{**cfg.__dict__, 'model': name})
+            try:
+                pair = {'original': load_backend(cfg, model=original_model),
+                        'phase': load_backend(cfg, model=phase_model)}
+            except BackendUnavailable as exc:
+                rows.append({'model': name, 'backend': label, 'skipped': str(exc)})
+                continue
+            runner = pair['phase'].runner
+            x = pad_image(image, phase_model.pad_multiple, runner.device, runner.input_dtype)
+            out = {k: m.runner('fine', x)[0] for k, m in pair.items()}   # warm-up
+            times = {k: [] for k in pair}
+            for _ in range(repeats):
+                for k, m in pair.items():
+                    if runner.device.type == 'cuda':
+                        torch.cuda.synchronize()
+                    t0 = time.perf_counter()
+                    m.runner('fine', x)
+                    if runner.device.type == 'cuda':
+                        torch.cuda.synchronize()
+                    times[k].append(1e3 * (time.perf_counter() - t0))
+            row = {'model': name, 'backend': label,
+                   'max_abs_diff': float((out['phase'] - out['original']).abs().max())}
+            for k, ts in times.items():
+                q1, med, q3 = np.percentile(ts, [25, 50, 75])
+                row[f'{k}_ms'], row[f'{k}_iqr_ms'] = float(med), float(q3 - q1)
+            rows.append(row)
+    return rows
+
+
 def quality(n_tum_pairs: int) -> list[dict]:
     from nre_ros.datasets import TumSequence
     from nre_ros.models import quality as Q
@@ -138,6 +200,20 @@ def quality(n_tum_pairs: int) -> list[dict]:
                          'fine_window_median_px': float(np.median(ew)),
                          'fine_window_within_2px_pct': float(100 * np.mean(ew <= 2))})
     return rows
+
+
+def print_fine_paths(rows: list[dict]) -> None:
+    print('\n| model | backend | fine ms original layers (IQR) | fine ms phase form (IQR) | '
+          'original / phase | max abs diff |')
+    print('|---|---|---|---|---|---|')
+    for r in rows:
+        if 'skipped' in r:
+            print(f"| {r['model']} | {r.get('backend', '')} | skipped: {r['skipped'][:60]} "
+                  '| | | |')
+            continue
+        print(f"| {r['model']} | {r['backend']} | {r['original_ms']:.1f} "
+              f"({r['original_iqr_ms']:.1f}) | {r['phase_ms']:.1f} ({r['phase_iqr_ms']:.1f}) | "
+              f"{r['original_ms'] / r['phase_ms']:.2f} | {r['max_abs_diff']:.1e} |")
 
 
 def print_tables(head: dict, speed_rows: list[dict], quality_rows: list[dict]) -> None:
@@ -177,6 +253,8 @@ def main() -> int:
     parser.add_argument('--threads', type=int, default=2)
     parser.add_argument('--quality', action='store_true', help='also measure descriptor quality')
     parser.add_argument('--no-speed', action='store_true')
+    parser.add_argument('--fine-paths', action='store_true',
+                        help='also time the fine network in its original layers vs phase form')
     parser.add_argument('--tum-pairs', type=int, default=4)
     parser.add_argument('--json', action='store_true', help='print one JSON object instead')
     args = parser.parse_args()
@@ -184,11 +262,14 @@ def main() -> int:
     head = header(args.threads)
     speed_rows = [] if args.no_speed else speed(args.models, args.repeats, args.threads)
     quality_rows = quality(args.tum_pairs) if args.quality else []
+    path_rows = fine_paths(args.models, args.repeats, args.threads) if args.fine_paths else []
     if args.json:
         print(json.dumps({'header': head, 'speed': speed_rows, 'quality': quality_rows,
-                          'paper_reference_ms': PAPER_MS}, indent=1))
+                          'fine_paths': path_rows, 'paper_reference_ms': PAPER_MS}, indent=1))
     else:
         print_tables(head, speed_rows, quality_rows)
+        if path_rows:
+            print_fine_paths(path_rows)
     return 0
 
 

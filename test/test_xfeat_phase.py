@@ -8,6 +8,7 @@ import torch
 
 from nre_ros.models.xfeat import (PAD_MULTIPLE, XFeatFineNet, XFeatMultiScaleS3, load_xfeat_net,
                                   pad_image)
+from nre_ros.models import xfeat_phase
 from nre_ros.models.xfeat_phase import PhaseBlock1
 
 torch.set_num_threads(2)
@@ -27,17 +28,22 @@ def images(fr1_rpy):
             '40x24': np.ascontiguousarray(rgb[300:324, 500:540])}       # mostly border
 
 
-@pytest.mark.parametrize('upsample', [4, 2])
-def test_phase_form_equals_the_original_network(xfeat, images, upsample):
+@pytest.mark.parametrize('upsample, fused', [(4, True), (2, True), (4, False)])
+def test_phase_form_equals_the_original_network(xfeat, images, upsample, fused, monkeypatch):
+    """fused: conv + ReLU as one oneDNN op (CPU inference), else F.conv2d + F.relu (as traced
+    for ONNX)."""
+    monkeypatch.setattr(xfeat_phase, 'USE_FUSED', fused)
     original = XFeatFineNet(xfeat, upsample, phase=False).eval()
     phase = XFeatFineNet(xfeat, upsample, phase=True).eval()
     assert original.phase_block1 is None and isinstance(phase.phase_block1, PhaseBlock1)
     for name, image in images.items():
         x = pad_image(image, PAD_MULTIPLE, torch.device('cpu'))
         with torch.inference_mode():
+            assert xfeat_phase.fused_conv_relu(x) == (fused and xfeat_phase._HAS_FUSED)
             a, b = original(x), phase(x)
         diff = (a - b).abs().max().item()
-        print(f'x{upsample} {name}: fine {tuple(a.shape[2:])} max|phase - original| = {diff:.1e}')
+        print(f'x{upsample} fused={fused} {name}: fine {tuple(a.shape[2:])} '
+              f'max|phase - original| = {diff:.1e}')
         assert a.shape == b.shape and diff < EXACT_ATOL
 
 

@@ -89,8 +89,35 @@ def _upsample_kernel(upsample: int) -> tuple[torch.Tensor, int]:
     return weight.T.reshape(CELL * CELL, 1, k, k).contiguous(), s
 
 
+def _tracing() -> bool:
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+
+
+def _mean_hw(x: torch.Tensor) -> torch.Tensor:
+    """(1, C, H, W) -> (1, C, 1, 1) means; row-then-column means in a traced graph (ONNX
+    Runtime's one-shot mean over 10^5 values drifts, as in ``xfeat.instance_norm``)."""
+    if _tracing():
+        return x.mean(dim=3, keepdim=True).mean(dim=2, keepdim=True)
+    return x.mean(dim=(2, 3), keepdim=True)
+
+
 def _double(module: nn.Module) -> nn.Module:
     return copy.deepcopy(module).to(device='cpu', dtype=torch.float64).eval()
+
+
+USE_FUSED = True      # tests switch it off to check the F.conv2d + F.relu path
+_HAS_FUSED = torch.backends.mkldnn.is_available() and \
+    hasattr(torch.ops.mkldnn, '_convolution_pointwise')
+
+
+def fused_conv_relu(x: torch.Tensor) -> bool:
+    """Whether ``CellConv`` may run conv + ReLU as one oneDNN call on ``x`` (CPU inference in
+    eager mode; torch's own ``mkldnn._convolution_pointwise``, the op torch.compile uses): one
+    pass less over each activation. Tracing (ONNX export), autograd and other devices take
+    ``F.conv2d`` + ``F.relu``, the same values."""
+    return (USE_FUSED and x.device.type == 'cpu' and _HAS_FUSED
+            and not (_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling())
+            and not (torch.is_grad_enabled() and x.requires_grad))
 
 
 class CellConv(nn.Module):
@@ -116,10 +143,20 @@ class CellConv(nn.Module):
         self.relu = relu
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.conv2d(x, self.weight, self.bias, padding=self.padding)
-        if self.crop != (0, 0):
-            y = y[:, :, :y.shape[2] - self.crop[0], :y.shape[3] - self.crop[1]]
+        if self.relu and fused_conv_relu(x):
+            dtype = torch.get_autocast_dtype('cpu') if torch.is_autocast_enabled('cpu') \
+                else x.dtype
+            y = torch.ops.mkldnn._convolution_pointwise(
+                x.to(dtype), self.weight.to(dtype), self.bias.to(dtype), list(self.padding),
+                [1, 1], [1, 1], 1, 'relu', [None], '')
+            return self._crop(y)
+        y = self._crop(F.conv2d(x, self.weight, self.bias, padding=self.padding))
         return F.relu(y) if self.relu else y
+
+    def _crop(self, y: torch.Tensor) -> torch.Tensor:
+        if self.crop == (0, 0):
+            return y
+        return y[:, :, :y.shape[2] - self.crop[0], :y.shape[3] - self.crop[1]]
 
 
 class PhaseBlock1(nn.Module):
@@ -160,18 +197,22 @@ class PhaseBlock1(nn.Module):
     def phases(self, gray: torch.Tensor) -> torch.Tensor:
         """(1, 1, H, W) -> (1, 16, h, w): ``pixel_unshuffle(upsample(gray), 4)``."""
         padded = F.pad(gray, (1, 1, 1, 1), mode='replicate')
-        with torch.autocast(gray.device.type, enabled=False):
-            return F.conv2d(padded, self.up_weight.to(padded.dtype), stride=self.up_stride)
+        return F.conv2d(padded, self.up_weight.to(padded.dtype), stride=self.up_stride)
 
     def normalized_phases(self, gray: torch.Tensor) -> torch.Tensor:
         """(1, 1, H, W) -> (1, 16, h, w): the phases of XFeat's instance norm of the upsampled
-        image, whose pixels are the phases' values (mean and variance pooled over phases)."""
-        p = self.phases(gray)
-        var_k, mu_k = torch.var_mean(p, dim=(2, 3), keepdim=True, correction=0)
-        mu = mu_k.mean(dim=1, keepdim=True)
-        var = (var_k + (mu_k - mu) ** 2).mean(dim=1, keepdim=True)
-        scale = torch.rsqrt(var + self.eps)
-        return torch.addcmul(-mu * scale, p, scale)
+        image (its pixels are the phases' values), float32 or, under autocast, its dtype."""
+        with torch.autocast(gray.device.type, enabled=False):
+            # the phases' weights sum to 1: centring the gray image centres the upsampled one,
+            # so its variance comes from the mean square without cancellation
+            p = self.phases(gray - _mean_hw(gray))
+            mu = _mean_hw(p).mean(dim=1, keepdim=True)
+            square = _mean_hw(p * p).mean(dim=1, keepdim=True)
+            scale = torch.rsqrt(square - mu * mu + self.eps)
+            x = torch.addcmul(-mu * scale, p, scale)
+        if torch.is_autocast_enabled(x.device.type):    # cast once for the two convs below
+            x = x.to(torch.get_autocast_dtype(x.device.type))
+        return x
 
     def forward(self, gray: torch.Tensor) -> torch.Tensor:
         x = self.normalized_phases(gray)
