@@ -9,9 +9,10 @@ torch CUDA fp16, ONNX Runtime CUDA and TensorRT where present). The NRE paper's 
 coarse + fine) is printed for reference; it was not measured here.
 
 Fine paths (--fine-paths): the fine network of each model with an integer upsampling in its
-original layers (``NRE_ROS_FINE_PHASE=0``) and with XFeat's first block in phase form (the
-default, nre_ros.models.xfeat_phase), timed interleaved (one run of each per repeat) on the torch
-backends, with the largest difference between their descriptors.
+original layers (``NRE_ROS_FINE_PHASE=0``) and with XFeat's first block in phase form
+(``NRE_ROS_FINE_PHASE=1``, nre_ros.models.xfeat_phase; by default the product runs it in bf16
+and on CUDA only), timed interleaved (one run of each per repeat) on the torch backends, with
+the largest difference between their descriptors.
 
 Quality (--quality): median cosine-argmax reprojection error of co-visible points on the NRE
 MegaDepth pair and on TUM fr1_rpy map/query pairs (nre_ros.models.quality), for the default model,
@@ -111,10 +112,10 @@ def speed(models: list[str], repeats: int, threads: int) -> list[dict]:
     return rows
 
 
-def load_original_fine(name: str):
-    """Model ``name`` whose fine network runs XFeat's original layers (no phase form)."""
+def load_with_phase(name: str, phase: bool):
+    """Model ``name`` whose fine network always (``phase``) or never runs the phase form."""
     previous = os.environ.get('NRE_ROS_FINE_PHASE')
-    os.environ['NRE_ROS_FINE_PHASE'] = '0'
+    os.environ['NRE_ROS_FINE_PHASE'] = '1' if phase else '0'
     try:
         return load_model(name)
     finally:
@@ -130,11 +131,11 @@ def fine_paths(models: list[str], repeats: int, threads: int) -> list[dict]:
     image = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)
     rows = []
     for name in models:
-        phase_model = load_model(name)
+        phase_model = load_with_phase(name, True)
         if getattr(getattr(phase_model, 'fine_net', None), 'phase_block1', None) is None:
             rows.append({'model': name, 'skipped': 'no phase form (no integer fine upsampling)'})
             continue
-        original_model = load_original_fine(name)
+        original_model = load_with_phase(name, False)
         for label, cfg in backend_configs(threads):
             if not label.startswith('torch'):
                 continue

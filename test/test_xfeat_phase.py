@@ -64,11 +64,46 @@ def test_block2_input_equals_the_original_at_every_cell(xfeat, images):
 
 
 def test_phase_form_switches(xfeat, monkeypatch):
-    assert XFeatFineNet(xfeat, 4).phase_block1 is not None                 # the default
+    """By default the phase form runs in bfloat16 (autocast) on a CPU and on other devices;
+    float32 on a CPU keeps the original layers; NRE_ROS_FINE_PHASE=0/1 or ``phase`` force."""
+    x = torch.rand(1, 3, 32, 32)
+    net = XFeatFineNet(xfeat, 4)
+    assert net.phase_block1 is not None and not net.uses_phase_form(x)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        assert net.uses_phase_form(x)
+    assert XFeatFineNet(xfeat, 4, phase=True).uses_phase_form(x)
     monkeypatch.setenv('NRE_ROS_FINE_PHASE', '0')
     assert XFeatFineNet(xfeat, 4).phase_block1 is None
-    assert XFeatFineNet(xfeat, 4, phase=True).phase_block1 is not None
-    monkeypatch.delenv('NRE_ROS_FINE_PHASE')
+    monkeypatch.setenv('NRE_ROS_FINE_PHASE', '1')
+    assert XFeatFineNet(xfeat, 4).uses_phase_form(x)
     assert XFeatFineNet(xfeat, XFeatMultiScaleS3.fine_upsample).phase_block1 is None   # 8/3
     with pytest.raises(ValueError, match='1, 2 or 4'):
         PhaseBlock1(xfeat, 3)
+
+
+def test_phase_form_exports_to_onnx_with_dynamic_sizes(xfeat, images, tmp_path):
+    ort = pytest.importorskip('onnxruntime')
+    from nre_ros.backends.onnx_backend import export_level
+    net = XFeatFineNet(xfeat, 4, phase=True).eval()
+    path = export_level(net, tmp_path / 'fine.onnx', example_hw=(96, 128))
+    session = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
+    for name in ('640x480', '328x200'):
+        x = pad_image(images[name], PAD_MULTIPLE, torch.device('cpu'))
+        with torch.inference_mode():
+            expected = XFeatFineNet(xfeat, 4, phase=False)(x).numpy()
+        got = session.run(None, {'image': x.numpy()})[0]
+        diff = float(np.abs(got - expected).max())
+        print(f'ONNX Runtime phase form {name}: max|ort - torch original| = {diff:.1e}')
+        assert got.shape == expected.shape and diff < EXACT_ATOL
+
+
+def test_bf16_weights_keep_the_filter_sums(xfeat):
+    """In bfloat16 the folded weights are rounded so that each filter's sum (its response to a
+    flat input) stays close; plain rounding moves the nearly zero sums of the first layer."""
+    layer = PhaseBlock1(xfeat, 4).layers[0]
+    w, q = layer.weight.double(), layer.weight_bf16.double()
+    assert torch.equal(layer.weight_bf16.to(torch.bfloat16).float(), layer.weight_bf16)
+    assert (q - w).abs().max() <= 2 ** -7 * w.abs().max()          # still a rounding of w
+    plain = (w.to(torch.bfloat16).double() - w).flatten(1).sum(1).abs().max()
+    kept = (q - w).flatten(1).sum(1).abs().max()
+    assert kept < plain / 2

@@ -117,15 +117,18 @@ class XFeatFineNet(nn.Module):
     descriptors of the bilinearly upsampled image (x4: stride 2; x2: stride 4; 8/3: stride 3).
     The upsampled sides must be multiples of 32: H and W multiples of 8 for x4, of 96 for 8/3.
 
-    For an integer ``upsample`` XFeat's first block runs in phase form on the block's output
-    grid (``nre_ros.models.xfeat_phase``): the same function, without forming the upsampled
-    image. ``phase=False`` (or the environment variable ``NRE_ROS_FINE_PHASE=0``) runs the
-    original layers on the upsampled image.
+    For an integer ``upsample`` XFeat's first block can run in phase form on the block's output
+    grid (``nre_ros.models.xfeat_phase``): the same function without forming the upsampled
+    image, in convolutions of 16-64 channels that do more multiply-adds on fewer, wider
+    activations. By default it runs where that pays: bfloat16 on a CPU (matrix units) and
+    other devices (CUDA); float32 on a CPU, including the traced graph of an ONNX export, keeps
+    the original layers.
 
     Args:
         upsample: an integer factor, or the fraction (8, 3) as ``(numerator, denominator)``.
-        phase: phase form (default: on unless ``NRE_ROS_FINE_PHASE=0``; always off for a
-            fraction).
+        phase: True always runs the phase form, False never, None as above; None follows
+            the environment variable ``NRE_ROS_FINE_PHASE`` when it is 1 or 0. A fraction has
+            no phase form.
     """
 
     def __init__(self, xfeat: nn.Module, upsample: int | tuple[int, int] = FINE_UPSAMPLE,
@@ -134,14 +137,22 @@ class XFeatFineNet(nn.Module):
         self.xfeat = xfeat
         self.upsample = upsample
         if phase is None:
-            phase = os.environ.get('NRE_ROS_FINE_PHASE', '1') != '0'
-        self.phase_block1 = PhaseBlock1(xfeat, upsample) if phase and isinstance(upsample, int) \
-            else None
+            phase = {'0': False, '1': True}.get(os.environ.get('NRE_ROS_FINE_PHASE', ''))
+        self.phase = phase
+        self.phase_block1 = PhaseBlock1(xfeat, upsample) \
+            if phase is not False and isinstance(upsample, int) else None
+
+    def uses_phase_form(self, image: torch.Tensor) -> bool:
+        """Whether ``forward(image)`` runs XFeat's first block in phase form (now, under the
+        current autocast state)."""
+        if self.phase_block1 is None:
+            return False
+        return bool(self.phase) or image.device.type != 'cpu' or torch.is_autocast_enabled('cpu')
 
     def raw_features(self, image: torch.Tensor) -> torch.Tensor:
         """(1, 3, H, W) -> XFeat's raw (1, 64, H/s, W/s) features of the upsampled image."""
         gray = image.mean(dim=1, keepdim=True)     # XFeat's first op, moved before the (linear)
-        if self.phase_block1 is not None:                # upsample
+        if self.uses_phase_form(image):            # upsample
             return xfeat_tail(self.xfeat, self.phase_block1(gray))
         if isinstance(self.upsample, tuple):       # exact sizes for a fraction
             num, den = self.upsample

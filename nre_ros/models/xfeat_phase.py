@@ -89,6 +89,29 @@ def _upsample_kernel(upsample: int) -> tuple[torch.Tensor, int]:
     return weight.T.reshape(CELL * CELL, 1, k, k).contiguous(), s
 
 
+def bf16_preserving_sums(weight: torch.Tensor) -> torch.Tensor:
+    """``weight`` (out, ...) rounded to bfloat16 values (returned as float32) whose sum per
+    output channel, the filter's response to a flat input, stays close to the exact one: round
+    to nearest, then, smallest steps first, round the other way where that brings the sum
+    closer. XFeat's first filters sum to nearly zero (flat regions give no response), which
+    independent rounding of the BatchNorm-folded weights breaks in low-texture regions."""
+    w = weight.detach().double().flatten(1)                       # (out, K)
+    q = w.to(torch.bfloat16).double()
+    ulp = torch.ldexp(torch.ones_like(q), torch.frexp(q).exponent - 8)
+    step = torch.where(q == 0, torch.zeros_like(q), torch.sign(w - q) * ulp)
+    step = torch.where((q + step).to(torch.bfloat16).double() == q + step, step, 0.0)
+    err = (q - w).sum(dim=1)
+    key = torch.where(step == 0, torch.inf, step.abs())
+    order = key.argsort(dim=1)
+    for j in range(int((step != 0).sum(dim=1).max())):            # over taps, not pixels
+        idx = order[:, j:j + 1]
+        d = step.gather(1, idx)[:, 0]
+        take = (err + d).abs() < err.abs()
+        q.scatter_add_(1, idx, torch.where(take, d, 0.0)[:, None])
+        err = torch.where(take, err + d, err)
+    return q.reshape(weight.shape).float()
+
+
 def _tracing() -> bool:
     return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
 
@@ -110,14 +133,19 @@ _HAS_FUSED = torch.backends.mkldnn.is_available() and \
     hasattr(torch.ops.mkldnn, '_convolution_pointwise')
 
 
-def fused_conv_relu(x: torch.Tensor) -> bool:
-    """Whether ``CellConv`` may run conv + ReLU as one oneDNN call on ``x`` (CPU inference in
-    eager mode; torch's own ``mkldnn._convolution_pointwise``, the op torch.compile uses): one
-    pass less over each activation. Tracing (ONNX export), autograd and other devices take
-    ``F.conv2d`` + ``F.relu``, the same values."""
-    return (USE_FUSED and x.device.type == 'cpu' and _HAS_FUSED
-            and not (_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling())
-            and not (torch.is_grad_enabled() and x.requires_grad))
+def fused_conv_relu(x: torch.Tensor, dtype: torch.dtype = torch.float32) -> bool:
+    """Whether ``CellConv`` may run conv + ReLU in ``dtype`` as one oneDNN call on ``x`` (CPU
+    inference in eager mode; torch's own ``mkldnn._convolution_pointwise``, the op
+    torch.compile uses): one pass less over each activation. Tracing (ONNX export), autograd,
+    other devices and bfloat16 without oneDNN bf16 support take ``F.conv2d`` + ``F.relu``, the
+    same values."""
+    if not (USE_FUSED and _HAS_FUSED and x.device.type == 'cpu'):
+        return False
+    if dtype not in (torch.float32, torch.bfloat16) or (
+            dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+        return False
+    return not (_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
+                or (torch.is_grad_enabled() and x.requires_grad))
 
 
 class CellConv(nn.Module):
@@ -125,7 +153,7 @@ class CellConv(nn.Module):
 
     Args:
         weight, bias: as returned by ``_probe`` (stored as float32 buffers, which follow the
-            module's ``.to()``).
+            module's ``.to()``; in bfloat16 the weights of ``bf16_preserving_sums``).
         pad: zero padding (left, right, top, bottom) in cells; an asymmetric one becomes a
             symmetric conv padding and a crop of the extra last rows/columns.
     """
@@ -135,6 +163,7 @@ class CellConv(nn.Module):
         super().__init__()
         self.register_buffer('weight', weight.detach().float(), persistent=False)
         self.register_buffer('bias', bias.detach().float(), persistent=False)
+        self.register_buffer('weight_bf16', bf16_preserving_sums(weight), persistent=False)
         left, right, top, bottom = pad
         if left < right or top < bottom:
             raise ValueError(f'unsupported cell padding {pad}')
@@ -143,14 +172,16 @@ class CellConv(nn.Module):
         self.relu = relu
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.relu and fused_conv_relu(x):
-            dtype = torch.get_autocast_dtype('cpu') if torch.is_autocast_enabled('cpu') \
-                else x.dtype
+        device = x.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) \
+            else x.dtype
+        weight = self.weight_bf16 if dtype == torch.bfloat16 else self.weight
+        if self.relu and fused_conv_relu(x, dtype):
             y = torch.ops.mkldnn._convolution_pointwise(
-                x.to(dtype), self.weight.to(dtype), self.bias.to(dtype), list(self.padding),
+                x.to(dtype), weight.to(dtype), self.bias.to(dtype), list(self.padding),
                 [1, 1], [1, 1], 1, 'relu', [None], '')
             return self._crop(y)
-        y = self._crop(F.conv2d(x, self.weight, self.bias, padding=self.padding))
+        y = self._crop(F.conv2d(x, weight, self.bias, padding=self.padding))
         return F.relu(y) if self.relu else y
 
     def _crop(self, y: torch.Tensor) -> torch.Tensor:
