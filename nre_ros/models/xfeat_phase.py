@@ -116,12 +116,13 @@ def _tracing() -> bool:
     return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
 
 
-def _mean_hw(x: torch.Tensor) -> torch.Tensor:
-    """(1, C, H, W) -> (1, C, 1, 1) means; row-then-column means in a traced graph (ONNX
-    Runtime's one-shot mean over 10^5 values drifts, as in ``xfeat.instance_norm``)."""
+def _mean(x: torch.Tensor) -> torch.Tensor:
+    """(1, C, H, W) -> (1, 1, 1, 1) mean of all values; row, column then channel means in a
+    traced graph (ONNX Runtime's one-shot mean over 10^5 values drifts, as in
+    ``xfeat.instance_norm``)."""
     if _tracing():
-        return x.mean(dim=3, keepdim=True).mean(dim=2, keepdim=True)
-    return x.mean(dim=(2, 3), keepdim=True)
+        return x.mean(dim=3, keepdim=True).mean(dim=2, keepdim=True).mean(dim=1, keepdim=True)
+    return x.mean().reshape(1, 1, 1, 1)
 
 
 def _double(module: nn.Module) -> nn.Module:
@@ -236,9 +237,8 @@ class PhaseBlock1(nn.Module):
         with torch.autocast(gray.device.type, enabled=False):
             # the phases' weights sum to 1: centring the gray image centres the upsampled one,
             # so its variance comes from the mean square without cancellation
-            p = self.phases(gray - _mean_hw(gray))
-            mu = _mean_hw(p).mean(dim=1, keepdim=True)
-            square = _mean_hw(p * p).mean(dim=1, keepdim=True)
+            p = self.phases(gray - _mean(gray))
+            mu, square = _mean(p), _mean(p * p)
             scale = torch.rsqrt(square - mu * mu + self.eps)
             x = torch.addcmul(-mu * scale, p, scale)
         if torch.is_autocast_enabled(x.device.type):    # cast once for the two convs below
