@@ -89,13 +89,14 @@ def _upsample_kernel(upsample: int) -> tuple[torch.Tensor, int]:
     return weight.T.reshape(CELL * CELL, 1, k, k).contiguous(), s
 
 
-def bf16_preserving_sums(weight: torch.Tensor) -> torch.Tensor:
-    """``weight`` (out, ...) rounded to bfloat16 values (returned as float32) whose sum per
-    output channel, the filter's response to a flat input, stays close to the exact one: round
-    to nearest, then, smallest steps first, round the other way where that brings the sum
-    closer. XFeat's first filters sum to nearly zero (flat regions give no response), which
-    independent rounding of the BatchNorm-folded weights breaks in low-texture regions."""
-    w = weight.detach().double().flatten(1)                       # (out, K)
+def bf16_preserving_sums(weight: torch.Tensor, phases: int = 1) -> torch.Tensor:
+    """``weight`` (out, in, kh, kw) rounded to bfloat16 values (returned as float32) whose sums
+    over each group of ``phases`` consecutive input channels and the taps, a filter's response
+    to an input that is flat in one original channel, stay close to the exact ones: round to
+    nearest, then, smallest steps first, round the other way where that brings the sum closer.
+    XFeat's first filters sum to nearly zero (flat regions give no response), which independent
+    rounding of the BatchNorm-folded weights breaks in low-texture regions."""
+    w = weight.detach().double().reshape(weight.shape[0] * weight.shape[1] // phases, -1)
     q = w.to(torch.bfloat16).double()
     ulp = torch.ldexp(torch.ones_like(q), torch.frexp(q).exponent - 8)
     step = torch.where(q == 0, torch.zeros_like(q), torch.sign(w - q) * ulp)
@@ -157,14 +158,17 @@ class CellConv(nn.Module):
             module's ``.to()``; in bfloat16 the weights of ``bf16_preserving_sums``).
         pad: zero padding (left, right, top, bottom) in cells; an asymmetric one becomes a
             symmetric conv padding and a crop of the extra last rows/columns.
+        relu: apply a ReLU.
+        phases: input channels per channel of the original layer (r_in^2).
     """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor,
-                 pad: tuple[int, int, int, int], relu: bool) -> None:
+                 pad: tuple[int, int, int, int], relu: bool, phases: int) -> None:
         super().__init__()
         self.register_buffer('weight', weight.detach().float(), persistent=False)
         self.register_buffer('bias', bias.detach().float(), persistent=False)
-        self.register_buffer('weight_bf16', bf16_preserving_sums(weight), persistent=False)
+        self.register_buffer('weight_bf16', bf16_preserving_sums(weight, phases),
+                             persistent=False)
         left, right, top, bottom = pad
         if left < right or top < bottom:
             raise ValueError(f'unsupported cell padding {pad}')
@@ -218,13 +222,13 @@ class PhaseBlock1(nn.Module):
                 raise ValueError('block1 layers must end with a ReLU')
             r_out = r_in // conv.stride[0]
             weight, bias, pad = _probe(_double(basic.layer[:2]), conv.in_channels, r_in, r_out)
-            layers.append(CellConv(weight, bias, pad, relu=True))
+            layers.append(CellConv(weight, bias, pad, relu=True, phases=r_in * r_in))
             r_in = r_out
         if r_in != 1:
             raise ValueError('block1 must reduce the upsampled image by 4')
         self.layers = nn.Sequential(*layers)
         weight, bias, pad = _probe(_double(xfeat.skip1), 1, CELL, 1)
-        self.skip = CellConv(weight, bias, pad, relu=False)
+        self.skip = CellConv(weight, bias, pad, relu=False, phases=CELL * CELL)
 
     def phases(self, gray: torch.Tensor) -> torch.Tensor:
         """(1, 1, H, W) -> (1, 16, h, w): ``pixel_unshuffle(upsample(gray), 4)``."""
