@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Feature-network benchmark: ms/frame per backend and model at 640x480, and descriptor quality.
 
-    python benchmarks/networks.py [--repeats 5] [--threads 2] [--quality] [--fine-paths] [--json]
+    python benchmarks/networks.py [--repeats 5] [--threads 2] [--quality] [--fine-paths]
+                                  [--json]
 
 Speed: median and IQR of ``--repeats`` runs after a warm-up, coarse and fine levels timed
 separately, for every backend that can run here (torch CPU fp32 and bf16, ONNX Runtime CPU;

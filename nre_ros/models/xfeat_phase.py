@@ -12,7 +12,8 @@ Here every activation is kept as its ``pixel_unshuffle`` onto the (h, w) output 
 (h, w) grid. Their weights are derived from XFeat's own layers by probing them with impulses
 (float64, BatchNorm folded in), not by index arithmetic; zero padding by whole cells equals the
 layers' one-pixel zero padding, so the result is the same function as the original block up to
-float rounding, borders included. For ``r`` = 4 the cells are the original pixels.
+float rounding, borders included. For ``r`` = 4 the cells are the original pixels. In
+bfloat16 the folded weights are rounded so that the filters' sums stay (``bf16_preserving_sums``).
 
 The upsampled image itself is never formed: its 16 phases are a small conv of the
 replicate-padded gray image (bilinear interpolation with ``align_corners=False`` clamps at the
