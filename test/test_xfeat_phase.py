@@ -2,14 +2,17 @@
 the upsampled image: the fine descriptors of XFeatFineNet with and without it, on real images."""
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from nre_ros.models.xfeat import (PAD_MULTIPLE, XFeatFineNet, XFeatMultiScaleS3, load_xfeat_net,
-                                  pad_image)
+                                  pad_image, xfeat_tail)
 from nre_ros.models import xfeat_phase
-from nre_ros.models.xfeat_phase import PhaseBlock1
+from nre_ros.models.xfeat_phase import FoldedTail, PhaseBlock1
 
 torch.set_num_threads(2)
 EXACT_ATOL = 1e-4     # float32, L2-normalized descriptors
@@ -61,6 +64,28 @@ def test_block2_input_equals_the_original_at_every_cell(xfeat, images):
     rel = (got - expected).abs().max() / expected.abs().max()
     print(f'block2 input 32x64 cells: max|phase - original| / max|original| = {rel:.1e}')
     assert rel < 1e-5
+
+
+@pytest.mark.parametrize('fused', [True, False])
+def test_folded_tail_equals_the_original_layers(xfeat, images, fused, monkeypatch):
+    """block2 .. block_fusion with the BatchNorms folded (FoldedTail) vs XFeat's own layers in
+    float32 on the block2 input of a TUM frame (640x480, x4): the L2-normalized features within
+    1e-5, the raw ones no farther from a float64 run of the original layers than they are."""
+    monkeypatch.setattr(xfeat_phase, 'USE_FUSED', fused)
+    x = pad_image(images['640x480'], PAD_MULTIPLE, torch.device('cpu'))
+    with torch.inference_mode():
+        block2_input = PhaseBlock1(xfeat, 4)(x.mean(dim=1, keepdim=True))
+        expected = xfeat_tail(xfeat, block2_input)
+        got = xfeat_tail(FoldedTail(xfeat), block2_input)
+        exact = xfeat_tail(copy.deepcopy(xfeat).double(), block2_input.double())
+    assert got.shape == expected.shape == (1, 64, 240, 320)
+    unit = (F.normalize(got, dim=1) - F.normalize(expected, dim=1)).abs().max().item()
+    folded_err = (got.double() - exact).abs().max().item()
+    original_err = (expected.double() - exact).abs().max().item()
+    print(f'fused={fused}: max|folded - original| L2-normalized {unit:.1e}; raw features '
+          f'(max {exact.abs().max():.1f}) vs float64: folded {folded_err:.1e}, '
+          f'original {original_err:.1e}')
+    assert unit <= 1e-5 and folded_err <= 1.5 * original_err
 
 
 def test_phase_form_switches(xfeat, monkeypatch):

@@ -22,7 +22,7 @@ from torch import nn
 
 from nre_ros.errors import BackendUnavailable
 from nre_ros.models.base import DenseFeatures, ModelSpec, check_image, file_sha256
-from nre_ros.models.xfeat_phase import PhaseBlock1
+from nre_ros.models.xfeat_phase import FoldedTail, PhaseBlock1
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def xfeat_forward(xfeat: nn.Module, image: torch.Tensor, keypoints: bool = True
 
 def xfeat_tail(xfeat: nn.Module, block2_input: torch.Tensor) -> torch.Tensor:
     """XFeat from block2 on: (1, 24, H/4, W/4) = block1(x) + skip1(x) -> raw (1, 64, H/8, W/8)
-    features (before L2 normalization)."""
+    features (before L2 normalization); ``xfeat``: the XFeat model or its ``FoldedTail``."""
     x2 = xfeat.block2(block2_input)
     x3 = xfeat.block3(x2)
     x4 = xfeat.block4(x3)
@@ -120,7 +120,7 @@ class XFeatFineNet(nn.Module):
     For an integer ``upsample`` XFeat's first block can run in phase form on the block's output
     grid (``nre_ros.models.xfeat_phase``): the same function without forming the upsampled
     image, in convolutions of 16-64 channels that do more multiply-adds on fewer, wider
-    activations. By default it runs where that pays: bfloat16 on a CPU (matrix units) and
+    activations; the rest of XFeat then runs with its BatchNorms folded (``FoldedTail``). By default it runs where that pays: bfloat16 on a CPU (matrix units) and
     other devices (CUDA); float32 on a CPU, including the traced graph of an ONNX export, keeps
     the original layers.
 
@@ -141,6 +141,7 @@ class XFeatFineNet(nn.Module):
         self.phase = phase
         self.phase_block1 = PhaseBlock1(xfeat, upsample) \
             if phase is not False and isinstance(upsample, int) else None
+        self.phase_tail = FoldedTail(xfeat) if self.phase_block1 is not None else None
 
     def uses_phase_form(self, image: torch.Tensor) -> bool:
         """Whether ``forward(image)`` runs XFeat's first block in phase form (now, under the
@@ -153,7 +154,7 @@ class XFeatFineNet(nn.Module):
         """(1, 3, H, W) -> XFeat's raw (1, 64, H/s, W/s) features of the upsampled image."""
         gray = image.mean(dim=1, keepdim=True)     # XFeat's first op, moved before the (linear)
         if self.uses_phase_form(image):            # upsample
-            return xfeat_tail(self.xfeat, self.phase_block1(gray))
+            return xfeat_tail(self.phase_tail, self.phase_block1(gray))
         if isinstance(self.upsample, tuple):       # exact sizes for a fraction
             num, den = self.upsample
             size = (gray.shape[-2] * num // den, gray.shape[-1] * num // den)
