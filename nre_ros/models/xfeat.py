@@ -120,9 +120,10 @@ class XFeatFineNet(nn.Module):
     For an integer ``upsample`` XFeat's first block can run in phase form on the block's output
     grid (``nre_ros.models.xfeat_phase``): the same function without forming the upsampled
     image, in convolutions of 16-64 channels that do more multiply-adds on fewer, wider
-    activations; the rest of XFeat then runs with its BatchNorms folded (``FoldedTail``). By default it runs where that pays: bfloat16 on a CPU (matrix units) and
-    other devices (CUDA); float32 on a CPU, including the traced graph of an ONNX export, keeps
-    the original layers.
+    activations; the rest of XFeat then runs with its BatchNorms folded (``FoldedTail``). By
+    default both run where that pays: bfloat16 on a CPU (matrix units) and other devices
+    (CUDA); float32 on a CPU, including the traced graph of an ONNX export, keeps the original
+    layers.
 
     Args:
         upsample: an integer factor, or the fraction (8, 3) as ``(numerator, denominator)``.
