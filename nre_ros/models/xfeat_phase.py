@@ -27,6 +27,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 CELL = 4          # block1's stride: one cell = 4 x 4 pixels of the upsampled image
 PROBE_CELLS = 5   # side of the probing grid (the impulse sits in its centre cell)
@@ -259,9 +260,14 @@ class PhaseBlock1(nn.Module):
         return self.layers(x) + self.skip(x)
 
 
+def _float64(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else t.detach().double()
+
+
 def fold_layer(layer: nn.Module) -> CellConv:
     """XFeat's ``BasicLayer`` (conv, BatchNorm in eval, ReLU) or a plain ``nn.Conv2d`` as one
-    ``CellConv`` with the BatchNorm folded into the conv's weight and bias (float64)."""
+    ``CellConv`` with the BatchNorm folded into the conv's weight and bias (float64, torch's
+    ``fuse_conv_bn_weights``)."""
     if isinstance(layer, nn.Conv2d):
         conv, bn, relu = layer, None, False
     else:
@@ -272,17 +278,13 @@ def fold_layer(layer: nn.Module) -> CellConv:
     if conv.stride[0] != conv.stride[1] or conv.padding[0] != conv.padding[1] or \
             conv.dilation != (1, 1) or conv.groups != 1:
         raise ValueError(f'unsupported conv {conv}')
-    weight = conv.weight.detach().double()
-    bias = conv.bias.detach().double() if conv.bias is not None else \
-        torch.zeros(weight.shape[0], dtype=torch.float64)
+    weight, bias = _float64(conv.weight), _float64(conv.bias)
     if bn is not None:
-        scale = (bn.running_var.detach().double() + bn.eps).rsqrt()
-        if bn.weight is not None:
-            scale = scale * bn.weight.detach().double()
-        bias = (bias - bn.running_mean.detach().double()) * scale
-        if bn.bias is not None:
-            bias = bias + bn.bias.detach().double()
-        weight = weight * scale[:, None, None, None]
+        weight, bias = fuse_conv_bn_weights(
+            weight, bias, _float64(bn.running_mean), _float64(bn.running_var), bn.eps,
+            _float64(bn.weight), _float64(bn.bias))
+    elif bias is None:
+        bias = torch.zeros(weight.shape[0], dtype=torch.float64)
     p = conv.padding[0]
     return CellConv(weight, bias, (p, p, p, p), relu=relu, phases=1, stride=conv.stride[0])
 
