@@ -125,3 +125,22 @@ def test_bf16_descriptors_are_renormalised_to_nchw_float32(shape):
         torch.testing.assert_close(got, torch.nn.functional.normalize(desc.float(), dim=1),
                                    rtol=0, atol=1e-6)
         torch.testing.assert_close(got.norm(dim=1), torch.ones(shape[0], *shape[2:]))
+
+
+@pytest.mark.parametrize('shape', [(1, 64, 60, 80), (2, 16, 50, 90), (1, 64, 1, 1)])
+def test_bf16_renormalisation_kernel_matches_the_torch_path(monkeypatch, shape):
+    """The compiled pass (numba, bfloat16 channels_last on the CPU) and the blocked torch
+    path give the same float32 descriptors, zero vectors included."""
+    from nre_ros import compiled
+    from nre_ros.backends import torch_backend
+    if compiled.kernels(torch_backend.KERNELS) is None:
+        pytest.skip('numba is not installed')
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(1)).bfloat16()
+    x[0, :, 0, 0] = 0
+    desc = x.contiguous(memory_format=torch.channels_last)
+    got = torch_backend.normalized_nchw(desc)
+    monkeypatch.setenv('NRE_ROS_NUMBA', '0')
+    ref = torch_backend.normalized_nchw(desc)
+    assert got.is_contiguous() and got.dtype == torch.float32
+    assert float(got[0, :, 0, 0].abs().max()) == 0.0
+    torch.testing.assert_close(got, ref, rtol=0, atol=3e-7)
