@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nre_ros.models.xfeat import (PAD_MULTIPLE, XFeatFineNet, XFeatMultiScaleS3, load_xfeat_net,
+from nre_ros.models.xfeat import (PAD_MULTIPLE, XFeatCoarseNet, XFeatFineNet, XFeatMultiScaleS3, load_xfeat_net,
                                   pad_image, xfeat_tail)
 from nre_ros.models import xfeat_phase
 from nre_ros.models.xfeat_phase import FoldedTail, PhaseBlock1
@@ -48,6 +48,24 @@ def test_phase_form_equals_the_original_network(xfeat, images, upsample, fused, 
         print(f'x{upsample} fused={fused} {name}: fine {tuple(a.shape[2:])} '
               f'max|phase - original| = {diff:.1e}')
         assert a.shape == b.shape and diff < EXACT_ATOL
+
+
+@pytest.mark.parametrize('fused', [True, False])
+def test_coarse_phase_form_equals_the_original_network(xfeat, images, fused, monkeypatch):
+    """The coarse net with its first block on 4 x 4 cells and every BatchNorm folded (keypoint
+    head included) vs XFeat's own layers, float32: descriptors and keypoint scores."""
+    monkeypatch.setattr(xfeat_phase, 'USE_FUSED', fused)
+    original = XFeatCoarseNet(xfeat, phase=False).eval()
+    phase = XFeatCoarseNet(xfeat, phase=True).eval()
+    assert original.phase_block1 is None and not original.uses_phase_form(torch.zeros(1))
+    for name, image in images.items():
+        x = pad_image(image, PAD_MULTIPLE, torch.device('cpu'))
+        with torch.inference_mode():
+            (a, sa), (b, sb) = original(x), phase(x)
+        diff, score_diff = (a - b).abs().max().item(), (sa - sb).abs().max().item()
+        print(f'coarse fused={fused} {name}: max|phase - original| descriptors {diff:.1e}, '
+              f'scores {score_diff:.1e}')
+        assert a.shape == b.shape and diff < EXACT_ATOL and score_diff < 1e-5
 
 
 def test_block2_input_equals_the_original_at_every_cell(xfeat, images):
@@ -90,7 +108,8 @@ def test_folded_tail_equals_the_original_layers(xfeat, images, fused, monkeypatc
 
 def test_phase_form_switches(xfeat, monkeypatch):
     """By default the phase form runs in bfloat16 (autocast) on a CPU and on other devices;
-    float32 on a CPU keeps the original layers; NRE_ROS_FINE_PHASE=0/1 or ``phase`` force."""
+    float32 on a CPU keeps the original layers; NRE_ROS_FINE_PHASE=0/1 (coarse net:
+    NRE_ROS_COARSE_PHASE) or ``phase`` force."""
     x = torch.rand(1, 3, 32, 32)
     net = XFeatFineNet(xfeat, 4)
     assert net.phase_block1 is not None and not net.uses_phase_form(x)
@@ -102,6 +121,14 @@ def test_phase_form_switches(xfeat, monkeypatch):
     monkeypatch.setenv('NRE_ROS_FINE_PHASE', '1')
     assert XFeatFineNet(xfeat, 4).uses_phase_form(x)
     assert XFeatFineNet(xfeat, XFeatMultiScaleS3.fine_upsample).phase_block1 is None   # 8/3
+    coarse = XFeatCoarseNet(xfeat)
+    assert not coarse.uses_phase_form(x)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        assert coarse.uses_phase_form(x)
+    monkeypatch.setenv('NRE_ROS_COARSE_PHASE', '0')
+    assert XFeatCoarseNet(xfeat).phase_block1 is None
+    monkeypatch.setenv('NRE_ROS_COARSE_PHASE', '1')
+    assert XFeatCoarseNet(xfeat).uses_phase_form(x)
     with pytest.raises(ValueError, match='1, 2 or 4'):
         PhaseBlock1(xfeat, 3)
 

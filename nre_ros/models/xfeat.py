@@ -22,7 +22,7 @@ from torch import nn
 
 from nre_ros.errors import BackendUnavailable
 from nre_ros.models.base import DenseFeatures, ModelSpec, check_image, file_sha256
-from nre_ros.models.xfeat_phase import FoldedTail, PhaseBlock1
+from nre_ros.models.xfeat_phase import FoldedTail, PhaseBlock1, fold_layer
 
 logger = logging.getLogger(__name__)
 
@@ -100,14 +100,40 @@ def xfeat_tail(xfeat: nn.Module, block2_input: torch.Tensor) -> torch.Tensor:
 class XFeatCoarseNet(nn.Module):
     """(1, 3, H, W) in [0, 1], H and W multiples of 32 -> L2-normalized (1, 64, H/8, W/8)
     descriptors and (1, 1, H, W) keypoint scores (softmax over XFeat's 65 bins, dustbin
-    dropped)."""
+    dropped).
 
-    def __init__(self, xfeat: nn.Module) -> None:
+    Where the fine net runs its phase form (bfloat16 on a CPU, other devices; see
+    ``XFeatFineNet``) this one runs the same function with the first block on 4 x 4 cells
+    (``PhaseBlock1`` at upsample 1) and every BatchNorm folded (``FoldedTail``, keypoint head
+    included); ``phase`` and ``NRE_ROS_COARSE_PHASE=0/1`` force either path.
+    """
+
+    def __init__(self, xfeat: nn.Module, phase: bool | None = None) -> None:
         super().__init__()
         self.xfeat = xfeat
+        if phase is None:
+            phase = {'0': False, '1': True}.get(os.environ.get('NRE_ROS_COARSE_PHASE', ''))
+        self.phase = phase
+        self.phase_block1 = PhaseBlock1(xfeat, 1) if phase is not False else None
+        self.phase_tail = FoldedTail(xfeat) if phase is not False else None
+        self.phase_keypoint_head = nn.Sequential(*(fold_layer(m) for m in xfeat.keypoint_head)) \
+            if phase is not False else None
+
+    def uses_phase_form(self, image: torch.Tensor) -> bool:
+        """Whether ``forward(image)`` runs the folded phase form (now, under the current
+        autocast state)."""
+        if self.phase_block1 is None:
+            return False
+        return bool(self.phase) or image.device.type != 'cpu' or torch.is_autocast_enabled('cpu')
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        feats, kpt_logits = xfeat_forward(self.xfeat, image)
+        if self.uses_phase_form(image):
+            gray = image.mean(dim=1, keepdim=True)
+            feats = xfeat_tail(self.phase_tail, self.phase_block1(gray))
+            x = instance_norm(gray, self.xfeat.norm.eps)
+            kpt_logits = self.phase_keypoint_head(F.pixel_unshuffle(x, STRIDE))
+        else:
+            feats, kpt_logits = xfeat_forward(self.xfeat, image)
         scores = F.pixel_shuffle(F.softmax(kpt_logits, dim=1)[:, :64], STRIDE)
         return F.normalize(feats, dim=1), scores
 
