@@ -128,6 +128,15 @@ def _mean(x: torch.Tensor) -> torch.Tensor:
     return x.mean().reshape(1, 1, 1, 1)
 
 
+def _mean_square(x: torch.Tensor) -> torch.Tensor:
+    """(1, C, H, W) -> (1, 1, 1, 1) mean of the squares: one dot product (no squared copy)
+    except in a traced graph."""
+    if _tracing() or not x.is_contiguous():
+        return _mean(x * x)
+    flat = x.reshape(-1)
+    return (torch.dot(flat, flat) / flat.numel()).reshape(1, 1, 1, 1)
+
+
 def _double(module: nn.Module) -> nn.Module:
     return copy.deepcopy(module).to(device='cpu', dtype=torch.float64).eval()
 
@@ -248,7 +257,7 @@ class PhaseBlock1(nn.Module):
             # the phases' weights sum to 1: centring the gray image centres the upsampled one,
             # so its variance comes from the mean square without cancellation
             p = self.phases(gray - _mean(gray))
-            mu, square = _mean(p), _mean(p * p)
+            mu, square = _mean(p), _mean_square(p)
             scale = torch.rsqrt(square - mu * mu + self.eps)
             x = torch.addcmul(-mu * scale, p, scale)
         if torch.is_autocast_enabled(x.device.type):    # cast once for the two convs below
