@@ -190,17 +190,31 @@ class CellConv(nn.Module):
         self.crop = (top - bottom, left - right)
         self.relu = relu
         self.stride = stride
+        self._cast: tuple | None = None     # (key, weight, bias) in the last dtype run
+
+    def cast_weights(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weight, bias) in ``dtype`` (bfloat16: the sum-preserving weights), converted once
+        per dtype, device and buffer while no gradient is recorded (a query converted every
+        layer's weights again before)."""
+        source = self.weight_bf16 if dtype == torch.bfloat16 else self.weight
+        if torch.is_grad_enabled():
+            return source.to(dtype), self.bias.to(dtype)
+        key = (dtype, source.data_ptr(), self.bias.data_ptr(), source.stride())
+        if self._cast is None or self._cast[0] != key:
+            self._cast = (key, source.to(dtype), self.bias.to(dtype))
+        return self._cast[1], self._cast[2]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         device = x.device.type
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) \
             else x.dtype
-        weight = self.weight_bf16 if dtype == torch.bfloat16 else self.weight
         if self.relu and fused_conv_relu(x, dtype):
+            weight, bias = self.cast_weights(dtype)
             y = torch.ops.mkldnn._convolution_pointwise(
-                x.to(dtype), weight.to(dtype), self.bias.to(dtype), list(self.padding),
+                x.to(dtype), weight, bias, list(self.padding),
                 [self.stride, self.stride], [1, 1], 1, 'relu', [None], '')
             return self._crop(y)
+        weight = self.weight_bf16 if dtype == torch.bfloat16 else self.weight
         y = self._crop(F.conv2d(x, weight, self.bias, self.stride, self.padding))
         return F.relu(y) if self.relu else y
 
