@@ -3,8 +3,8 @@
 The torch code each kernel replaces stays the reference and the path for every other device,
 for tensors that need gradients, and whenever numba is missing or disabled (``NRE_ROS_NUMBA=0``).
 Kernel modules (``nre_ros._lossmaps_kernels``, ``nre_ros.solver._gnc_kernels``,
-``_p3p_kernels``, ``_intrinsics_kernels`` and ``nre_ros.backends._normalize_kernels``) import numba, which takes about half a second, so
-they are imported on first use only. Numba compiles a kernel on its first call (about a second
+``_p3p_kernels``, ``_intrinsics_kernels`` and ``nre_ros.backends._normalize_kernels``) import
+numba, which takes about half a second, so they are imported on first use only. Numba compiles a kernel on its first call (about a second
 each) and caches the machine code on disk (``cache=True``: beside the module, or in the user's
 cache directory when that is read-only); ``warmup()`` runs
 every kernel once on tiny inputs so that this happens when a relocalizer is created, not on its

@@ -194,12 +194,12 @@ class CellConv(nn.Module):
 
     def cast_weights(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """(weight, bias) in ``dtype`` (bfloat16: the sum-preserving weights), converted once
-        per dtype, device and buffer while no gradient is recorded (a query converted every
-        layer's weights again before)."""
+        per dtype and buffer (device, storage, layout) while no gradient is recorded, not at
+        every call."""
         source = self.weight_bf16 if dtype == torch.bfloat16 else self.weight
         if torch.is_grad_enabled():
             return source.to(dtype), self.bias.to(dtype)
-        key = (dtype, source.data_ptr(), self.bias.data_ptr(), source.stride())
+        key = (dtype, source.device, source.data_ptr(), self.bias.data_ptr(), source.stride())
         if self._cast is None or self._cast[0] != key:
             self._cast = (key, source.to(dtype), self.bias.to(dtype))
         return self._cast[1], self._cast[2]
