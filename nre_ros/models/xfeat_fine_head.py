@@ -1,0 +1,192 @@
+"""A small fine head on XFeat's own activations from the coarse pass (experiment, issue 17).
+
+One XFeat pass on the original image gives, besides its stride-8 descriptors, activations at
+higher resolution: the instance-normed gray image (stride 1), block1's second layer (8 ch,
+stride 2), block2's output (24 ch, stride 4). ``FineHead`` turns them into L2-normalized 64-d
+descriptors at stride 2 (cell j centred on pixel 2 j + 0.5, as camera.py wants):
+
+    base  = up4(n(feats))                        (the coarse level bilinearly upsampled)
+    h4    = relu(up2(A n(feats)) + B block2 + C unshuffle2(f2) + D unshuffle4(x))   (stride 4)
+    h4    = relu(conv3x3(h4))
+    h2    = relu(up2(E h4) + F f2 + G unshuffle2(x))                               (stride 2)
+    h2    = relu(conv3x3(h2))
+    out   = n(base + W h2)                       (W starts at zero: an untrained head = base)
+
+(``n`` = L2 normalization over channels, ``up`` = bilinear, ``align_corners=False``, which keeps
+the cell-centre convention.) The 1x1 projections run at each input's own resolution before
+upsampling (bilinear upsampling commutes with them), so the head's cost is dominated by two
+3x3 convolutions on the stride-4 and stride-2 grids.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nre_ros.errors import BackendUnavailable, MapFormatError
+from nre_ros.models.base import DenseFeatures, ModelSpec, check_image, file_sha256
+from nre_ros.models.xfeat import (FINE_INV_TEMPERATURE, INV_TEMPERATURE, NORMALIZATION, STRIDE,
+                                  XFeatMultiScale, instance_norm, pad_image, weights_path,
+                                  xfeat_tail)
+
+NAME = 'xfeat-ms-head'
+WEIGHTS_FILE = Path(__file__).resolve().parents[1] / 'weights' / f'{NAME}.safetensors'
+DIM = 64
+FINE_STRIDE = 2
+
+
+def coarse_activations(xfeat: nn.Module, image: torch.Tensor, keypoints: bool = True
+                       ) -> dict[str, torch.Tensor]:
+    """One XFeat pass on (1, 3 or 1, H, W) in [0, 1] (H, W multiples of 32) -> its outputs and
+    the activations the head reads: ``x`` (1, 1, H, W) instance-normed gray, ``f2`` (1, 8, H/2,
+    W/2) block1's second layer, ``b2`` (1, 24, H/4, W/4) block2's input (block1 + skip1),
+    ``feats`` (1, 64, H/8, W/8) raw fused descriptors, ``logits`` (1, 65, H/8, W/8) or absent.
+    ``feats`` equals ``xfeat_forward``'s."""
+    gray = image if image.shape[1] == 1 else image.mean(dim=1, keepdim=True)
+    x = instance_norm(gray, xfeat.norm.eps)
+    f2 = xfeat.block1[1](xfeat.block1[0](x))
+    b2 = xfeat.block1[3](xfeat.block1[2](f2)) + xfeat.skip1(x)
+    out = {'x': x, 'f2': f2, 'b2': b2, 'feats': xfeat_tail(xfeat, b2)}
+    if keypoints:
+        out['logits'] = xfeat.keypoint_head(F.pixel_unshuffle(x, STRIDE))
+    return out
+
+
+def _up(t: torch.Tensor, factor: int) -> torch.Tensor:
+    return F.interpolate(t, scale_factor=float(factor), mode='bilinear', align_corners=False)
+
+
+class FineHead(nn.Module):
+    """XFeat coarse-pass activations -> L2-normalized (1, 64, H/2, W/2) fine descriptors.
+
+    Args:
+        hidden4, hidden2: channels of the stride-4 and stride-2 trunks.
+        zero_init: start the output projection at zero (the head then returns ``base``);
+            False keeps torch's default init everywhere (a random-init control).
+    """
+
+    def __init__(self, hidden4: int = 48, hidden2: int = 32, zero_init: bool = True) -> None:
+        super().__init__()
+        self.config = {'hidden4': hidden4, 'hidden2': hidden2}
+        self.feat4 = nn.Conv2d(DIM, hidden4, 1)                  # A (applied at stride 8)
+        self.block4 = nn.Conv2d(24, hidden4, 1, bias=False)      # B
+        self.f2to4 = nn.Conv2d(4 * 8, hidden4, 1, bias=False)    # C
+        self.img4 = nn.Conv2d(16, hidden4, 1, bias=False)        # D
+        self.conv4 = nn.Conv2d(hidden4, hidden4, 3, padding=1)
+        self.up42 = nn.Conv2d(hidden4, hidden2, 1)               # E (applied at stride 4)
+        self.f2 = nn.Conv2d(8, hidden2, 1, bias=False)           # F
+        self.img2 = nn.Conv2d(4, hidden2, 1, bias=False)         # G
+        self.conv2 = nn.Conv2d(hidden2, hidden2, 3, padding=1)
+        self.out = nn.Conv2d(hidden2, DIM, 1)                    # W
+        if zero_init:
+            nn.init.zeros_(self.out.weight)
+            nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: torch.Tensor, f2: torch.Tensor, b2: torch.Tensor,
+                feats: torch.Tensor) -> torch.Tensor:
+        fn = F.normalize(feats, dim=1)
+        h4 = (_up(self.feat4(fn), 2) + self.block4(b2)
+              + self.f2to4(F.pixel_unshuffle(f2, 2)) + self.img4(F.pixel_unshuffle(x, 4)))
+        h4 = F.relu(self.conv4(F.relu(h4)))
+        h2 = _up(self.up42(h4), 2) + self.f2(f2) + self.img2(F.pixel_unshuffle(x, 2))
+        h2 = F.relu(self.conv2(F.relu(h2)))
+        return F.normalize(_up(fn, 4) + self.out(h2), dim=1)
+
+
+def save_head(head: FineHead, path: str | Path, metadata: dict | None = None) -> Path:
+    """Write the head as safetensors; ``metadata`` (JSON-able provenance) beside its config."""
+    from safetensors.torch import save_file
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
+    meta = {'model': NAME, 'config': json.dumps(head.config),
+            'provenance': json.dumps(metadata or {}, sort_keys=True)}
+    save_file(state, str(path), metadata=meta)
+    return path
+
+
+def load_head(path: str | Path) -> FineHead:
+    """FineHead from a safetensors file written by ``save_head`` (no pickle)."""
+    from safetensors import SafetensorError, safe_open
+    path = Path(path)
+    if not path.exists():
+        raise BackendUnavailable(f'{NAME} weights {path} not found')
+    try:
+        with safe_open(str(path), framework='pt') as f:
+            meta = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}
+        head = FineHead(**json.loads(meta['config']))
+        head.load_state_dict(state)
+    except (KeyError, ValueError, RuntimeError, OSError, SafetensorError) as exc:
+        raise MapFormatError(f'cannot read {NAME} weights {path}: {exc!r}') from exc
+    return head.eval()
+
+
+class XFeatHeadFineNet(nn.Module):
+    """(1, 3, H, W) in [0, 1] (multiples of 32) -> L2-normalized (1, 64, H/2, W/2): XFeat's
+    coarse pass (without its keypoint head) and the fine head on its activations."""
+
+    def __init__(self, xfeat: nn.Module, head: FineHead) -> None:
+        super().__init__()
+        self.xfeat = xfeat
+        self.head = head
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        a = coarse_activations(self.xfeat, image, keypoints=False)
+        return self.head(a['x'], a['f2'], a['b2'], a['feats'])
+
+
+class XFeatMultiScaleHead(XFeatMultiScale):
+    """Model 'xfeat-ms-head': XFeat coarse (/8, 64-d, as 'xfeat-ms') + the trained fine head
+    on the same pass's activations (/2, 64-d). ``extract`` with the fine level runs XFeat once;
+    the 'fine' network (``networks()``, ``extract_fine``) reruns the coarse pass itself.
+
+    Args:
+        device: torch device.
+        pretrained: False gives a seeded random-init head on a random XFeat (controls).
+        weights: head file (default WEIGHTS_FILE).
+        with_fine: as in XFeatMultiScale.
+    """
+
+    name = NAME
+
+    def __init__(self, device: str | torch.device = 'cpu', pretrained: bool = True,
+                 weights: str | Path | None = None, with_fine: bool = True) -> None:
+        super().__init__(device, pretrained, with_fine=with_fine)
+        path = Path(weights) if weights else WEIGHTS_FILE
+        if pretrained:
+            head = load_head(path)
+        else:
+            with torch.random.fork_rng():
+                torch.manual_seed(0)
+                head = FineHead(zero_init=False)
+        self.head = head.to(self.device).eval()
+        self.fine_net = XFeatHeadFineNet(self.coarse_net.xfeat, self.head).eval()
+        sha = (hashlib.sha256((file_sha256(weights_path()) + file_sha256(path)).encode())
+               .hexdigest() if pretrained else 'random-init-seed-0')
+        self.spec = ModelSpec(
+            name=NAME, coarse_stride=STRIDE, coarse_dim=DIM, fine_stride=FINE_STRIDE,
+            fine_dim=DIM, inv_temperature=INV_TEMPERATURE,
+            fine_inv_temperature=FINE_INV_TEMPERATURE, input_normalization=NORMALIZATION,
+            weights_sha256=sha)
+
+    @torch.inference_mode()
+    def extract(self, image: np.ndarray, fine: bool | None = None) -> DenseFeatures:
+        """(H, W, 3) uint8 RGB -> DenseFeatures; with the fine level, one XFeat pass for both."""
+        if not (self.with_fine if fine is None else fine):
+            return super().extract(image, fine=False)
+        image = check_image(image)
+        H, W = image.shape[:2]
+        x = pad_image(image, self.pad_multiple, self.device)
+        a = coarse_activations(self.coarse_net.xfeat, x)
+        scores = F.pixel_shuffle(F.softmax(a['logits'], dim=1)[:, :64], STRIDE)
+        fine_map = self.head(a['x'], a['f2'], a['b2'], a['feats'])
+        return DenseFeatures(
+            coarse=F.normalize(a['feats'], dim=1)[0, :, :H // STRIDE, :W // STRIDE].contiguous(),
+            fine=fine_map[0, :, :H // FINE_STRIDE, :W // FINE_STRIDE].contiguous(),
+            keypoint_scores=scores[0, 0, :H, :W].contiguous(), image_size=(W, H))
