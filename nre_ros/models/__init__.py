@@ -8,6 +8,9 @@
 - ``nre-paper``: NRE Inception-v3 1280-d /16 + 288-d /2; random init or a trained file.
 - ``xfeat-ms-nre``: ``xfeat-ms`` + per-level heads and temperatures trained with the NRE loss
   (``nre-ros train``; weights ``nre_ros/weights/xfeat-ms-nre.safetensors``).
+- ``xfeat-ms-head``: XFeat coarse /8 + a small fine head (/2) on the same XFeat pass's
+  activations, trained with the fine NRE window loss (``nre_training.fine_head``; weights
+  ``nre_ros/weights/xfeat-ms-head.safetensors``).
 
 See MODELS.md for provenance, licences and measurements.
 Inference backends (torch CPU/CUDA, ONNX Runtime, TensorRT) wrap these: ``nre_ros.backends``.
@@ -23,7 +26,7 @@ __all__ = ['DenseFeatures', 'FeatureModel', 'ModelSpec', 'load_model', 'MODEL_NA
            'DEFAULT_MODEL', 'unloadable_reason']
 
 MODEL_NAMES = ('xfeat-ms', 'xfeat-ms-lite', 'xfeat-ms-s3', 'xfeat', 'nre-paper', 'disk',
-               'xfeat-ms-nre')
+               'xfeat-ms-nre', 'xfeat-ms-head')
 DEFAULT_MODEL = 'xfeat-ms'
 
 
@@ -36,7 +39,7 @@ def load_model(name: str = DEFAULT_MODEL, device: str | torch.device = 'cpu',
         device: torch device.
         pretrained: False gives the same architecture with a seeded random init (controls).
         weights: for 'nre-paper', a trained ``.safetensors``/``.pt`` state dict; for
-            'xfeat-ms-nre', a heads file (default: the shipped one).
+            'xfeat-ms-nre' / 'xfeat-ms-head', a heads file (default: the shipped one).
     """
     if name == 'xfeat-ms':
         from nre_ros.models.xfeat import XFeatMultiScale
@@ -56,6 +59,9 @@ def load_model(name: str = DEFAULT_MODEL, device: str | torch.device = 'cpu',
     if name == 'xfeat-ms-nre':
         from nre_ros.models.xfeat_nre import XFeatMultiScaleNre
         return XFeatMultiScaleNre(device, pretrained=pretrained, weights=weights)
+    if name == 'xfeat-ms-head':
+        from nre_ros.models.xfeat_fine_head import XFeatMultiScaleHead
+        return XFeatMultiScaleHead(device, pretrained=pretrained, weights=weights)
     if name == 'disk':
         from nre_ros.models.disk import DiskModel
         return DiskModel(device, pretrained=pretrained)

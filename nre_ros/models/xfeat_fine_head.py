@@ -104,7 +104,7 @@ def save_head(head: FineHead, path: str | Path, metadata: dict | None = None) ->
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
-    meta = {'model': NAME, 'config': json.dumps(head.config),
+    meta = {'model': NAME, 'config': json.dumps(head.config), 'license': 'Apache-2.0 (nre_ros)',
             'provenance': json.dumps(metadata or {}, sort_keys=True)}
     save_file(state, str(path), metadata=meta)
     return path
