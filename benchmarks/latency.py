@@ -11,8 +11,9 @@ One run on the fr1_rpy hard queries (every 2nd: 48) against the ``hard_map`` spl
 - ``nre_ros_before``: the pipeline as it was before issue 17: the ``xfeat-ms`` model in fp32
   (``precision: fp32``, so ONNX Runtime on CPU; the map built with ``--model xfeat-ms``, the
   same map while ``xfeat-ms`` is the default model);
-- ``nre_ros_lite`` / ``nre_ros_s3``: the same with the ``xfeat-ms-lite`` / ``xfeat-ms-s3``
-  model (fine level on the x2 / x8/3 image, the cheaper candidates; map built with ``--model``);
+- ``nre_ros_lite`` / ``nre_ros_s3`` / ``nre_ros_head``: the same with the ``xfeat-ms-lite`` /
+  ``xfeat-ms-s3`` / ``xfeat-ms-head`` model (fine level on the x2 / x8/3 image / a trained head
+  on the coarse pass: the cheaper candidates; map built with ``--model``);
 - ``xfeat_mnn`` (XFeat + mutual NN + PoseLib) and ``sift_magsac`` (SIFT + ratio test + OpenCV
   MAGSAC) from ``accuracy_peers.py``, global only, fix thresholds ``accuracy.DEFAULT_THRESHOLDS``.
 
@@ -59,7 +60,8 @@ DATASET = 'fr1_hard'            # accuracy.py's fr1_rpy hard_query against the h
 EVERY = 2
 BEFORE_MODEL = 'xfeat-ms'
 BEFORE_PRECISION = 'fp32'
-CANDIDATE_MODELS = {'nre_ros_lite': 'xfeat-ms-lite', 'nre_ros_s3': 'xfeat-ms-s3'}
+CANDIDATE_MODELS = {'nre_ros_lite': 'xfeat-ms-lite', 'nre_ros_s3': 'xfeat-ms-s3',
+                    'nre_ros_head': 'xfeat-ms-head'}
 PEER_NAMES = {'xfeat_mnn': 'xfeat_mnn_poselib', 'sift_magsac': 'sift_magsac'}
 METHODS = ('nre_ros', 'nre_ros_before') + tuple(CANDIDATE_MODELS) + tuple(PEER_NAMES)
 NRE_MODES = ('global', 'tracking', 'rgbd')

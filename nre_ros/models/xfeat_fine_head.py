@@ -1,4 +1,5 @@
-"""A small fine head on XFeat's own activations from the coarse pass (experiment, issue 17).
+"""A small fine head on XFeat's own activations from the coarse pass (model 'xfeat-ms-head', a
+speed option: MODELS.md).
 
 One XFeat pass on the original image gives, besides its stride-8 descriptors, activations at
 higher resolution: the instance-normed gray image (stride 1), block1's second layer (8 ch,
