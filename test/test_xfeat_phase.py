@@ -68,6 +68,18 @@ def test_coarse_phase_form_equals_the_original_network(xfeat, images, fused, mon
         assert a.shape == b.shape and diff < EXACT_ATOL and score_diff < 1e-5
 
 
+def test_mean_square_reads_nchw_and_channels_last_alike():
+    """The phases' mean square (a dot product over the values in memory order) equals the
+    mean of the squares in either memory format, also for a strided view."""
+    x = torch.randn(1, 16, 30, 40, generator=torch.Generator().manual_seed(3))
+    expected = (x.double() ** 2).mean().item()
+    for t in (x, x.contiguous(memory_format=torch.channels_last), x[:, :, ::2]):
+        got = xfeat_phase._mean_square(t)
+        assert got.shape == (1, 1, 1, 1)
+        assert got.item() == pytest.approx((t.double() ** 2).mean().item(), rel=1e-6)
+    assert xfeat_phase._mean_square(x).item() == pytest.approx(expected, rel=1e-6)
+
+
 def test_block2_input_equals_the_original_at_every_cell(xfeat, images):
     """block1(x) + skip1(x) itself on the smallest image, where most cells are near a border."""
     x = pad_image(images['40x24'], PAD_MULTIPLE, torch.device('cpu'))

@@ -129,11 +129,16 @@ def _mean(x: torch.Tensor) -> torch.Tensor:
 
 
 def _mean_square(x: torch.Tensor) -> torch.Tensor:
-    """(1, C, H, W) -> (1, 1, 1, 1) mean of the squares: one dot product (no squared copy)
-    except in a traced graph."""
-    if _tracing() or not x.is_contiguous():
+    """(1, C, H, W) -> (1, 1, 1, 1) mean of the squares: one dot product over the values in
+    memory order (NCHW or channels_last, no squared copy) except in a traced graph."""
+    if x.is_contiguous():
+        flat = x.reshape(-1)
+    elif x.is_contiguous(memory_format=torch.channels_last):
+        flat = x.permute(0, 2, 3, 1).reshape(-1)          # a view: the order does not matter
+    else:
+        flat = None
+    if _tracing() or flat is None:
         return _mean(x * x)
-    flat = x.reshape(-1)
     return (torch.dot(flat, flat) / flat.numel()).reshape(1, 1, 1, 1)
 
 
