@@ -22,7 +22,7 @@ from torch import nn
 
 from nre_ros.errors import BackendUnavailable
 from nre_ros.models.base import DenseFeatures, ModelSpec, check_image, file_sha256
-from nre_ros.models.xfeat_phase import FoldedTail, PhaseBlock1, fold_layer
+from nre_ros.models.xfeat_phase import CELL, FoldedTail, PhaseBlock1, fold_layer
 
 logger = logging.getLogger(__name__)
 
@@ -128,9 +128,11 @@ class XFeatCoarseNet(nn.Module):
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.uses_phase_form(image):
-            gray = image.mean(dim=1, keepdim=True)
-            feats = xfeat_tail(self.phase_tail, self.phase_block1(gray))
-            x = instance_norm(gray, self.xfeat.norm.eps)
+            # at upsample 1 the block's phases are the cells of the instance-normed image the
+            # keypoint head reads too: normalized once for both
+            x = instance_norm(image.mean(dim=1, keepdim=True), self.xfeat.norm.eps)
+            block2_input = self.phase_block1.from_normalized_phases(F.pixel_unshuffle(x, CELL))
+            feats = xfeat_tail(self.phase_tail, block2_input)
             kpt_logits = self.phase_keypoint_head(F.pixel_unshuffle(x, STRIDE))
         else:
             feats, kpt_logits = xfeat_forward(self.xfeat, image)

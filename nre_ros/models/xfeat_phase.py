@@ -271,20 +271,24 @@ class PhaseBlock1(nn.Module):
 
     def normalized_phases(self, gray: torch.Tensor) -> torch.Tensor:
         """(1, 1, H, W) -> (1, 16, h, w): the phases of XFeat's instance norm of the upsampled
-        image (its pixels are the phases' values), float32 or, under autocast, its dtype."""
+        image (its pixels are the phases' values), in float32 also under autocast."""
         with torch.autocast(gray.device.type, enabled=False):
             # the phases' weights sum to 1: centring the gray image centres the upsampled one,
             # so its variance comes from the mean square without cancellation
             p = self.phases(gray - _mean(gray))
             mu, square = _mean(p), _mean_square(p)
             scale = torch.rsqrt(square - mu * mu + self.eps)
-            x = torch.addcmul(-mu * scale, p, scale)
-        if torch.is_autocast_enabled(x.device.type):    # cast once for the two convs below
-            x = x.to(torch.get_autocast_dtype(x.device.type))
-        return x
+            return torch.addcmul(-mu * scale, p, scale)
 
     def forward(self, gray: torch.Tensor) -> torch.Tensor:
-        x = self.normalized_phases(gray)
+        return self.from_normalized_phases(self.normalized_phases(gray))
+
+    def from_normalized_phases(self, x: torch.Tensor) -> torch.Tensor:
+        """(1, 16, h, w) phases of the instance-normed upsampled image (``normalized_phases``;
+        at upsample 1, ``pixel_unshuffle(instance_norm(gray), 4)``) -> (1, 24, h, w), block2's
+        input."""
+        if torch.is_autocast_enabled(x.device.type):    # cast once for the two convs
+            x = x.to(torch.get_autocast_dtype(x.device.type))
         return self.layers(x) + self.skip(x)
 
 
