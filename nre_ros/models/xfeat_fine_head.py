@@ -20,8 +20,6 @@ upsampling (bilinear upsampling commutes with them), so the head's cost is domin
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
 import numpy as np
@@ -29,11 +27,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nre_ros.errors import BackendUnavailable, MapFormatError
-from nre_ros.models.base import DenseFeatures, ModelSpec, check_image, file_sha256
+from nre_ros.models.base import (DenseFeatures, ModelSpec, check_image, load_trained_module,
+                                 save_trained_module)
 from nre_ros.models.xfeat import (FINE_INV_TEMPERATURE, INV_TEMPERATURE, NORMALIZATION, STRIDE,
-                                  XFeatMultiScale, instance_norm, pad_image, weights_path,
-                                  xfeat_tail)
+                                  XFeatMultiScale, instance_norm, pad_image, xfeat_tail,
+                                  xfeat_with_file_sha256)
 
 NAME = 'xfeat-ms-head'
 WEIGHTS_FILE = Path(__file__).resolve().parents[1] / 'weights' / f'{NAME}.safetensors'
@@ -101,31 +99,13 @@ class FineHead(nn.Module):
 
 def save_head(head: FineHead, path: str | Path, metadata: dict | None = None) -> Path:
     """Write the head as safetensors; ``metadata`` (JSON-able provenance) beside its config."""
-    from safetensors.torch import save_file
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
-    meta = {'model': NAME, 'config': json.dumps(head.config), 'license': 'Apache-2.0 (nre_ros)',
-            'provenance': json.dumps(metadata or {}, sort_keys=True)}
-    save_file(state, str(path), metadata=meta)
-    return path
+    return save_trained_module(head, head.config, path, NAME, metadata,
+                               extra={'license': 'Apache-2.0 (nre_ros)'})
 
 
 def load_head(path: str | Path) -> FineHead:
     """FineHead from a safetensors file written by ``save_head`` (no pickle)."""
-    from safetensors import SafetensorError, safe_open
-    path = Path(path)
-    if not path.exists():
-        raise BackendUnavailable(f'{NAME} weights {path} not found')
-    try:
-        with safe_open(str(path), framework='pt') as f:
-            meta = f.metadata() or {}
-            state = {k: f.get_tensor(k) for k in f.keys()}
-        head = FineHead(**json.loads(meta['config']))
-        head.load_state_dict(state)
-    except (KeyError, ValueError, RuntimeError, OSError, SafetensorError) as exc:
-        raise MapFormatError(f'cannot read {NAME} weights {path}: {exc!r}') from exc
-    return head.eval()
+    return load_trained_module(path, FineHead, NAME)
 
 
 class XFeatHeadFineNet(nn.Module):
@@ -168,8 +148,7 @@ class XFeatMultiScaleHead(XFeatMultiScale):
                 head = FineHead(zero_init=False)
         self.head = head.to(self.device).eval()
         self.fine_net = XFeatHeadFineNet(self.coarse_net.xfeat, self.head).eval()
-        sha = (hashlib.sha256((file_sha256(weights_path()) + file_sha256(path)).encode())
-               .hexdigest() if pretrained else 'random-init-seed-0')
+        sha = xfeat_with_file_sha256(path) if pretrained else 'random-init-seed-0'
         self.spec = ModelSpec(
             name=NAME, coarse_stride=STRIDE, coarse_dim=DIM, fine_stride=FINE_STRIDE,
             fine_dim=DIM, inv_temperature=INV_TEMPERATURE,

@@ -15,8 +15,6 @@ This module is part of the node; ``nre_training`` imports the head from here, ne
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from pathlib import Path
 
@@ -24,10 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nre_ros.errors import BackendUnavailable, MapFormatError
-from nre_ros.models.base import ModelSpec, file_sha256
+from nre_ros.models.base import ModelSpec, load_trained_module, save_trained_module
 from nre_ros.models.xfeat import (FINE_UPSAMPLE, INV_TEMPERATURE, NORMALIZATION, STRIDE,
-                                  XFeatFineNet, XFeatMultiScale, weights_path, xfeat_forward)
+                                  XFeatFineNet, XFeatMultiScale, xfeat_forward,
+                                  xfeat_with_file_sha256)
 
 NAME = 'xfeat-ms-nre'
 WEIGHTS_FILE = Path(__file__).resolve().parents[1] / 'weights' / f'{NAME}.safetensors'
@@ -78,35 +76,12 @@ class NreHeads(nn.Module):
 
 def save_heads(heads: NreHeads, path: str | Path, metadata: dict | None = None) -> Path:
     """Write the heads as safetensors; ``metadata`` (JSON-able) is stored beside the config."""
-    from safetensors.torch import save_file
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in heads.state_dict().items()}
-    meta = {'model': NAME, 'config': json.dumps(heads.config),
-            'provenance': json.dumps(metadata or {}, sort_keys=True)}
-    save_file(state, str(path), metadata=meta)
-    return path
+    return save_trained_module(heads, heads.config, path, NAME, metadata)
 
 
 def load_heads(path: str | Path) -> NreHeads:
     """NreHeads from a safetensors file written by ``save_heads``."""
-    try:
-        from safetensors import safe_open
-    except ImportError as exc:  # pragma: no cover - safetensors is a core requirement
-        raise BackendUnavailable('safetensors is not installed') from exc
-    path = Path(path)
-    if not path.exists():
-        raise BackendUnavailable(f'{NAME} weights {path} not found (train them with '
-                                 f'`nre-ros train`)')
-    try:
-        with safe_open(str(path), framework='pt') as f:
-            meta = f.metadata() or {}
-            state = {k: f.get_tensor(k) for k in f.keys()}
-        heads = NreHeads(**json.loads(meta['config']))
-        heads.load_state_dict(state)
-    except (KeyError, ValueError, RuntimeError, OSError) as exc:
-        raise MapFormatError(f'cannot read {NAME} weights {path}: {exc!r}') from exc
-    return heads.eval()
+    return load_trained_module(path, NreHeads, NAME, ' (train them with `nre-ros train`)')
 
 
 class XFeatNreCoarseNet(nn.Module):
@@ -158,11 +133,7 @@ class XFeatMultiScaleNre(XFeatMultiScale):
         self.coarse_net = XFeatNreCoarseNet(xfeat, self.heads.coarse).eval()
         self.fine_net = XFeatNreFineNet(xfeat, self.heads.fine).eval()
         tau_c, tau_f = heads.inv_temperatures()
-        if pretrained:
-            sha = hashlib.sha256((file_sha256(weights_path()) + file_sha256(path)).encode())
-            sha_hex = sha.hexdigest()
-        else:
-            sha_hex = 'random-init-seed-0'
+        sha_hex = xfeat_with_file_sha256(path) if pretrained else 'random-init-seed-0'
         self.spec = ModelSpec(
             name=NAME, coarse_stride=STRIDE, coarse_dim=DIM, fine_stride=STRIDE // FINE_UPSAMPLE,
             fine_dim=DIM, inv_temperature=round(tau_c, 6), fine_inv_temperature=round(tau_f, 6),
