@@ -451,11 +451,21 @@ class Relocalizer:
         timings = {**timings, **out.timings_ms, 'total': _ms_since(t0)}
         return replace(out, timings_ms=timings, info={**out.info, 'mode': mode})
 
-    def _candidate(self, prep: PreparedImage, timings: dict) -> _Candidate:
+    def _candidate(self, prep: PreparedImage, timings: dict, fine: bool = False) -> _Candidate:
+        """Coarse features of ``prep`` (timed 'features'); with ``fine`` and a model whose fine
+        level comes out of the coarse pass (``shares_pass``), its fine level too, from the
+        same pass."""
         t = time.perf_counter()
-        feats = self.model.extract(prep.image, fine=False)
+        fine = fine and self._shares_pass()
+        feats = self.model.extract(prep.image, fine=fine)
         _add(timings, 'features', t)
         return _Candidate(prep, feats)
+
+    def _shares_pass(self) -> bool:
+        """Whether the model computes its fine level in the coarse pass, at a fraction of a
+        second pass (then the first candidate of a query computes both at once)."""
+        return bool(getattr(self.model, 'shares_pass', False)) and self.config.fine.enabled \
+            and self.model.spec.fine_stride > 0
 
     def _retrieve(self, cands: list[_Candidate], timings: dict) -> list[_Candidate]:
         """Score each orientation by retrieval; keep the best ``candidates`` of them."""
@@ -514,9 +524,10 @@ class Relocalizer:
         None when the model has no fine level or no point projects into the grid."""
         spec = self.model.spec
         t = time.perf_counter()
-        if hasattr(self.model, 'extract_fine'):      # fine network only
+        fine = c.features.fine                       # computed with the coarse level
+        if fine is None and hasattr(self.model, 'extract_fine'):      # fine network only
             fine = self.model.extract_fine(c.prep.image)
-        else:
+        elif fine is None:
             fine = self.model.extract(c.prep.image, fine=True).fine
         _add(timings, 'fine_features', t)
         t = time.perf_counter()
@@ -672,14 +683,15 @@ class Relocalizer:
         turns = list(rot.quarter_turns) or [0]
         min_points = self.config.solver.min_points
 
-        def candidate(k: int) -> _Candidate:
+        def candidate(k: int, fine: bool = False) -> _Candidate:
             t = time.perf_counter()
             prep = rotated(prep0, k)
             _add(timings, 'prepare', t)
-            return self._candidate(prep, timings)
+            return self._candidate(prep, timings, fine)
 
-        # 1) the first rotation alone: most robot cameras are upright
-        first = self._retrieve([candidate(turns[0])], timings)
+        # 1) the first rotation alone: most robot cameras are upright (its fine level now
+        # when the model gets it from the same pass)
+        first = self._retrieve([candidate(turns[0], fine=True)], timings)
         tried = [self._initialize(c, timings) for c in first if len(c.point_idx) >= min_points]
         searched = 1
         # 2) the other rotations only when that was not convincing
@@ -717,8 +729,8 @@ class Relocalizer:
         T_init[:3, :3] = prep.R_img_cam
         T_init = T_init @ T_prior
         nearest = nearest_keyframes(kf, T_init)[:n_kf]
-        c = replace(self._candidate(prep, timings), keyframes=nearest,
-                    point_idx=self._points_of(nearest))
+        c = replace(self._candidate(prep, timings, fine=self.config.tracking.fine),
+                    keyframes=nearest, point_idx=self._points_of(nearest))
         if len(c.point_idx) < self.config.solver.min_points:
             return Failure('too_few_points', 'no map points near the prior', timings)
         c = self._coarse_maps(c, timings)

@@ -133,3 +133,40 @@ def test_trained_head_localizes_better_than_untrained_on_a_warped_real_image(hea
         medians.append(np.median(e))
     assert len(uv) > 100
     assert medians[0] < 0.8 * medians[1], medians
+
+
+def test_phase_activations_are_the_original_layers_activations(random_xfeat, activations):
+    """The joint pass's phase form (bf16 on a CPU, CUDA) computes the head's inputs as the
+    original layers do (float32 here, so the difference is rounding only)."""
+    from nre_ros.models.xfeat import XFeatCoarseNet
+    from nre_ros.models.xfeat_fine_head import phase_activations
+    net = XFeatCoarseNet(random_xfeat, phase=True)
+    with torch.inference_mode():
+        phase = phase_activations(net, _image())
+    assert set(phase) == set(activations)
+    for key, value in activations.items():
+        assert phase[key].shape == value.shape, key
+        torch.testing.assert_close(phase[key], value, atol=1e-4, rtol=1e-4, msg=key)
+
+
+@pytest.mark.parametrize('precision', ['fp32', 'bf16'])
+def test_backend_joint_level_gives_both_levels_of_the_separate_networks(head_model, precision):
+    """``extract`` with the fine level runs the one-pass 'joint' network: the same coarse level
+    as the coarse network and the same fine level as the fine network (which reruns the coarse
+    pass), unit-norm in float32 after a bf16 pass too."""
+    from nre_ros.backends import BackendConfig, load_backend
+    from nre_ros.precision import cpu_flags
+    if precision == 'bf16' and not {'amx_bf16', 'avx512_bf16'} & set(cpu_flags()):
+        pytest.skip('this CPU has no bf16 units')
+    m = load_backend(BackendConfig(model='xfeat-ms-head', backend='torch', precision=precision),
+                     model=head_model)
+    assert m.shares_pass and 'joint' in m.runner.levels()
+    image = np.random.default_rng(1).integers(0, 256, (96, 130, 3), dtype=np.uint8)
+    full = m.extract(image)
+    coarse = m.extract(image, fine=False)
+    assert coarse.fine is None
+    tol = {'fp32': 1e-5, 'bf16': 1e-6}[precision]     # bf16: the same ops in the same order
+    torch.testing.assert_close(full.coarse, coarse.coarse, atol=tol, rtol=tol)
+    torch.testing.assert_close(full.keypoint_scores, coarse.keypoint_scores, atol=tol, rtol=tol)
+    torch.testing.assert_close(full.fine, m.extract_fine(image), atol=tol, rtol=tol)
+    torch.testing.assert_close(full.fine.norm(dim=0), torch.ones(48, 65), atol=1e-5, rtol=0)

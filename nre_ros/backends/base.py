@@ -24,7 +24,9 @@ def padded_size(size: tuple[int, ...], multiple: int) -> tuple[int, ...]:
 
 
 class Runner(Protocol):
-    """Runs one level network ('coarse' or 'fine') of a model."""
+    """Runs one level network of a model: 'coarse' (descriptors, scores), 'fine'
+    (descriptors) or, where the model has it, 'joint' (descriptors, scores, fine descriptors
+    from one pass)."""
 
     name: str
     device: torch.device
@@ -60,18 +62,28 @@ class BackendModel:
     def backend(self) -> str:
         return self.runner.name
 
+    @property
+    def shares_pass(self) -> bool:
+        """Whether the fine level comes out of the coarse pass (a 'joint' network): then
+        ``extract(fine=True)`` costs little more than the coarse level alone."""
+        return 'joint' in self.runner.levels()
+
     def extract(self, image: np.ndarray, fine: bool | None = None) -> DenseFeatures:
         """(H, W, 3) uint8 RGB -> DenseFeatures (float32 on ``self.device``)."""
         image = check_image(image)
         H, W = image.shape[:2]
         x = pad_image(image, self.pad_multiple, self.device, self.runner.input_dtype)
+        with_fine = (self.with_fine if fine is None else fine) and self.spec.fine_stride > 0
+        joint = with_fine and self.shares_pass
         with torch.inference_mode():
-            out = self.runner('coarse', x)
-            s = self.spec.coarse_stride
+            out = self.runner('joint' if joint else 'coarse', x)
+            s, sf = self.spec.coarse_stride, self.spec.fine_stride
             coarse = out[0][0, :, :H // s, :W // s].float().contiguous()
             scores = out[1][0, 0, :H, :W].float().contiguous() if len(out) > 1 else None
             fine_map = None
-            if (self.with_fine if fine is None else fine) and self.spec.fine_stride > 0:
+            if joint:
+                fine_map = out[2][0, :, :H // sf, :W // sf].float().contiguous()
+            elif with_fine:
                 fine_map = self._fine(x, H, W)
         return DenseFeatures(coarse=coarse, fine=fine_map, keypoint_scores=scores,
                              image_size=(W, H))

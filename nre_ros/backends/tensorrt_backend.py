@@ -144,5 +144,5 @@ class TensorRTRunner:
         if not context.execute_async_v3(stream.cuda_stream):
             raise BackendUnavailable(f'TensorRT execution failed for level {level}')
         stream.synchronize()
-        order = {'descriptors': 0, 'scores': 1}
+        order = {'descriptors': 0, 'scores': 1, 'fine_descriptors': 2}
         return tuple(o for _, o in sorted(outputs, key=lambda t: order.get(t[0], 9)))

@@ -31,8 +31,9 @@ class TorchRunner:
             oneDNN's 1-channel first convolution is slow in NCHW, while XFeat coarse is slower
             in NHWC; docs/decisions.md). With bf16 every level runs in NHWC.
         bf16: run under ``torch.autocast(dtype=torch.bfloat16)`` (convolutions and matrix
-            products in bf16, reductions such as the instance norm in fp32); the first output
-            (descriptors) is re-normalized in float32.
+            products in bf16, reductions such as the instance norm in fp32); the descriptor
+            outputs (the first, or those a network lists in ``descriptor_outputs``) are
+            re-normalized in float32.
     """
 
     def __init__(self, networks: dict[str, nn.Module], device: str | torch.device = 'cpu',
@@ -78,7 +79,9 @@ class TorchRunner:
             out = self.networks[level](x)
         out = out if isinstance(out, tuple) else (out,)
         if self.bf16:     # descriptors re-normalised in float32
-            return (normalized_nchw(out[0]),) + tuple(o.float().contiguous() for o in out[1:])
+            desc = getattr(self.networks[level], 'descriptor_outputs', (0,))
+            return tuple(normalized_nchw(o) if i in desc else o.float().contiguous()
+                         for i, o in enumerate(out))
         return tuple(o.float().contiguous() for o in out)
 
 

@@ -30,8 +30,9 @@ from torch import nn
 from nre_ros.models.base import (DenseFeatures, ModelSpec, check_image, load_trained_module,
                                  save_trained_module)
 from nre_ros.models.xfeat import (FINE_INV_TEMPERATURE, INV_TEMPERATURE, NORMALIZATION, STRIDE,
-                                  XFeatMultiScale, instance_norm, pad_image, xfeat_tail,
-                                  xfeat_with_file_sha256)
+                                  XFeatCoarseNet, XFeatMultiScale, instance_norm, pad_image,
+                                  xfeat_tail, xfeat_with_file_sha256)
+from nre_ros.models.xfeat_phase import CELL
 
 NAME = 'xfeat-ms-head'
 WEIGHTS_FILE = Path(__file__).resolve().parents[1] / 'weights' / f'{NAME}.safetensors'
@@ -54,6 +55,35 @@ def coarse_activations(xfeat: nn.Module, image: torch.Tensor, keypoints: bool = 
     if keypoints:
         out['logits'] = xfeat.keypoint_head(F.pixel_unshuffle(x, STRIDE))
     return out
+
+
+def phase_activations(coarse_net: XFeatCoarseNet, image: torch.Tensor, keypoints: bool = True
+                      ) -> dict[str, torch.Tensor]:
+    """``coarse_activations`` computed as ``coarse_net`` computes its level where it runs the
+    phase form (first block on 4 x 4 cells, BatchNorm folded): the same values up to float
+    rounding. Block1's second layer comes out of the phase block as ``pixel_unshuffle(f2, 2)``
+    and is shuffled back."""
+    pb = coarse_net.phase_block1
+    x = instance_norm(image.mean(dim=1, keepdim=True), coarse_net.xfeat.norm.eps)
+    cells = F.pixel_unshuffle(x, CELL)
+    if torch.is_autocast_enabled(cells.device.type):    # cast once for the convs below
+        cells = cells.to(torch.get_autocast_dtype(cells.device.type))
+    f2_cells = pb.layers[1](pb.layers[0](cells))
+    b2 = pb.layers[3](pb.layers[2](f2_cells)) + pb.skip(cells)
+    out = {'x': x, 'f2': F.pixel_shuffle(f2_cells, 2), 'b2': b2,
+           'feats': xfeat_tail(coarse_net.phase_tail, b2)}
+    if keypoints:
+        out['logits'] = coarse_net.phase_keypoint_head(F.pixel_unshuffle(x, STRIDE))
+    return out
+
+
+def pass_activations(coarse_net: XFeatCoarseNet, image: torch.Tensor, keypoints: bool = True
+                     ) -> dict[str, torch.Tensor]:
+    """The head's inputs from one XFeat pass, in the form ``coarse_net`` runs now (phase form
+    in bf16 on a CPU and on CUDA, original layers otherwise: ``uses_phase_form``)."""
+    if coarse_net.uses_phase_form(image):
+        return phase_activations(coarse_net, image, keypoints)
+    return coarse_activations(coarse_net.xfeat, image, keypoints)
 
 
 def _up(t: torch.Tensor, factor: int) -> torch.Tensor:
@@ -112,20 +142,40 @@ class XFeatHeadFineNet(nn.Module):
     """(1, 3, H, W) in [0, 1] (multiples of 32) -> L2-normalized (1, 64, H/2, W/2): XFeat's
     coarse pass (without its keypoint head) and the fine head on its activations."""
 
-    def __init__(self, xfeat: nn.Module, head: FineHead) -> None:
+    def __init__(self, coarse_net: XFeatCoarseNet, head: FineHead) -> None:
         super().__init__()
-        self.xfeat = xfeat
+        self.coarse_net = coarse_net
         self.head = head
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        a = coarse_activations(self.xfeat, image, keypoints=False)
+        a = pass_activations(self.coarse_net, image, keypoints=False)
         return self.head(a['x'], a['f2'], a['b2'], a['feats'])
+
+
+class XFeatHeadJointNet(nn.Module):
+    """(1, 3, H, W) in [0, 1] (multiples of 32) -> both levels from one XFeat pass: the coarse
+    level's outputs (L2-normalized (1, 64, H/8, W/8) descriptors, (1, 1, H, W) keypoint scores,
+    as ``XFeatCoarseNet``) and the head's L2-normalized (1, 64, H/2, W/2) fine descriptors."""
+
+    descriptor_outputs = (0, 2)       # outputs a runner re-normalizes after a bf16 pass
+
+    def __init__(self, coarse_net: XFeatCoarseNet, head: FineHead) -> None:
+        super().__init__()
+        self.coarse_net = coarse_net
+        self.head = head
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        a = pass_activations(self.coarse_net, image)
+        scores = F.pixel_shuffle(F.softmax(a['logits'], dim=1)[:, :64], STRIDE)
+        fine = self.head(a['x'], a['f2'], a['b2'], a['feats'])
+        return F.normalize(a['feats'], dim=1), scores, fine
 
 
 class XFeatMultiScaleHead(XFeatMultiScale):
     """Model 'xfeat-ms-head': XFeat coarse (/8, 64-d, as 'xfeat-ms') + the trained fine head
-    on the same pass's activations (/2, 64-d). ``extract`` with the fine level runs XFeat once;
-    the 'fine' network (``networks()``, ``extract_fine``) reruns the coarse pass itself.
+    on the same pass's activations (/2, 64-d). ``extract`` with the fine level runs XFeat once
+    (the 'joint' network of ``networks()``, which backends run the same way: ``shares_pass``);
+    the 'fine' network (``extract_fine``) reruns the coarse pass itself.
 
     Args:
         device: torch device.
@@ -135,6 +185,7 @@ class XFeatMultiScaleHead(XFeatMultiScale):
     """
 
     name = NAME
+    shares_pass = True     # extract(fine=True) costs one pass + the head, not two passes
 
     def __init__(self, device: str | torch.device = 'cpu', pretrained: bool = True,
                  weights: str | Path | None = None, with_fine: bool = True) -> None:
@@ -147,13 +198,18 @@ class XFeatMultiScaleHead(XFeatMultiScale):
                 torch.manual_seed(0)
                 head = FineHead(zero_init=False)
         self.head = head.to(self.device).eval()
-        self.fine_net = XFeatHeadFineNet(self.coarse_net.xfeat, self.head).eval()
+        self.fine_net = XFeatHeadFineNet(self.coarse_net, self.head).eval()
+        self.joint_net = XFeatHeadJointNet(self.coarse_net, self.head).eval()
         sha = xfeat_with_file_sha256(path) if pretrained else 'random-init-seed-0'
         self.spec = ModelSpec(
             name=NAME, coarse_stride=STRIDE, coarse_dim=DIM, fine_stride=FINE_STRIDE,
             fine_dim=DIM, inv_temperature=INV_TEMPERATURE,
             fine_inv_temperature=FINE_INV_TEMPERATURE, input_normalization=NORMALIZATION,
             weights_sha256=sha)
+
+    def networks(self) -> dict[str, nn.Module]:
+        """'coarse', 'fine' (coarse pass + head) and 'joint' (both levels from one pass)."""
+        return {**super().networks(), 'joint': self.joint_net}
 
     @torch.inference_mode()
     def extract(self, image: np.ndarray, fine: bool | None = None) -> DenseFeatures:
@@ -162,11 +218,8 @@ class XFeatMultiScaleHead(XFeatMultiScale):
             return super().extract(image, fine=False)
         image = check_image(image)
         H, W = image.shape[:2]
-        x = pad_image(image, self.pad_multiple, self.device)
-        a = coarse_activations(self.coarse_net.xfeat, x)
-        scores = F.pixel_shuffle(F.softmax(a['logits'], dim=1)[:, :64], STRIDE)
-        fine_map = self.head(a['x'], a['f2'], a['b2'], a['feats'])
+        desc, scores, fine_map = self.joint_net(pad_image(image, self.pad_multiple, self.device))
         return DenseFeatures(
-            coarse=F.normalize(a['feats'], dim=1)[0, :, :H // STRIDE, :W // STRIDE].contiguous(),
+            coarse=desc[0, :, :H // STRIDE, :W // STRIDE].contiguous(),
             fine=fine_map[0, :, :H // FINE_STRIDE, :W // FINE_STRIDE].contiguous(),
             keypoint_scores=scores[0, 0, :H, :W].contiguous(), image_size=(W, H))
