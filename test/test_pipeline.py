@@ -183,3 +183,42 @@ def test_point_cap_keeps_every_retrieved_keyframe(reloc):
     all_pts = np.unique(np.concatenate([reloc.map.observations(int(k)).point_idx
                                         for k in keyframes]))
     np.testing.assert_array_equal(np.sort(big._points_of(keyframes)), all_pts)
+
+
+class _CountingModel:
+    """A model that says its fine level comes out of the coarse pass (``shares_pass``) and
+    records the extraction calls the pipeline makes."""
+
+    shares_pass = True
+
+    def __init__(self, model) -> None:
+        self.model, self.calls = model, []
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def extract(self, image, fine=None):
+        self.calls.append(('extract', fine))
+        return self.model.extract(image, fine=fine)
+
+    def extract_fine(self, image):
+        self.calls.append(('extract_fine',))
+        return self.model.extract_fine(image)
+
+
+def test_a_model_sharing_its_pass_gives_both_levels_in_one_call(reloc, queries):
+    """Tracking and an upright global query ask such a model once for both levels, and the
+    fine level of that call is the one refined on."""
+    model = _CountingModel(reloc.model)
+    shared = Relocalizer(reloc.map, model, reloc.config)
+    frame = queries.frames[1]
+    image, T_gt = queries.load_rgb(frame), invert(frame.T_world_cam)
+    for prior in (Prior(T_gt), None):
+        model.calls.clear()
+        out = shared.localize(image, queries.camera, prior=prior)
+        assert out.ok, out
+        assert out.info['mode'] == ('global' if prior is None else 'tracking')
+        assert out.info['level'] == 'fine'
+        assert model.calls == [('extract', True)]
+        assert pose_error(out.T_cam_world, T_gt)[0] < 0.10
+    assert not reloc._shares_pass()        # xfeat-ms itself: coarse first, fine network later
