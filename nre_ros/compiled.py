@@ -3,7 +3,7 @@
 The torch code each kernel replaces stays the reference and the path for every other device,
 for tensors that need gradients, and whenever numba is missing or disabled (``NRE_ROS_NUMBA=0``).
 Kernel modules (``nre_ros._lossmaps_kernels``, ``nre_ros.solver._gnc_kernels``,
-``_p3p_kernels``, ``_intrinsics_kernels`` and ``nre_ros.backends._normalize_kernels``) import
+``_p3p_kernels`` and ``_intrinsics_kernels``) import
 numba, which takes about half a second, so they are imported on first use only. Numba compiles a kernel on its first call (about a second
 each) and caches the machine code on disk (``cache=True``: beside the module, or in the user's
 cache directory when that is read-only); ``warmup()`` runs
@@ -111,7 +111,7 @@ def _cache_is_cold() -> bool:
     if os.environ.get('NUMBA_CACHE_DIR'):
         return False
     package = Path(__file__).resolve().parent
-    folders = [package, package / 'solver', package / 'backends']
+    folders = [package, package / 'solver']
     if not all(os.access(f, os.W_OK) for f in folders):
         return False
     return not any(any((f / '__pycache__').glob('_*_kernels.*.nbi')) for f in folders)
@@ -123,7 +123,6 @@ def warmup() -> bool:
     Logged: the first run after an install compiles (seconds to a minute on a small CPU);
     later runs read numba's cache."""
     from nre_ros import lossmaps_numba
-    from nre_ros.backends.torch_backend import warmup_compiled as normalize_warmup
     from nre_ros.solver.gnc import warmup_compiled as gnc_warmup
     from nre_ros.solver.intrinsics_check import warmup_compiled as intrinsics_warmup
     from nre_ros.solver.p3p import warmup_compiled as p3p_warmup
@@ -134,8 +133,7 @@ def warmup() -> bool:
         logger.warning('compiling the CPU kernels with numba (first run after an install: '
                        'seconds to a minute; cached for the next start)')
     t0 = time.perf_counter()
-    ok = lossmaps_numba.warmup() and gnc_warmup() and p3p_warmup() and intrinsics_warmup() \
-        and normalize_warmup()
+    ok = lossmaps_numba.warmup() and gnc_warmup() and p3p_warmup() and intrinsics_warmup()
     elapsed = time.perf_counter() - t0
     if elapsed > SLOW_WARMUP_S and not cold:
         logger.warning('compiled the CPU kernels in %.0f s (numba; cached for the next start)',

@@ -36,14 +36,17 @@ def _order(origin: np.ndarray, s: int) -> np.ndarray:
 
 def window_logits(query_desc: Tensor, point_desc: Tensor, origin: Tensor, window: int) -> Tensor:
     """(N, S, S) float32 window dot products, as ``nre_ros.lossmaps.window_logits`` (cells
-    outside the grid hold 0). CPU tensors only."""
-    q = np.ascontiguousarray(query_desc.detach().numpy(), dtype=np.float32)
+    outside the grid hold 0). CPU tensors only; ``query_desc`` (C, H, W) contiguous or a view of
+    (H, W, C) rows (read in place either way)."""
+    rows = query_desc.detach().permute(1, 2, 0)
+    hwc = rows.is_contiguous() and query_desc.shape[0] > 1
+    q = np.ascontiguousarray((rows if hwc else query_desc.detach()).numpy(), dtype=np.float32)
     p = np.ascontiguousarray(point_desc.detach().numpy(), dtype=np.float32)
     o = np.ascontiguousarray(origin.numpy(), dtype=np.int64)
     out = np.empty((p.shape[0], window, window), np.float32)
     k = compiled.kernels(KERNELS)
-    compiled.threads(out.size * q.shape[0])
-    k._window_dots(q, p, o, _order(o, window), out)
+    compiled.threads(out.size * p.shape[1])
+    (k._window_dots_hwc if hwc else k._window_dots)(q, p, o, _order(o, window), out)
     return torch.from_numpy(out)
 
 
@@ -123,6 +126,7 @@ def warmup() -> bool:
     p = torch.randn(3, 4, generator=g)
     origin = torch.tensor([[-2, -1], [1, 1], [9, 9]])
     logits = window_logits(q, p, origin, 4)
+    window_logits(q.permute(1, 2, 0).contiguous().permute(2, 0, 1), p, origin, 4)   # (H, W, C)
     coarse = torch.rand(3, 3, 4, generator=g)
     window_loss_maps(logits, origin, coarse, None, math.log(13), 2.0, (7, 6), 1.0, math.log(43))
     neg_clamp_(coarse.clone(), 1.0)

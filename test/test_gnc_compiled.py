@@ -120,8 +120,7 @@ def test_warmup_compiles_every_kernel():
     from nre_ros.solver import intrinsics_check, refine_level, solve_coarse, verdict
     assert compiled.warmup()
     names = ('nre_ros._lossmaps_kernels', 'nre_ros.solver._gnc_kernels',
-             'nre_ros.solver._p3p_kernels', 'nre_ros.solver._intrinsics_kernels',
-             'nre_ros.backends._normalize_kernels')
+             'nre_ros.solver._p3p_kernels', 'nre_ros.solver._intrinsics_kernels')
     kernels = [k for name in names for k in vars(compiled.kernels(name)).values()
                if hasattr(k, 'signatures')]
     before = [len(k.signatures) for k in kernels]
@@ -137,10 +136,10 @@ def test_warmup_compiles_every_kernel():
     g = torch.Generator().manual_seed(0)
     q, p = torch.randn(8, 60, 80, generator=g), torch.randn(300, 8, generator=g)
     coarse = coarse_loss_maps(q[:, ::4, ::4], p, 2.0)
-    fine_loss_maps(q, p, torch.rand(300, 2, generator=g) * 70, coarse, 4, 2.0, 16)
-    from nre_ros.backends.torch_backend import normalized_nchw
-    normalized_nchw(torch.randn(1, 64, 12, 16, generator=g).bfloat16()
-                    .contiguous(memory_format=torch.channels_last))
+    centres = torch.rand(300, 2, generator=g) * 70
+    fine_loss_maps(q, p, centres, coarse, 4, 2.0, 16)
+    fine_loss_maps(q.permute(1, 2, 0).contiguous().permute(2, 0, 1), p, centres, coarse, 4, 2.0,
+                   16)                                   # descriptors as (H, W, C) rows
     assert [len(k.signatures) for k in kernels] == before
     assert sum(before) >= 9
 

@@ -116,31 +116,31 @@ def test_bf16_descriptors_match_fp32_on_a_real_image(fp32_and_bf16, fr1_rpy):
 
 
 @pytest.mark.parametrize('shape', [(1, 64, 60, 80), (2, 8, 3, 5), (1, 64, 1, 1), (2, 16, 50, 90)])
-def test_bf16_descriptors_are_renormalised_to_nchw_float32(shape):
-    from nre_ros.backends.torch_backend import normalized_nchw
+def test_bf16_descriptors_are_renormalised_in_float32_in_their_layout(shape):
+    """bf16 descriptors come back float32, unit-norm over C (zero vectors stay zero) and in the
+    memory format they came in: channels_last stays channels_last (no transpose)."""
+    from nre_ros.backends.torch_backend import normalized_descriptors
     x = torch.randn(shape, generator=torch.Generator().manual_seed(0)).bfloat16()
-    for desc in (x, x.contiguous(memory_format=torch.channels_last)):
-        got = normalized_nchw(desc)
-        assert got.dtype == torch.float32 and got.is_contiguous()
+    x[0, :, 0, 0] = 0
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        desc = x.contiguous(memory_format=fmt)
+        got = normalized_descriptors(desc)
+        assert got.dtype == torch.float32 and got.is_contiguous(memory_format=fmt)
         torch.testing.assert_close(got, torch.nn.functional.normalize(desc.float(), dim=1),
                                    rtol=0, atol=1e-6)
-        torch.testing.assert_close(got.norm(dim=1), torch.ones(shape[0], *shape[2:]))
+        assert float(got[0, :, 0, 0].abs().max()) == 0.0
+        norms = got.norm(dim=1)
+        norms[0, 0, 0] = 1.0
+        torch.testing.assert_close(norms, torch.ones(shape[0], *shape[2:]))
 
 
-@pytest.mark.parametrize('shape', [(1, 64, 60, 80), (2, 16, 50, 90), (1, 64, 1, 1)])
-def test_bf16_renormalisation_kernel_matches_the_torch_path(monkeypatch, shape):
-    """The compiled pass (numba, bfloat16 channels_last on the CPU) and the blocked torch
-    path give the same float32 descriptors, zero vectors included."""
-    from nre_ros import compiled
-    from nre_ros.backends import torch_backend
-    if compiled.kernels(torch_backend.KERNELS) is None:
-        pytest.skip('numba is not installed')
-    x = torch.randn(shape, generator=torch.Generator().manual_seed(1)).bfloat16()
-    x[0, :, 0, 0] = 0
-    desc = x.contiguous(memory_format=torch.channels_last)
-    got = torch_backend.normalized_nchw(desc)
-    monkeypatch.setenv('NRE_ROS_NUMBA', '0')
-    ref = torch_backend.normalized_nchw(desc)
-    assert got.is_contiguous() and got.dtype == torch.float32
-    assert float(got[0, :, 0, 0].abs().max()) == 0.0
-    torch.testing.assert_close(got, ref, rtol=0, atol=3e-7)
+def test_backend_crops_keep_the_channels_last_layout():
+    """``cropped``: a channels-last network output stays (h, w, C) rows, also when the padding
+    is cropped off; a contiguous one stays contiguous; the values are the crop's either way."""
+    from nre_ros.backends.base import cropped
+    x = torch.randn(1, 16, 12, 20, generator=torch.Generator().manual_seed(2))
+    for h, w in ((12, 20), (10, 17)):
+        for fmt in (torch.contiguous_format, torch.channels_last):
+            got = cropped(x.contiguous(memory_format=fmt), h, w)
+            assert torch.equal(got, x[0, :, :h, :w])
+            assert (got.permute(1, 2, 0) if fmt == torch.channels_last else got).is_contiguous()

@@ -78,11 +78,11 @@ class BackendModel:
         with torch.inference_mode():
             out = self.runner('joint' if joint else 'coarse', x)
             s, sf = self.spec.coarse_stride, self.spec.fine_stride
-            coarse = out[0][0, :, :H // s, :W // s].float().contiguous()
+            coarse = cropped(out[0], H // s, W // s)
             scores = out[1][0, 0, :H, :W].float().contiguous() if len(out) > 1 else None
             fine_map = None
             if joint:
-                fine_map = out[2][0, :, :H // sf, :W // sf].float().contiguous()
+                fine_map = cropped(out[2], H // sf, W // sf)
             elif with_fine:
                 fine_map = self._fine(x, H, W)
         return DenseFeatures(coarse=coarse, fine=fine_map, keypoint_scores=scores,
@@ -102,4 +102,15 @@ class BackendModel:
     def _fine(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
         """Padded image -> (C, H/fs, W/fs) float32 fine map of the H x W image."""
         sf = self.spec.fine_stride
-        return self.runner('fine', x)[0][0, :, :H // sf, :W // sf].float().contiguous()
+        return cropped(self.runner('fine', x)[0], H // sf, W // sf)
+
+
+def cropped(desc: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """(1, C, H', W') descriptors -> the float32 (C, h, w) top-left crop, dense in its layout:
+    channels-last outputs stay a (C, h, w) view of (h, w, C) rows (no transpose), others are
+    made contiguous."""
+    crop = desc[0, :, :h, :w].float()
+    if desc.shape[1] > 1 and desc.is_contiguous(memory_format=torch.channels_last):
+        rows = crop.permute(1, 2, 0)
+        return (rows if rows.is_contiguous() else rows.contiguous()).permute(2, 0, 1)
+    return crop.contiguous()

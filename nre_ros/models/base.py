@@ -63,6 +63,9 @@ class ModelSpec:
 class DenseFeatures:
     """Dense features of one image (all tensors on the model's device, float32).
 
+    Descriptor maps are (C, h, w) tensors in either memory layout: contiguous, or a view of
+    contiguous (h, w, C) rows (channels-last networks; ``permute(1, 2, 0).is_contiguous()``).
+
     Attributes:
         coarse: (C, H//s, W//s) L2-normalized descriptors, s = spec.coarse_stride.
         fine: (Cf, H//sf, W//sf) L2-normalized fine descriptors, or None.
