@@ -62,6 +62,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
+import nre_ros  # noqa: F401  (before torch: passive OpenMP waiting, as the product)
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

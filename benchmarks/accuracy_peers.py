@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import nre_ros  # noqa: F401  (before torch: passive OpenMP waiting, as the product)
 import cv2
 import numpy as np
 import torch

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import nre_ros  # noqa: F401  (before torch: passive OpenMP waiting, as the product)
 import numpy as np
 import torch
 

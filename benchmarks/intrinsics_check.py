@@ -23,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+import nre_ros  # noqa: F401  (before torch: passive OpenMP waiting, as the product)
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

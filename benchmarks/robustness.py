@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import nre_ros  # noqa: F401  (before torch: passive OpenMP waiting, as the product)
 import cv2
 import numpy as np
 

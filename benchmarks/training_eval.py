@@ -14,6 +14,7 @@ import json
 import sys
 import time
 
+import nre_ros  # noqa: F401  (before torch: passive OpenMP waiting, as the product)
 import torch
 
 from nre_training.evaluate import format_table, held_out_eval
