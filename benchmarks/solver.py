@@ -4,7 +4,8 @@ Synthetic 640x480 query, coarse grid 80x60 (XFeat-like 64-d descriptors, tau = 2
 320x240 (stride 2, windows of 16 cells), 50% wrong maps, 1-cell noise. Loss maps are built from
 random descriptors (timed: coarse maps + fine windows at the coarse solution); the solver stages
 then run on maps built from the scene's ground truth (random descriptors carry no signal; those
-are built outside the timed runs, once per pose). Usage: ``python benchmarks/solver.py [--json] [--repeats 20] [--threads 2]
+are built outside the timed runs, once per pose). The descriptors have the memory layout the
+default pipeline gives them on this machine (channels-last after bf16 networks). Usage: ``python benchmarks/solver.py [--json] [--repeats 20] [--threads 2]
 [--clock wall|thread]``.
 """
 from __future__ import annotations
@@ -57,12 +58,26 @@ def time_ms(fn, repeats: int = 20, warmup: int = 3):
     return float(med), float(q3 - q1), out
 
 
+def product_layout() -> str:
+    """The memory layout of the query descriptors with the default pipeline on this machine:
+    channels-last where the networks run in bf16 (DenseFeatures), contiguous otherwise."""
+    from nre_ros.pipeline import PipelineConfig, resolve_runtime
+    backend, precision = resolve_runtime(PipelineConfig())
+    return 'channels-last' if backend == 'torch' and precision == 'bf16' else 'contiguous'
+
+
+LAYOUT = 'contiguous'
+
+
 def bench(n: int, repeats: int) -> dict:
     scene = random_scene(n, 0.5, noise=1.0, seed=n)
     g = torch.Generator().manual_seed(0)
     q = torch.nn.functional.normalize(torch.randn(64, 60, 80, generator=g), dim=0)
     p = torch.nn.functional.normalize(torch.randn(n, 64, generator=g), dim=1)
     qf = torch.nn.functional.normalize(torch.randn(64, 240, 320, generator=g), dim=0)
+    if LAYOUT == 'channels-last':     # as the default bf16 networks give them
+        q = q.permute(1, 2, 0).contiguous().permute(2, 0, 1)
+        qf = qf.permute(1, 2, 0).contiguous().permute(2, 0, 1)
     pf = torch.nn.functional.normalize(torch.randn(n, 64, generator=g), dim=1)
     cfg = SolverConfig()
     lm_ms, lm_iqr, coarse_maps = time_ms(lambda: coarse_loss_maps(q, p, 20.0), repeats)
@@ -128,13 +143,15 @@ def main() -> None:
         cv2.setNumThreads(args.threads)  # the OpenCV RE baseline too
     if args.clock == 'thread' and torch.get_num_threads() != 1:
         ap.error('--clock thread needs --threads 1 (other threads are not counted)')
-    global _clock
+    global _clock, LAYOUT
     _clock = CLOCK[args.clock]
+    LAYOUT = product_layout()
     rows = [bench(n, args.repeats) for n in args.points]
     if args.json:
         print(json.dumps(rows))
         return
-    print(f'# solver benchmark — {header(run_metadata())} | clock: {args.clock}')
+    print(f'# solver benchmark — {header(run_metadata())} | clock: {args.clock} | '
+          f'descriptors: {LAYOUT} (the default pipeline\'s here)')
     print('| N | loss maps ms (coarse + fine) | MSAC ms (hyp/s) | coarse GNC ms | fine GNC ms '
           '| total ms p50 (IQR) | maps MB | RE OpenCV MAGSAC ms | RE PoseLib ms |')
     print('|---|---|---|---|---|---|---|---|---|')
