@@ -213,9 +213,13 @@ def train(args) -> None:
     log.write('step,loss,lr,wall_s\n')
     step, ema = 0, None
     deadline = t0 + 60 * args.minutes
+    t_train = time.perf_counter()
     while step < args.steps and time.perf_counter() < deadline:
         g = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
-        lr = args.lr * (0.5 * (1 + math.cos(math.pi * min(1.0, step / args.steps))))
+        progress = step / args.steps
+        if args.time_schedule:   # the cosine ends at whichever limit comes first
+            progress = max(progress, (time.perf_counter() - t_train) / (deadline - t_train))
+        lr = args.lr * (0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
         for grp in opt.param_groups:
             grp['lr'] = lr
         items = []
@@ -236,10 +240,10 @@ def train(args) -> None:
         step += 1
         lv = float(loss.detach())
         ema = lv if ema is None else 0.95 * ema + 0.05 * lv
-        log.write(f'{step},{float(loss):.4f},{lr:.2e},{time.perf_counter() - t0:.1f}\n')
+        log.write(f'{step},{lv:.4f},{lr:.2e},{time.perf_counter() - t0:.1f}\n')
         log.flush()
         if step % 25 == 0:
-            print(f'step {step} loss {float(loss):.3f} ema {ema:.3f} '
+            print(f'step {step} loss {lv:.3f} ema {ema:.3f} '
                   f'{time.perf_counter() - t0:.0f} s', flush=True)
     wall = time.perf_counter() - t0
     from nre_ros.models.xfeat_fine_head import save_head
@@ -264,10 +268,12 @@ def evaluate(args) -> None:
     sets = build_test(args.seed, xfeat, args.cabinet_pairs, args.val_pairs,
                       args.real_per_split)
     torch.manual_seed(0)
-    methods = {'(a) xfeat-ms x4 fine': None,
-               '(b) trained head': load_head(args.weights).eval(),
-               '(c) random-init head': FineHead(zero_init=False).eval(),
-               '(d) no fine level (coarse /8 bilinear)': FineHead().eval()}
+    methods = {'(a) xfeat-ms x4 fine': None}
+    for w in args.weights:   # several heads: same sets, same centres
+        name = '(b) trained head' + (f' {w}' if len(args.weights) > 1 else '')
+        methods[name] = load_head(w).eval()
+    methods.update({'(c) random-init head': FineHead(zero_init=False).eval(),
+                    '(d) no fine level (coarse /8 bilinear)': FineHead().eval()})
     rows = []
     for mname, head in methods.items():
         for sname, (pairs, cache) in sets.items():
@@ -355,8 +361,11 @@ def main() -> None:
     t.add_argument('--hidden2', type=int, default=32)
     t.add_argument('--seed', type=int, default=0)
     t.add_argument('--threads', type=int, default=1)
+    t.add_argument('--time-schedule', action='store_true',
+                   help='cosine over max(step / steps, elapsed / minutes): the schedule ends '
+                        'at the time limit when that comes first (shared machines)')
     e = sub.add_parser('eval')
-    e.add_argument('--weights', required=True)
+    e.add_argument('--weights', required=True, nargs='+')
     e.add_argument('--seed', type=int, default=0)
     e.add_argument('--cabinet-pairs', type=int, default=24)
     e.add_argument('--val-pairs', type=int, default=12)
