@@ -118,7 +118,7 @@ def test_trained_head_localizes_better_than_untrained_on_a_warped_real_image(hea
     warped = cv2.warpPerspective(image, H, (w, h), flags=cv2.INTER_LINEAR,
                                  borderValue=(128, 128, 128))
     untrained = XFeatMultiScaleHead()
-    untrained.head.load_state_dict(FineHead().state_dict())
+    untrained.head.load_state_dict(FineHead(**untrained.head.config).state_dict())
     src = head_model.extract(image)
     uv, _ = select_keypoints(src.keypoint_scores, 400)
     p = np.c_[uv, np.ones(len(uv))] @ H.T
