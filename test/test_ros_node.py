@@ -346,6 +346,37 @@ sys.exit(main(sys.argv, relocalizer_factory=h.fake_factory()))
 """
 
 
+SPIN_RAISES = """
+import sys
+import rclpy
+import test_ros_helpers as h
+from nre_ros.ros import node
+
+def spin(self):
+    if sys.argv[1] == 'shutdown':
+        rclpy.shutdown()          # as rclpy's SIGINT handler does
+    raise RuntimeError('publisher context is invalid')
+
+node.SingleThreadedExecutor.spin = spin
+sys.exit(node.main(sys.argv[1:], relocalizer_factory=h.fake_factory()))
+"""
+
+
+@pytest.mark.parametrize('case', ['shutdown', 'running'])
+def test_main_treats_an_error_during_shutdown_as_a_stop(case):
+    """An error out of spinning after the context was shut down (a SIGINT landing while a
+    callback publishes) ends main with status 0; the same error while running is raised."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / 'test'), str(REPO)]))
+    out = subprocess.run([sys.executable, '-c', SPIN_RAISES, case, '--ros-args', '-p',
+                          'nre_relocalization:map_path:=fake.nremap'], env=env,
+                         capture_output=True, text=True, timeout=60)
+    if case == 'shutdown':
+        assert out.returncode == 0, out.stderr
+        assert 'stopped while shutting down (RuntimeError' in out.stderr
+    else:
+        assert out.returncode == 1 and 'RuntimeError: publisher context is invalid' in out.stderr
+
+
 def test_main_with_params_file_autostart_and_sigint():
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / 'test'), str(REPO)]))
     cmd = [sys.executable, '-c', CHILD, '--ros-args', '--params-file',

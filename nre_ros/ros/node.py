@@ -543,6 +543,13 @@ def main(argv: list[str] | None = None,
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception as exc:  # noqa: BLE001 - re-raised unless the context was shut down
+        if rclpy.ok():
+            raise
+        # a SIGINT that shuts the context down while a callback runs (a timer publishing)
+        # surfaces as that callback's rclpy error: a normal stop, not a crash
+        print(f'nre_relocalization: stopped while shutting down ({type(exc).__name__}: {exc})',
+              file=sys.stderr)
     finally:
         # Watchdog, armed until the process exits (main is the process's entry point): a
         # cleanup or interpreter exit stuck for SHUTDOWN_WATCHDOG_S prints every thread's stack
