@@ -76,8 +76,8 @@ def _window_dots(q, p, origin, order, out):
 def _window_dots_hwc(q, p, origin, order, out):
     """``_window_dots`` for a grid of (h, w, C) rows: out[n, i, j] = p[n] . q[y0 + i, x0 + j]
     (0 outside the grid). Each cell's C values are contiguous, so each dot product is one
-    vectorised pass (summation order reassociated: float rounding differs from the CHW
-    kernel's, by ~1e-6 relative)."""
+    vectorised pass (summation order reassociated, so float rounding differs from the CHW
+    kernel's)."""
     h, w, c_dim = q.shape
     s = out.shape[1]
     total = order.shape[0]

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
-from nre_ros.models.xfeat import (PAD_MULTIPLE, STRIDE, load_xfeat_net, pad_image,
-                                  xfeat_forward)
+from nre_ros.models.xfeat import (PAD_MULTIPLE, STRIDE, keypoint_scores, load_xfeat_net,
+                                  pad_image, xfeat_forward)
 
 COARSE_STRIDE = 8
 FINE_STRIDE = 2
@@ -69,7 +69,7 @@ def backbone_features(xfeat: torch.nn.Module, image: np.ndarray, fine: bool = Tr
     H, W = image.shape[:2]
     x = pad_image(image, PAD_MULTIPLE, torch.device('cpu'))
     feats, logits = xfeat_forward(xfeat, x)
-    scores = F.pixel_shuffle(F.softmax(logits, dim=1)[:, :64], STRIDE)[0, 0, :H, :W]
+    scores = keypoint_scores(logits)[0, 0, :H, :W]
     out = {'coarse': feats[0].clone(), 'scores': scores.clone(),
            'size': torch.tensor([W, H], dtype=torch.int64)}
     if fine:

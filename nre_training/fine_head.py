@@ -22,14 +22,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from nre_ros.models.quality import argmax_errors, sample_descriptors
-from nre_ros.models.xfeat import (PAD_MULTIPLE, STRIDE, XFeatFineNet, load_xfeat_net,
+from nre_ros.models.xfeat import (PAD_MULTIPLE, XFeatFineNet, keypoint_scores, load_xfeat_net,
                                   pad_image)
 from nre_ros.models.xfeat_fine_head import FineHead, coarse_activations
-from nre_training.data import (CABINET, FR1, MEGADEPTH, SACRE_COEUR, View,
+from nre_training.data import (CABINET, FR1, SACRE_COEUR, View,
                                colmap_views_and_pairs, synthetic_pair, tum_views)
 from nre_training.features import grid_coords, sample_bilinear
 from nre_training.loss import window_loss
@@ -68,7 +67,7 @@ def activations(xfeat, image: np.ndarray, x4: bool = False) -> dict[str, Tensor]
     H, W = image.shape[:2]
     x = pad_image(image, PAD_MULTIPLE, torch.device('cpu'))
     a = coarse_activations(xfeat, x)
-    scores = F.pixel_shuffle(F.softmax(a['logits'], dim=1)[:, :64], STRIDE)[0, 0, :H, :W]
+    scores = keypoint_scores(a['logits'])[0, 0, :H, :W]
     out = {k: a[k][0].to(torch.float16).clone() for k in ACTS}
     out['scores'] = scores.clone()
     out['size'] = torch.tensor([W, H])

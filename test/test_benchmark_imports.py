@@ -1,7 +1,6 @@
 """Benchmarks time the product as it runs: ``nre_ros`` is imported before anything that loads
 torch's OpenMP runtime, so its workers sleep between parallel regions (``nre_ros.threads``).
-A benchmark that imported torch first measured spinning workers: on a 2-core machine beside
-another process its stages ran 5-20x slower than the product's."""
+A benchmark that imported torch first timed spinning workers, not the product."""
 from __future__ import annotations
 
 import ast

@@ -111,6 +111,5 @@ def cropped(desc: torch.Tensor, h: int, w: int) -> torch.Tensor:
     made contiguous."""
     crop = desc[0, :, :h, :w].float()
     if desc.shape[1] > 1 and desc.is_contiguous(memory_format=torch.channels_last):
-        rows = crop.permute(1, 2, 0)
-        return (rows if rows.is_contiguous() else rows.contiguous()).permute(2, 0, 1)
+        return crop.permute(1, 2, 0).contiguous().permute(2, 0, 1)
     return crop.contiguous()

@@ -84,8 +84,7 @@ class TorchRunner:
 def normalized_descriptors(desc: torch.Tensor) -> torch.Tensor:
     """(N, C, H, W) descriptors, any dtype -> float32 L2-normalised over C, in the memory format
     they came in: a channels_last tensor stays channels_last (each cell's C values one
-    contiguous row), so no transpose is made. Transposing the x4 fine map to NCHW cost 11-24
-    ms per map on a CPU whose caches alias its 300 KiB planes; consumers read either layout
-    (``nre_ros.models.base.DenseFeatures``)."""
+    contiguous row), so no transpose is made (why: docs/decisions.md, "Descriptor layout");
+    consumers read either layout (``nre_ros.models.base.DenseFeatures``)."""
     x = desc.float()
     return x.div_(torch.linalg.vector_norm(x, dim=1, keepdim=True).clamp_min_(1e-12))

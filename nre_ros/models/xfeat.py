@@ -91,6 +91,12 @@ def xfeat_forward(xfeat: nn.Module, image: torch.Tensor, keypoints: bool = True
     return feats, logits
 
 
+def keypoint_scores(logits: torch.Tensor) -> torch.Tensor:
+    """XFeat's (N, 65, h, w) keypoint logits -> (N, 1, 8 h, 8 w) scores: softmax over the 65
+    bins of each cell, the dustbin dropped, the 64 others placed on the cell's pixels."""
+    return F.pixel_shuffle(F.softmax(logits, dim=1)[:, :64], STRIDE)
+
+
 def xfeat_tail(xfeat: nn.Module, block2_input: torch.Tensor) -> torch.Tensor:
     """XFeat from block2 on: (1, 24, H/4, W/4) = block1(x) + skip1(x) -> raw (1, 64, H/8, W/8)
     features (before L2 normalization); ``xfeat``: the XFeat model or its ``FoldedTail``."""
@@ -143,7 +149,7 @@ class XFeatCoarseNet(nn.Module):
             kpt_logits = self.phase_keypoint_head(F.pixel_unshuffle(x, STRIDE))
         else:
             feats, kpt_logits = xfeat_forward(self.xfeat, image)
-        scores = F.pixel_shuffle(F.softmax(kpt_logits, dim=1)[:, :64], STRIDE)
+        scores = keypoint_scores(kpt_logits)
         return F.normalize(feats, dim=1), scores
 
 

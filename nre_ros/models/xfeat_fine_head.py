@@ -30,8 +30,9 @@ from torch import nn
 from nre_ros.models.base import (DenseFeatures, ModelSpec, check_image, load_trained_module,
                                  save_trained_module)
 from nre_ros.models.xfeat import (FINE_INV_TEMPERATURE, INV_TEMPERATURE, NORMALIZATION, STRIDE,
-                                  XFeatCoarseNet, XFeatMultiScale, instance_norm, pad_image,
-                                  xfeat_tail, xfeat_with_file_sha256)
+                                  XFeatCoarseNet, XFeatMultiScale, instance_norm,
+                                  keypoint_scores, pad_image, xfeat_tail,
+                                  xfeat_with_file_sha256)
 from nre_ros.models.xfeat_phase import CELL
 
 NAME = 'xfeat-ms-head'
@@ -63,13 +64,8 @@ def phase_activations(coarse_net: XFeatCoarseNet, image: torch.Tensor, keypoints
     phase form (first block on 4 x 4 cells, BatchNorm folded): the same values up to float
     rounding. Block1's second layer comes out of the phase block as ``pixel_unshuffle(f2, 2)``
     and is shuffled back."""
-    pb = coarse_net.phase_block1
     x = instance_norm(image.mean(dim=1, keepdim=True), coarse_net.xfeat.norm.eps)
-    cells = F.pixel_unshuffle(x, CELL)
-    if torch.is_autocast_enabled(cells.device.type):    # cast once for the convs below
-        cells = cells.to(torch.get_autocast_dtype(cells.device.type))
-    f2_cells = pb.layers[1](pb.layers[0](cells))
-    b2 = pb.layers[3](pb.layers[2](f2_cells)) + pb.skip(cells)
+    b2, f2_cells = coarse_net.phase_block1.with_second_layer(F.pixel_unshuffle(x, CELL))
     out = {'x': x, 'f2': F.pixel_shuffle(f2_cells, 2), 'b2': b2,
            'feats': xfeat_tail(coarse_net.phase_tail, b2)}
     if keypoints:
@@ -166,7 +162,7 @@ class XFeatHeadJointNet(nn.Module):
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         a = pass_activations(self.coarse_net, image)
-        scores = F.pixel_shuffle(F.softmax(a['logits'], dim=1)[:, :64], STRIDE)
+        scores = keypoint_scores(a['logits'])
         fine = self.head(a['x'], a['f2'], a['b2'], a['feats'])
         return F.normalize(a['feats'], dim=1), scores, fine
 

@@ -24,8 +24,8 @@ from torch import nn
 
 from nre_ros.models.base import ModelSpec, load_trained_module, save_trained_module
 from nre_ros.models.xfeat import (FINE_UPSAMPLE, INV_TEMPERATURE, NORMALIZATION, STRIDE,
-                                  XFeatFineNet, XFeatMultiScale, xfeat_forward,
-                                  xfeat_with_file_sha256)
+                                  XFeatFineNet, XFeatMultiScale, keypoint_scores,
+                                  xfeat_forward, xfeat_with_file_sha256)
 
 NAME = 'xfeat-ms-nre'
 WEIGHTS_FILE = Path(__file__).resolve().parents[1] / 'weights' / f'{NAME}.safetensors'
@@ -94,7 +94,7 @@ class XFeatNreCoarseNet(nn.Module):
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         feats, kpt_logits = xfeat_forward(self.xfeat, image)
-        scores = F.pixel_shuffle(F.softmax(kpt_logits, dim=1)[:, :64], STRIDE)
+        scores = keypoint_scores(kpt_logits)
         return self.head(feats), scores
 
 

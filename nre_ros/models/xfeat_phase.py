@@ -287,9 +287,15 @@ class PhaseBlock1(nn.Module):
         """(1, 16, h, w) phases of the instance-normed upsampled image (``normalized_phases``;
         at upsample 1, ``pixel_unshuffle(instance_norm(gray), 4)``) -> (1, 24, h, w), block2's
         input."""
-        if torch.is_autocast_enabled(x.device.type):    # cast once for the two convs
+        return self.with_second_layer(x)[0]
+
+    def with_second_layer(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``from_normalized_phases`` and the second layer's output on the cell grid (at
+        upsample 1: (1, 32, h, w) = ``pixel_unshuffle(block1[1] output, 2)``)."""
+        if torch.is_autocast_enabled(x.device.type):    # cast once for the convs
             x = x.to(torch.get_autocast_dtype(x.device.type))
-        return self.layers(x) + self.skip(x)
+        second = self.layers[1](self.layers[0](x))
+        return self.layers[3](self.layers[2](second)) + self.skip(x), second
 
 
 def _float64(t: torch.Tensor | None) -> torch.Tensor | None:
