@@ -206,6 +206,12 @@ def build_map_argv(name: str, path: Path, model: str | None = None) -> list[str]
     return ['build-map', str(seq), str(path), '--builder', 'rgbd', '--split', split] + extra
 
 
+def missing_tracking_level(m) -> bool:
+    """Whether ``build-map`` with its defaults would now store a tracking level ``m`` lacks."""
+    from nre_ros.models import TRACKING_MODELS
+    return m.tracking_spec is None and m.spec.name in TRACKING_MODELS
+
+
 def get_map(name: str, cache: Path, model) -> Path:
     """Path of map ``name`` in the cache, built when absent or stale (another model, or other
     build options than the CLI's current defaults, read from the map's provenance)."""
@@ -221,6 +227,8 @@ def get_map(name: str, cache: Path, model) -> Path:
             m = load_map(path, model.spec)
             if m.kf_brightness is None:
                 log(f'map {path} predates keyframe brightness (kf_brightness); rebuilding')
+            elif name != 'megadepth' and missing_tracking_level(m):
+                log(f'map {path} predates the tracking level (obs_fine_tracking); rebuilding')
             elif expected is None or m.metadata.provenance.get('command') == expected:
                 return path
             else:

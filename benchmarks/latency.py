@@ -50,8 +50,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import nre_ros  # noqa: E402,F401  (before torch: passive OpenMP waiting)
-from accuracy import (DEFAULT_THRESHOLDS, build_map_argv, get_peer_db, perturb,  # noqa: E402
-                      queries)
+from accuracy import (DEFAULT_THRESHOLDS, build_map_argv, get_peer_db,  # noqa: E402
+                      missing_tracking_level, perturb, queries)
 from common import header, run_metadata  # noqa: E402
 from nre_ros.geometry import pose_error  # noqa: E402
 from nre_ros.results import Prior  # noqa: E402
@@ -92,7 +92,9 @@ def get_map(cache: Path, model: str | None) -> Path:
     expected = command_line(build_parser().parse_args(argv))
     if path.exists():
         try:
-            if load_map(path).metadata.provenance.get('command') == expected:
+            m = load_map(path)
+            if m.metadata.provenance.get('command') == expected \
+                    and not missing_tracking_level(m):
                 return path
         except MapFormatError as exc:
             log(f'{path}: {exc}')

@@ -25,7 +25,8 @@ import torch
 from nre_ros import compiled
 from nre_ros.camera import Camera
 from nre_ros.config import load_config, read_yaml
-from nre_ros.errors import InputError, MapFormatError, ShapeError
+from nre_ros.errors import (BackendUnavailable, ConfigError, InputError, MapFormatError,
+                            ShapeError)
 from nre_ros.geometry import Sim3, is_rigid, pose_error, se3_log
 from nre_ros.lossmaps import LossMaps, coarse_loss_maps, fine_loss_maps
 from nre_ros.maps import Map, RetrievalIndex, global_descriptor, load_map
@@ -34,7 +35,7 @@ from nre_ros.models import FeatureModel, load_model
 from nre_ros.preprocess import (PreparedImage, check_prepared_size, check_prior_pose,
                                 denoise, match_brightness, match_focal, prepare, rotated)
 from nre_ros.results import Failure, Outcome, Prior
-from nre_ros.models.base import DenseFeatures
+from nre_ros.models.base import DenseFeatures, ModelSpec
 from nre_ros.solver import (FineLevel, MsacResult, SolverConfig, VerdictConfig, msac,
                            refine_level, solve_coarse, verdict)
 from nre_ros.solver import se3
@@ -118,15 +119,27 @@ class FineConfig:
     divisor: float = 1.0           # window mass divisor (1 = mass preserving)
 
 
+TRACKING_FINE_LEVELS = ('auto', 'model')
+
+
 @dataclass(frozen=True)
 class TrackingConfig:
     keyframes: int = 3             # nearest keyframes (by pose) used around a prior
     max_translation_m: float = 0.5  # result farther than this from the prior -> global search
     max_rotation_deg: float = 20.0
     fine: bool = True              # False: coarse level only when tracking (much faster on CPU)
+    # fine level of tracking: 'auto' = the map's tracking level when it has one (a fine level
+    # from the coarse pass: one network pass; MODELS.md), else the model's; 'model' = always
+    # the model's fine level
+    fine_level: str = 'auto'
     # with a prior covariance: also reject results whose squared Mahalanobis distance to the
     # prior (prior + result covariance) exceeds this (chi-square, 6 dof, p = 0.999)
     max_mahalanobis_sq: float = 22.46
+
+    def __post_init__(self) -> None:
+        if self.fine_level not in TRACKING_FINE_LEVELS:
+            raise ConfigError(f'pipeline.tracking.fine_level must be one of '
+                              f'{list(TRACKING_FINE_LEVELS)}, got {self.fine_level!r}')
 
 
 @dataclass(frozen=True)
@@ -249,12 +262,17 @@ class _Candidate:
     coarse_maps: LossMaps | None = None
     msac: MsacResult | None = None
     init: Init = Init.P3P
+    tracking_level: bool = False   # features from the tracking model: fine level 'fine_tracking'
 
 
 class Relocalizer:
     """Localizes images against one map with one feature model."""
 
-    def __init__(self, map_: Map, model: FeatureModel, config: PipelineConfig = PipelineConfig()):
+    def __init__(self, map_: Map, model: FeatureModel, config: PipelineConfig = PipelineConfig(),
+                 tracking_model: FeatureModel | str | None = 'auto'):
+        """``tracking_model``: the model of the map's tracking level ('auto': loaded with
+        ``load_configured_model`` when the map has a tracking level and
+        ``config.tracking.fine_level`` is 'auto'; None: tracking runs the model's fine level)."""
         mismatch = map_.spec.mismatch(model.spec)
         if mismatch:
             raise MapFormatError(f'map was built with model {map_.spec.name!r}, the relocalizer runs '
@@ -262,6 +280,7 @@ class Relocalizer:
         self.map = map_
         self.model = model
         self.config = config
+        self.tracking_model = self._tracking_model(tracking_model)
         self.device = torch.device(config.device)
         self.index = RetrievalIndex(map_.global_descriptors, config.retrieval.backend)
         logger.debug('retrieval over %d keyframes with %s', len(self.index), self.index.backend)
@@ -283,6 +302,28 @@ class Relocalizer:
                         'the map to add it')
         # intrinsics evidence per camera (size, K, distortion), least recently seen first
         self._evidence: OrderedDict[tuple, IntrinsicsEvidence] = OrderedDict()
+
+    def _tracking_model(self, model: FeatureModel | str | None) -> FeatureModel | None:
+        """The model tracking queries run (one pass for both levels), or None: no tracking level
+        in the map, ``fine_level: model``, or a model that does not match the map's level."""
+        spec, cfg = self.map.tracking_spec, self.config
+        if spec is None or cfg.tracking.fine_level != 'auto' or not cfg.fine.enabled \
+                or not cfg.tracking.fine or model is None:
+            return None
+        if model == 'auto':
+            try:
+                model = load_configured_model(spec.name, cfg)
+            except (ConfigError, BackendUnavailable, OSError) as exc:
+                logger.warning('cannot load %s for the map\'s tracking level (%s): tracking runs '
+                               'the fine network of %s', spec.name, exc, self.map.spec.name)
+                return None
+        diff = spec.mismatch(model.spec)
+        if diff:
+            logger.warning('the map\'s tracking level was built with other %s weights (%s): '
+                           'tracking runs the fine network of %s; rebuild the map to track with '
+                           'one network pass', spec.name, diff, self.map.spec.name)
+            return None
+        return model
 
     def check_map_file(self, every_s: float = 10.0) -> str | None:
         """How the map's files changed on disk since loading (None if not), checked at most
@@ -328,6 +369,8 @@ class Relocalizer:
         """One inference on a blank image, and the compiled CPU kernels loaded (numba compiles
         them, or reads its disk cache), so the first real query is not slow."""
         self.model.extract(np.zeros((480, 640, 3), np.uint8))
+        if self.tracking_model is not None:
+            self.tracking_model.extract(np.zeros((480, 640, 3), np.uint8), fine=True)
         if self.device.type == 'cpu':
             compiled.warmup()
 
@@ -451,15 +494,24 @@ class Relocalizer:
         timings = {**timings, **out.timings_ms, 'total': _ms_since(t0)}
         return replace(out, timings_ms=timings, info={**out.info, 'mode': mode})
 
-    def _candidate(self, prep: PreparedImage, timings: dict, fine: bool = False) -> _Candidate:
+    def _candidate(self, prep: PreparedImage, timings: dict, fine: bool = False,
+                   tracking_level: bool = False) -> _Candidate:
         """Coarse features of ``prep`` (timed 'features'); with ``fine`` and a model whose fine
         level comes out of the coarse pass (``shares_pass``), its fine level too, from the
-        same pass."""
+        same pass; with ``tracking_level``, both levels from the tracking model's one pass."""
         t = time.perf_counter()
-        fine = fine and self._shares_pass()
-        feats = self.model.extract(prep.image, fine=fine)
+        if tracking_level:
+            feats = self.tracking_model.extract(prep.image, fine=True)
+        else:
+            feats = self.model.extract(prep.image, fine=fine and self._shares_pass())
         _add(timings, 'features', t)
-        return _Candidate(prep, feats)
+        return _Candidate(prep, feats, tracking_level=tracking_level)
+
+    def _fine_spec(self, c: _Candidate) -> tuple[ModelSpec, str]:
+        """The spec of ``c``'s fine level and the map's descriptors of it."""
+        if c.tracking_level:
+            return self.tracking_model.spec, 'fine_tracking'
+        return self.model.spec, 'fine'
 
     def _shares_pass(self) -> bool:
         """Whether the model computes its fine level in the coarse pass, at a fraction of a
@@ -522,7 +574,7 @@ class Relocalizer:
         """Fine descriptors of the query (the fine network, timed 'fine_features') and the
         fine windows around the reprojections under the coarse pose T ('fine_maps');
         None when the model has no fine level or no point projects into the grid."""
-        spec = self.model.spec
+        spec, level_name = self._fine_spec(c)
         t = time.perf_counter()
         fine = c.features.fine                       # computed with the coarse level
         if fine is None and hasattr(self.model, 'extract_fine'):      # fine network only
@@ -536,7 +588,7 @@ class Relocalizer:
                                         (fine.shape[2], fine.shape[1]))
         level = None
         if index.numel() > 0:
-            desc = self._descriptors(c.point_idx[index.cpu().numpy()], c.keyframes, 'fine')
+            desc = self._descriptors(c.point_idx[index.cpu().numpy()], c.keyframes, level_name)
             maps = fine_loss_maps(fine, desc, uv[index].float(), c.coarse_maps,
                                   spec.coarse_stride / spec.fine_stride,
                                   spec.fine_inv_temperature, self.config.fine.window,
@@ -560,7 +612,7 @@ class Relocalizer:
                 sol = refine_level(sol, level, cfg)
         out = sol if isinstance(sol, Failure) else verdict(sol, cfg.verdict)
         if out.ok and self.config.intrinsics.enabled:
-            out = self._check_intrinsics(out, sol, c.prep)
+            out = self._check_intrinsics(out, sol, c.prep, self._fine_spec(c)[0].fine_stride)
         return self._to_caller_frame(out, c, timings)
 
     def _view_ratio(self, prep: PreparedImage) -> float:
@@ -580,7 +632,8 @@ class Relocalizer:
         return replace(cfg, verdict=replace(v, min_supported_fraction=v.min_supported_fraction
                                             * ratio))
 
-    def _check_intrinsics(self, out: Outcome, sol, prep: PreparedImage) -> Outcome:
+    def _check_intrinsics(self, out: Outcome, sol, prep: PreparedImage, fine_stride: int
+                          ) -> Outcome:
         """Refuse a pose whose maps fit other intrinsics than the given ones
         (``nre_ros.solver.intrinsics_check``): the gross-error guard on the coarse level, then
         focal scale and principal point on the fine level (tolerances of both widened for a
@@ -597,7 +650,7 @@ class Relocalizer:
         if problem is None and sol.level.name == 'fine':
             f = sol.level
             fine_problem, fine_est = intrinsics_check.check(
-                f.points_world, f.maps, f.K, sol.T_cam_world, cfg, spec.fine_stride,
+                f.points_world, f.maps, f.K, sol.T_cam_world, cfg, fine_stride,
                 view_scale=view_scale)
             if fine_est is not None:
                 problem, est, lvl = fine_problem, fine_est, f
@@ -729,7 +782,8 @@ class Relocalizer:
         T_init[:3, :3] = prep.R_img_cam
         T_init = T_init @ T_prior
         nearest = nearest_keyframes(kf, T_init)[:n_kf]
-        c = replace(self._candidate(prep, timings, fine=self.config.tracking.fine),
+        c = replace(self._candidate(prep, timings, fine=self.config.tracking.fine,
+                                    tracking_level=self.tracking_model is not None),
                     keyframes=nearest, point_idx=self._points_of(nearest))
         if len(c.point_idx) < self.config.solver.min_points:
             return Failure('too_few_points', 'no map points near the prior', timings)

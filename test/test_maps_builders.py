@@ -66,6 +66,21 @@ def test_build_map_and_viz_commands(fr1_rpy, tmp_path, capsys):
     assert 'wrote' in capsys.readouterr().out
     m = load_map(out)
     assert m.num_keyframes == 3 and 'build-map' in m.metadata.provenance['command']
+    # the default model stores xfeat-ms-head's fine level as the tracking level, sampled where
+    # the coarse and fine descriptors were: same observations, unit norm, not the x4 level
+    assert m.tracking_spec is not None and m.tracking_spec.name == 'xfeat-ms-head'
+    t = np.asarray(m.obs_fine_tracking, np.float32)
+    assert t.shape == (m.num_observations, 64)
+    assert np.allclose(np.linalg.norm(t, axis=1), 1.0, atol=5e-3)
+    x4 = np.asarray(m.obs_fine, np.float32)
+    assert np.median(np.sum(t * x4, axis=1)) < 0.99
+    bare = tmp_path / 'bare.nremap'
+    assert main(['build-map', str(root), str(bare), '--split', 'tiny', '--max-points', '200',
+                 '--keypoints', 'grid', '--no-tracking-level']) == 0
+    b = load_map(bare)
+    assert b.tracking_spec is None and b.obs_fine_tracking is None
+    assert '--no-tracking-level' in b.metadata.provenance['command']
+    assert np.array_equal(b.obs_fine, m.obs_fine) and np.array_equal(b.obs_uv, m.obs_uv)
     png = tmp_path / 'map.png'
     assert main(['viz', str(out), '-o', str(png)]) == 0
     assert png.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'

@@ -73,3 +73,32 @@ def test_merge_refuses_other_frames_and_keeps_moved_copies(demo):
     from nre_ros.maps.stats import reprojection_errors
     assert np.allclose(reprojection_errors(m)[demo.num_observations:],
                        reprojection_errors(demo), atol=1e-2)
+
+
+def test_tracking_level_round_trips_and_follows_keyframe_selection(demo, tmp_path):
+    """The tracking level (xfeat-ms-head's fine descriptors beside xfeat-ms's) is saved and
+    loaded, selected with its keyframes, joined when every part has it and dropped (with the
+    spec) when one part lacks it; a spec without the tensor is a format error."""
+    from dataclasses import replace
+
+    from nre_ros.errors import MapFormatError
+    assert demo.tracking_spec.name == 'xfeat-ms-head'
+    assert demo.obs_fine_tracking.shape == (demo.num_observations, demo.tracking_spec.fine_dim)
+    m = load_map(demo.save(tmp_path / 'copy.nremap'))
+    assert m.tracking_spec == demo.tracking_spec
+    assert np.array_equal(m.obs_fine_tracking, demo.obs_fine_tracking)
+    obs = m.observations(3)
+    s = slice(int(m.kf_offsets[3]), int(m.kf_offsets[4]))
+    assert np.array_equal(obs.fine_tracking, m.obs_fine_tracking[s])
+    K = demo.num_keyframes
+    a, b = select_keyframes(demo, np.arange(K) < 10), select_keyframes(demo, np.arange(K) >= 10)
+    joined = concat_maps([a, b])
+    assert np.array_equal(joined.obs_fine_tracking, demo.obs_fine_tracking)
+    bare = replace(b, tracking_spec=None, obs_fine_tracking=None)
+    validate_map(bare)
+    assert concat_maps([a, bare]).tracking_spec is None
+    assert concat_maps([a, bare]).obs_fine_tracking is None
+    with pytest.raises(MapFormatError, match='tracking level'):
+        validate_map(replace(a, obs_fine_tracking=None))
+    with pytest.raises(MapFormatError, match='obs_fine_tracking'):
+        validate_map(replace(a, obs_fine_tracking=a.obs_fine_tracking[:, :32]))

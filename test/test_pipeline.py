@@ -210,7 +210,7 @@ def test_a_model_sharing_its_pass_gives_both_levels_in_one_call(reloc, queries):
     """Tracking and an upright global query ask such a model once for both levels, and the
     fine level of that call is the one refined on."""
     model = _CountingModel(reloc.model)
-    shared = Relocalizer(reloc.map, model, reloc.config)
+    shared = Relocalizer(reloc.map, model, reloc.config, tracking_model=None)
     frame = queries.frames[1]
     image, T_gt = queries.load_rgb(frame), invert(frame.T_world_cam)
     for prior in (Prior(T_gt), None):
@@ -222,3 +222,51 @@ def test_a_model_sharing_its_pass_gives_both_levels_in_one_call(reloc, queries):
         assert model.calls == [('extract', True)]
         assert pose_error(out.T_cam_world, T_gt)[0] < 0.10
     assert not reloc._shares_pass()        # xfeat-ms itself: coarse first, fine network later
+
+
+def test_tracking_runs_the_maps_tracking_level_in_one_pass(reloc, queries):
+    """The demo map stores xfeat-ms-head's fine level: a tracking query asks the tracking
+    model once for both levels (never the x4 fine network), refines on the map's
+    obs_fine_tracking descriptors and lands as close as tracking on the x4 level; a global
+    query runs the map's own model. ``fine_level: model`` tracks on the x4 level again."""
+    from dataclasses import replace
+
+    from nre_ros.pipeline import TrackingConfig
+    assert reloc.map.tracking_spec is not None and reloc.map.tracking_spec.name == 'xfeat-ms-head'
+    assert reloc.tracking_model is not None
+    assert reloc.tracking_model.spec == reloc.map.tracking_spec
+    main, track = _CountingModel(reloc.model), _CountingModel(reloc.tracking_model)
+    hybrid = Relocalizer(reloc.map, main, reloc.config, tracking_model=track)
+    x4 = Relocalizer(reloc.map, reloc.model,
+                     replace(reloc.config, tracking=TrackingConfig(fine_level='model')))
+    assert x4.tracking_model is None
+    for frame in queries.frames[:4]:
+        image, T_gt = queries.load_rgb(frame), invert(frame.T_world_cam)
+        T_prior = np.eye(4)
+        T_prior[:3, 3] = [0.03, -0.02, 0.02]
+        prior = Prior(T_prior @ T_gt)
+        main.calls.clear(), track.calls.clear()
+        out = hybrid.localize(image, queries.camera, prior=prior)
+        assert out.ok and out.info['mode'] == 'tracking' and out.info['level'] == 'fine', out
+        assert main.calls == [] and track.calls == [('extract', True)]
+        ref = x4.localize(image, queries.camera, prior=prior)
+        assert ref.ok            # (it may have fallen back to global search)
+        dt, dr = pose_error(out.T_cam_world, T_gt)
+        assert dt < 0.05 and dr < 2.0
+        assert dt < pose_error(ref.T_cam_world, T_gt)[0] + 0.02
+    main.calls.clear(), track.calls.clear()
+    out = hybrid.localize(queries.load_rgb(queries.frames[0]), queries.camera)
+    assert out.ok and out.info['mode'] == 'global'
+    assert track.calls == [] and main.calls
+
+
+def test_tracking_level_of_other_weights_falls_back_to_the_fine_network(reloc, caplog):
+    """A map whose tracking level came from other head weights is still used, with tracking
+    on the model's own fine level and a warning that says to rebuild."""
+    from dataclasses import replace
+    spec = replace(reloc.map.tracking_spec, weights_sha256='0' * 64)
+    other = replace(reloc.map, tracking_spec=spec)
+    with caplog.at_level('WARNING'):
+        r = Relocalizer(other, reloc.model, reloc.config, tracking_model=reloc.tracking_model)
+    assert r.tracking_model is None
+    assert 'rebuild the map' in caplog.text

@@ -170,3 +170,14 @@ def test_backend_joint_level_gives_both_levels_of_the_separate_networks(head_mod
     torch.testing.assert_close(full.keypoint_scores, coarse.keypoint_scores, atol=tol, rtol=tol)
     torch.testing.assert_close(full.fine, m.extract_fine(image), atol=tol, rtol=tol)
     torch.testing.assert_close(full.fine.norm(dim=0), torch.ones(48, 65), atol=1e-5, rtol=0)
+
+
+def test_tracking_level_needs_the_same_coarse_level_and_a_fine_level(head_model):
+    """WithTrackingLevel pairs a map's model with a model that shares its coarse level."""
+    from nre_ros.errors import ConfigError
+    from nre_ros.models import WithTrackingLevel, load_model
+    coarse_only = load_model('xfeat', 'cpu')
+    with pytest.raises(ConfigError, match='tracking level'):
+        WithTrackingLevel(load_model('xfeat-ms', 'cpu'), coarse_only)
+    both = WithTrackingLevel(load_model('xfeat-ms', 'cpu'), head_model)
+    assert both.spec.name == 'xfeat-ms' and both.tracking_spec == head_model.spec

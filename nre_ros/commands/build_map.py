@@ -45,6 +45,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--max-size', type=int, default=None,
                         help='resize images so the longer side is at most this')
     parser.add_argument('--float32', action='store_true', help='store float32 descriptors')
+    parser.add_argument('--no-tracking-level', action='store_true',
+                        help='do not store the tracking level (a model with one, e.g. xfeat-ms, '
+                        'also stores xfeat-ms-head\'s fine descriptors so that tracking runs '
+                        'one network pass; without it tracking runs the fine network)')
     parser.add_argument('--colmap-model', default=None,
                         help='colmap builder: folder of the COLMAP model (text or binary)')
     parser.add_argument('--exclude', nargs='*', default=(),
@@ -79,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
                         keypoint_mode=args.keypoints, image_max_size=args.max_size,
                         descriptor_dtype='float32' if args.float32 else 'float16')
     t0 = time.perf_counter()
-    model = feature_model(args.model, args.device, args.precision)
+    model = feature_model(args.model, args.device, args.precision,
+                          tracking_level=not args.no_tracking_level)
     if args.builder == 'rgbd':
         m = maps.build_rgbd_map(args.source, model, opts, progress=True)
     elif args.builder == 'posed':
@@ -106,16 +111,22 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def feature_model(name: str | None, device: str, precision: str = 'auto'):
+def feature_model(name: str | None, device: str, precision: str = 'auto',
+                  tracking_level: bool = True):
     """The networks the map is built with: the relocalizer's own backend, precision and threads
     (``PipelineConfig`` defaults: torch bf16 on a CPU with bf16 units, else ONNX Runtime on
-    CPU; torch on CUDA), so building runs the product's fastest path."""
-    from nre_ros.models import DEFAULT_MODEL
+    CPU; torch on CUDA), so building runs the product's fastest path. With ``tracking_level``
+    and a model that has one (``models.TRACKING_MODELS``), a ``WithTrackingLevel``."""
+    from nre_ros.models import DEFAULT_MODEL, TRACKING_MODELS, WithTrackingLevel
     from nre_ros.pipeline import PipelineConfig, load_configured_model
     from nre_ros.threads import apply_threads
     config = PipelineConfig(device=device, precision=precision)
     apply_threads(config.num_threads)
-    return load_configured_model(name or DEFAULT_MODEL, config)
+    name = name or DEFAULT_MODEL
+    model = load_configured_model(name, config)
+    if tracking_level and name in TRACKING_MODELS:
+        model = WithTrackingLevel(model, load_configured_model(TRACKING_MODELS[name], config))
+    return model
 
 
 def command_line(args: argparse.Namespace) -> str:
@@ -129,5 +140,6 @@ def command_line(args: argparse.Namespace) -> str:
     parts = ['nre-ros', NAME, str(args.source), str(args.output)]
     parts += [f'--{k} {v}' for k, v in flags.items() if v is not None]
     parts += ['--float32'] * bool(args.float32)
+    parts += ['--no-tracking-level'] * bool(args.no_tracking_level)
     parts += [f'--exclude {" ".join(args.exclude)}'] * bool(args.exclude)
     return ' '.join(parts)

@@ -104,13 +104,17 @@ def prepare_image(rgb: np.ndarray, cam: Camera, max_size: int | None
 
 
 def observation_descriptors(feats: DenseFeatures, model: FeatureModel, uv: np.ndarray,
-                            dtype: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """Coarse (N, C) and fine (N, Cf)|None descriptors at pixels uv (N, 2)."""
+                            dtype: str) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Coarse (N, C), fine (N, Cf)|None and tracking-level (N, Ct)|None descriptors at pixels
+    uv (N, 2)."""
     coarse = sample_descriptors(feats.coarse, uv, model.spec.coarse_stride).astype(dtype)
-    fine = None
+    fine = track = None
     if feats.fine is not None:
         fine = sample_descriptors(feats.fine, uv, model.spec.fine_stride).astype(dtype)
-    return coarse, fine
+    if feats.fine_tracking is not None:
+        track = sample_descriptors(feats.fine_tracking, uv,
+                                   model.tracking_spec.fine_stride).astype(dtype)
+    return coarse, fine, track
 
 
 def provenance(builder: str, source: str | Path, opts: BuildOptions, **extra) -> dict:
@@ -125,13 +129,16 @@ def assemble_map(model: FeatureModel, names: list[str], cams: list[Camera],
                  points_rgb: np.ndarray, obs_kf: np.ndarray, obs_point: np.ndarray,
                  obs_uv: np.ndarray, obs_coarse: np.ndarray, obs_fine: np.ndarray | None,
                  prov: dict, units: str = 'm', map_frame: str = 'map',
-                 brightness: list[float] | None = None) -> Map:
+                 brightness: list[float] | None = None,
+                 obs_fine_tracking: np.ndarray | None = None) -> Map:
     """Sort observations by keyframe, drop unobserved points, build the Map (arrays (O, ...));
-    ``brightness``: the K keyframe images' ``preprocess.grey_mean``."""
+    ``brightness``: the K keyframe images' ``preprocess.grey_mean``; ``obs_fine_tracking``:
+    the tracking level (``model`` a ``WithTrackingLevel``)."""
     order = np.argsort(obs_kf, kind='stable')
     obs_kf, obs_point, obs_uv = obs_kf[order], obs_point[order], obs_uv[order]
     obs_coarse = obs_coarse[order]
     obs_fine = None if obs_fine is None else obs_fine[order]
+    track = None if obs_fine_tracking is None else obs_fine_tracking[order]
     used = np.zeros(len(points_world), bool)
     used[obs_point] = True
     remap = np.cumsum(used) - 1
@@ -152,6 +159,7 @@ def assemble_map(model: FeatureModel, names: list[str], cams: list[Camera],
         points_rgb=np.asarray(points_rgb[used], np.uint8),
         obs_point=remap[obs_point].astype(np.int32), obs_uv=obs_uv.astype(np.float32),
         obs_coarse=obs_coarse, obs_fine=obs_fine,
+        tracking_spec=None if track is None else model.tracking_spec, obs_fine_tracking=track,
         metadata=MapMetadata(map_frame=map_frame, units=units,
                              global_descriptor=dict(GLOBAL_METHOD), provenance=prov),
         kf_fisheye=fisheye if fisheye.any() else None,
@@ -161,7 +169,8 @@ def assemble_map(model: FeatureModel, names: list[str], cams: list[Camera],
 def describe_observations(images: list, cams: list[Camera], T_cam_world: np.ndarray,
                           points_world: np.ndarray, obs_kf: np.ndarray, obs_point: np.ndarray,
                           model: FeatureModel, dtype: str, progress: bool = False, desc: str = ''
-                          ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, list[float]]:
+                          ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, list[float],
+                                     np.ndarray | None]:
     """Second pass of the builders without depth: features of every keyframe, descriptors at
     the projections of its points.
 
@@ -171,13 +180,14 @@ def describe_observations(images: list, cams: list[Camera], T_cam_world: np.ndar
         points_world: (P, 3); obs_kf, obs_point: (O,) observations.
 
     Returns:
-        coarse (O, C), fine (O, Cf) | None, global descriptors (K, G), K grey means.
+        coarse (O, C), fine (O, Cf) | None, global descriptors (K, G), K grey means,
+        tracking level (O, Ct) | None.
     """
     from tqdm import tqdm
 
     from nre_ros.maps.features import global_descriptor
     coarse = np.zeros((len(obs_kf), model.spec.coarse_dim), dtype)
-    fine = None
+    fine = track = None
     globals_, brightness = [], []
     for i in tqdm(range(len(cams)), desc=desc or 'descriptors', unit='kf', disable=not progress):
         rgb = images[i]()
@@ -187,10 +197,14 @@ def describe_observations(images: list, cams: list[Camera], T_cam_world: np.ndar
         sel = np.flatnonzero(obs_kf == i)
         T = T_cam_world[i]
         uv, _ = cams[i].project(points_world[obs_point[sel]] @ T[:3, :3].T + T[:3, 3])
-        c, f = observation_descriptors(feats, model, uv, dtype)
+        c, f, t = observation_descriptors(feats, model, uv, dtype)
         coarse[sel] = c
         if f is not None:
             if fine is None:
                 fine = np.zeros((len(obs_kf), f.shape[1]), dtype)
             fine[sel] = f
-    return coarse, fine, np.stack(globals_), brightness
+        if t is not None:
+            if track is None:
+                track = np.zeros((len(obs_kf), t.shape[1]), dtype)
+            track[sel] = t
+    return coarse, fine, np.stack(globals_), brightness, track

@@ -97,11 +97,12 @@ def build_colmap_map(model_dir, image_dir: str | Path, model: FeatureModel,
     pts = np.array([rec.points3D[int(i)].xyz for i in uniq], np.float64).reshape(-1, 3)
     rgb = np.array([rec.points3D[int(i)].color for i in uniq], np.uint8).reshape(-1, 3)
     T = np.stack(poses)
-    coarse, fine, glob, light = describe_observations(loaders, cams, T, pts, obs_kf, obs_point,
-                                                      model, opts.descriptor_dtype, progress,
-                                                      'descriptors')
+    coarse, fine, glob, light, track = describe_observations(
+        loaders, cams, T, pts, obs_kf, obs_point, model, opts.descriptor_dtype, progress,
+        'descriptors')
     m = assemble_map(model, [im.name for im in images], cams, T, glob, pts, rgb, obs_kf,
                      obs_point, obs_uv, coarse, fine, units='sfm', brightness=light,
+                     obs_fine_tracking=track,
                      prov=provenance(builder, image_dir, opts, colmap_model=str(model_dir)
                                      if not isinstance(model_dir, pycolmap.Reconstruction)
                                      else 'in-memory SfM', excluded=list(exclude)))

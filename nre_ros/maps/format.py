@@ -26,6 +26,9 @@ Tensors (dtype, shape)::
     obs_uv           F32 (O, 2)      measured pixel (keypoint), OpenCV centres at integers
     obs_coarse       F16|F32 (O, C)  coarse descriptors (L2-normalized)
     obs_fine         F16|F32 (O, Cf) fine descriptors, only when the model has a fine level
+    obs_fine_tracking F16|F32 (O, Ct) the tracking level: fine descriptors of a second model
+                                     (``tracking_model_spec`` in the metadata) whose fine level
+                                     comes out of its coarse pass; optional
 """
 from __future__ import annotations
 
@@ -69,10 +72,11 @@ _DTYPES = {
     'kf_image_size': (np.int32,), 'kf_global': (np.float32,), 'kf_offsets': (np.int64,),
     'points_world': (np.float32,), 'points_rgb': (np.uint8,), 'obs_point': (np.int32,),
     'obs_uv': (np.float32,), 'obs_coarse': (np.float16, np.float32),
-    'obs_fine': (np.float16, np.float32), 'kf_fisheye': (np.uint8,),
+    'obs_fine': (np.float16, np.float32), 'obs_fine_tracking': (np.float16, np.float32),
+    'kf_fisheye': (np.uint8,),
     'kf_brightness': (np.float32,),
 }
-OPTIONAL_TENSORS = ('obs_fine', 'kf_fisheye', 'kf_brightness')
+OPTIONAL_TENSORS = ('obs_fine', 'obs_fine_tracking', 'kf_fisheye', 'kf_brightness')
 
 
 @dataclass(frozen=True)
@@ -98,12 +102,14 @@ class Keyframe:
 
 @dataclass(frozen=True)
 class KeyframeObservations:
-    """The points a keyframe sees. point_idx (N,), uv (N, 2), coarse (N, C), fine (N, Cf)|None."""
+    """The points a keyframe sees. point_idx (N,), uv (N, 2), coarse (N, C), fine (N, Cf)|None,
+    fine_tracking (N, Ct)|None (the map's tracking level)."""
 
     point_idx: np.ndarray
     uv: np.ndarray
     coarse: np.ndarray
     fine: np.ndarray | None
+    fine_tracking: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -127,6 +133,9 @@ class Map:
     metadata: MapMetadata = field(default_factory=MapMetadata)
     kf_fisheye: np.ndarray | None = None
     kf_brightness: np.ndarray | None = None
+    # the tracking level: the model whose fine descriptors obs_fine_tracking holds
+    tracking_spec: ModelSpec | None = None
+    obs_fine_tracking: np.ndarray | None = None
     # the files it was loaded from (None for a map built in memory): see changed_on_disk
     source: tuple[FileStamp, ...] | None = field(default=None, compare=False, repr=False)
 
@@ -163,7 +172,9 @@ class Map:
         """Points seen by keyframe i with their descriptors (views into the map arrays)."""
         s = slice(int(self.kf_offsets[i]), int(self.kf_offsets[i + 1]))
         fine = None if self.obs_fine is None else self.obs_fine[s]
-        return KeyframeObservations(self.obs_point[s], self.obs_uv[s], self.obs_coarse[s], fine)
+        track = None if self.obs_fine_tracking is None else self.obs_fine_tracking[s]
+        return KeyframeObservations(self.obs_point[s], self.obs_uv[s], self.obs_coarse[s], fine,
+                                    track)
 
     def obs_keyframe(self) -> np.ndarray:
         """(O,) int64 keyframe index of each observation."""
@@ -219,6 +230,8 @@ class Map:
         meta = {
             'format': FORMAT_NAME, 'version': FORMAT_VERSION,
             'model_spec': asdict(self.spec), 'map_frame': self.metadata.map_frame,
+            **({} if self.tracking_spec is None else
+               {'tracking_model_spec': asdict(self.tracking_spec)}),
             'units': self.metadata.units,
             'map_T_model': None if self.metadata.map_T_model is None
             else self.metadata.map_T_model.to_dict(),
@@ -288,7 +301,11 @@ def load_map(path: str | Path, expected_spec: ModelSpec | None = None,
     names = meta.get('keyframe_names')
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise MapFormatError(f'map {path}: metadata keyframe_names must be a list of strings')
+    tracking_spec = None
+    if meta.get('tracking_model_spec') is not None:
+        tracking_spec = _spec_from_meta(meta, path, 'tracking_model_spec')
     m = Map(spec=spec, keyframe_names=tuple(names), metadata=_metadata_from_meta(meta, path),
+            tracking_spec=tracking_spec,
             **{k: arrays.get(k) for k in OPTIONAL_TENSORS},
             **{k: arrays[k] for k in REQUIRED_TENSORS}, source=(meta_stamp, tensors_stamp))
     validate_map(m, str(path))
@@ -351,17 +368,17 @@ def _read_metadata(path: Path) -> tuple[dict, FileStamp]:
     return meta, stamp
 
 
-def _spec_from_meta(meta: dict, path: Path) -> ModelSpec:
+def _spec_from_meta(meta: dict, path: Path, key: str = 'model_spec') -> ModelSpec:
     try:
-        spec = ModelSpec.from_dict(meta['model_spec'])
+        spec = ModelSpec.from_dict(meta[key])
     except (KeyError, TypeError) as exc:
-        raise MapFormatError(f'map {path}: invalid or missing model_spec ({exc})') from exc
+        raise MapFormatError(f'map {path}: invalid or missing {key} ({exc})') from exc
     kinds = {'str': str, 'int': int, 'float': (int, float)}
     for f in fields(ModelSpec):
         v = getattr(spec, f.name)
         if not isinstance(v, kinds[f.type]) or isinstance(v, bool) or (
                 f.type != 'str' and not (np.isfinite(v) and v >= 0)):
-            raise MapFormatError(f'map {path}: model_spec {f.name} must be a '
+            raise MapFormatError(f'map {path}: {key} {f.name} must be a '
                                  f'{"string" if f.type == "str" else "non-negative " + f.type}, '
                                  f'got {v!r}')
     return spec
@@ -450,6 +467,14 @@ def validate_map(m: Map, where: str = '<memory>') -> None:
         if m.spec.fine_dim == 0:
             _fail(where, 'tensor obs_fine present but the model spec has no fine level')
         _check_array(where, 'obs_fine', m.obs_fine, (O, m.spec.fine_dim))
+    if (m.tracking_spec is None) != (m.obs_fine_tracking is None):
+        _fail(where, 'a tracking level needs both tracking_model_spec (metadata) and the '
+                     'obs_fine_tracking tensor')
+    if m.tracking_spec is not None:
+        if m.tracking_spec.fine_dim == 0:
+            _fail(where, f'tracking model {m.tracking_spec.name!r} has no fine level')
+        _check_array(where, 'obs_fine_tracking', m.obs_fine_tracking,
+                     (O, m.tracking_spec.fine_dim))
     if m.kf_fisheye is not None:
         _check_array(where, 'kf_fisheye', m.kf_fisheye, (K,))
         if np.any(m.kf_fisheye > 1) or np.any(m.kf_dist[m.kf_fisheye == 1, 4:] != 0):

@@ -8,6 +8,7 @@ deduplication, ``transformed`` moves a map rigidly (used to make large test maps
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 
 import numpy as np
@@ -16,6 +17,8 @@ from scipy.spatial import cKDTree
 from nre_ros.errors import InputError
 from nre_ros.geometry import invert, rotation_angle_deg
 from nre_ros.maps.format import Map
+
+logger = logging.getLogger(__name__)
 
 _KF_ARRAYS = ('kf_T_cam_world', 'kf_K', 'kf_dist', 'kf_image_size', 'kf_global')
 
@@ -61,7 +64,9 @@ def select_keyframes(m: Map, keep: np.ndarray) -> Map:
         points_world=np.asarray(m.points_world)[used], points_rgb=np.asarray(m.points_rgb)[used],
         obs_point=remap[pts].astype(np.int32), obs_uv=np.asarray(m.obs_uv)[obs],
         obs_coarse=np.asarray(m.obs_coarse)[obs],
-        obs_fine=None if m.obs_fine is None else np.asarray(m.obs_fine)[obs])
+        obs_fine=None if m.obs_fine is None else np.asarray(m.obs_fine)[obs],
+        obs_fine_tracking=None if m.obs_fine_tracking is None
+        else np.asarray(m.obs_fine_tracking)[obs])
 
 
 def concat_maps(maps: list[Map], provenance: dict | None = None) -> Map:
@@ -84,6 +89,13 @@ def concat_maps(maps: list[Map], provenance: dict | None = None) -> Map:
                                   else np.asarray(m.kf_fisheye) for m in maps])
     # a merged map has a brightness reference only when every part has one
     brightness = None if any(m.kf_brightness is None for m in maps) else cat('kf_brightness')
+    # the tracking level only when every part has it, from the same model
+    tracking = maps[0].tracking_spec
+    if any(m.tracking_spec is None or m.tracking_spec.mismatch(tracking) for m in maps):
+        if tracking is not None or any(m.tracking_spec is not None for m in maps):
+            logger.warning('not every map has the same tracking level: the joined map has none '
+                           '(tracking runs the fine network; rebuild the parts to keep it)')
+        tracking = None
     meta = maps[0].metadata
     if provenance is not None:
         meta = replace(meta, provenance=provenance)
@@ -96,7 +108,9 @@ def concat_maps(maps: list[Map], provenance: dict | None = None) -> Map:
         obs_point=np.concatenate([np.asarray(m.obs_point) + b for m, b in zip(maps, point_base)]
                                  ).astype(np.int32),
         obs_uv=cat('obs_uv'), obs_coarse=cat('obs_coarse'),
-        obs_fine=None if maps[0].obs_fine is None else cat('obs_fine'), metadata=meta)
+        obs_fine=None if maps[0].obs_fine is None else cat('obs_fine'), metadata=meta,
+        tracking_spec=tracking,
+        obs_fine_tracking=None if tracking is None else cat('obs_fine_tracking'))
 
 
 def duplicate_keyframes(a: Map, b: Map, min_translation_m: float, min_rotation_deg: float

@@ -66,8 +66,8 @@ def rgbd_map_from_images(images: Iterable[PosedImage], model: FeatureModel,
         pts_world = transform_points(im.T_world_cam, cam.unproject(uv[new], z[new]))
         point_idx[new] = state.add(pts_world, rgb[uv[new, 1].astype(int), uv[new, 0].astype(int)])
         uv_proj, _ = cam.project(transform_points(T_cam_world, state.points[point_idx]))
-        coarse, fine = observation_descriptors(feats, model, uv_proj, opts.descriptor_dtype)
-        state.observe(kf, point_idx, uv, coarse, fine)
+        descs = observation_descriptors(feats, model, uv_proj, opts.descriptor_dtype)
+        state.observe(kf, point_idx, uv, *descs)
         names.append(im.name)
         cams.append(cam)
         poses.append(T_cam_world)
@@ -76,9 +76,10 @@ def rgbd_map_from_images(images: Iterable[PosedImage], model: FeatureModel,
         bar.set_postfix(points=len(state.points), refresh=False)
     if not names:
         raise InputError('no image to map')
-    o = state.observations()
+    *o, track = state.observations()
     m = assemble_map(model, names, cams, np.stack(poses), np.stack(globals_), state.points,
-                     state.colors, *o, prov=prov, map_frame=map_frame, brightness=brightness)
+                     state.colors, *o, prov=prov, map_frame=map_frame, brightness=brightness,
+                     obs_fine_tracking=track)
     logger.info('rgbd map: %d keyframes, %d points, %d observations in %.1f s',
                 m.num_keyframes, m.num_points, m.num_observations, time.perf_counter() - t0)
     return m
@@ -148,11 +149,12 @@ class _FusionState:
         self.colors = np.concatenate([self.colors, colors.astype(np.uint8)])
         return np.arange(start, len(self.points))
 
-    def observe(self, kf: int, point_idx, uv, coarse, fine) -> None:
-        self._obs.append((np.full(len(point_idx), kf), point_idx, uv, coarse, fine))
+    def observe(self, kf: int, point_idx, uv, coarse, fine, track) -> None:
+        self._obs.append((np.full(len(point_idx), kf), point_idx, uv, coarse, fine, track))
 
     def observations(self) -> tuple:
-        kf, pt, uv, coarse, fine = zip(*self._obs)
-        fine_all = None if fine[0] is None else np.concatenate(fine)
+        """(O,) keyframes, points, (O, 2) pixels, then coarse, fine|None, tracking|None."""
+        kf, pt, uv, coarse, fine, track = zip(*self._obs)
         return (np.concatenate(kf), np.concatenate(pt), np.concatenate(uv),
-                np.concatenate(coarse), fine_all)
+                np.concatenate(coarse), None if fine[0] is None else np.concatenate(fine),
+                None if track[0] is None else np.concatenate(track))

@@ -83,13 +83,13 @@ def posed_map_from_images(images: Sequence[PosedImage], model: FeatureModel,
     obs_uv = np.concatenate(kps)[flat]
     first = np.unique(obs_point, return_index=True)[1]
     pts_rgb = np.concatenate(colors)[flat[first]]
-    coarse, fine, glob, light = describe_observations(loaders, cams, T_cam_world, pts, obs_kf,
-                                                      obs_point, model, opts.descriptor_dtype,
-                                                      progress, 'descriptors')
+    coarse, fine, glob, light, track = describe_observations(
+        loaders, cams, T_cam_world, pts, obs_kf, obs_point, model, opts.descriptor_dtype,
+        progress, 'descriptors')
     m = assemble_map(model, [im.name for im in images], cams, T_cam_world, glob, pts, pts_rgb,
                      obs_kf, obs_point, obs_uv, coarse, fine,
                      prov={**prov, 'pairs': int(len(pairs))}, map_frame=map_frame,
-                     brightness=light)
+                     brightness=light, obs_fine_tracking=track)
     logger.info('posed map: %d keyframes, %d points, %d observations in %.1f s',
                 m.num_keyframes, m.num_points, m.num_observations, time.perf_counter() - t0)
     return m

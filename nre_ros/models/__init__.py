@@ -23,8 +23,11 @@ from nre_ros.errors import ConfigError
 from nre_ros.models.base import DenseFeatures, FeatureModel, ModelSpec
 
 __all__ = ['DenseFeatures', 'FeatureModel', 'ModelSpec', 'load_model', 'MODEL_NAMES',
-           'DEFAULT_MODEL', 'unloadable_reason']
+           'DEFAULT_MODEL', 'unloadable_reason', 'TRACKING_MODELS', 'WithTrackingLevel']
 
+# model -> the model whose fine level (computed in its coarse pass: one network pass) a map of
+# that model also stores as its tracking level (MODELS.md, "Tracking level")
+TRACKING_MODELS = {'xfeat-ms': 'xfeat-ms-head'}
 MODEL_NAMES = ('xfeat-ms', 'xfeat-ms-lite', 'xfeat-ms-s3', 'xfeat', 'nre-paper', 'disk',
                'xfeat-ms-nre', 'xfeat-ms-head')
 DEFAULT_MODEL = 'xfeat-ms'
@@ -79,3 +82,27 @@ def unloadable_reason(spec: ModelSpec) -> str | None:
         return f'model {spec.name!r} cannot be loaded here ({exc})'
     diff = model.spec.mismatch(spec)
     return None if diff is None else f'the installed {spec.name!r} differs: {diff}'
+
+
+class WithTrackingLevel:
+    """A map-building model: ``model``'s levels plus ``tracking``'s fine level as the features'
+    ``fine_tracking`` (the map's ``obs_fine_tracking``, described by ``tracking_spec``).
+
+    ``tracking`` must share ``model``'s coarse level (same spec values): tracking queries run
+    its single pass for both levels against the map's coarse descriptors.
+    """
+
+    def __init__(self, model: FeatureModel, tracking: FeatureModel) -> None:
+        a, b = model.spec, tracking.spec
+        coarse = ('coarse_stride', 'coarse_dim', 'inv_temperature', 'input_normalization')
+        if any(getattr(a, k) != getattr(b, k) for k in coarse) or b.fine_stride <= 0:
+            raise ConfigError(f'model {b.name!r} cannot be the tracking level of {a.name!r}: '
+                              'it needs the same coarse level and a fine level')
+        self.model, self.tracking = model, tracking
+        self.spec, self.tracking_spec = a, b
+        self.device = model.device
+
+    def extract(self, image, fine: bool | None = None) -> DenseFeatures:
+        from dataclasses import replace
+        feats = self.model.extract(image, fine=fine)
+        return replace(feats, fine_tracking=self.tracking.extract(image, fine=True).fine)

@@ -71,12 +71,15 @@ class DenseFeatures:
         fine: (Cf, H//sf, W//sf) L2-normalized fine descriptors, or None.
         keypoint_scores: (H, W) detector score map in [0, 1] at image resolution, or None.
         image_size: (W, H) of the image the features were computed on.
+        fine_tracking: (Ct, H//st, W//st) the tracking level's fine descriptors
+            (``WithTrackingLevel``, map building only), or None.
     """
 
     coarse: torch.Tensor
     fine: torch.Tensor | None
     keypoint_scores: torch.Tensor | None
     image_size: tuple[int, int]
+    fine_tracking: torch.Tensor | None = None
 
 
 class FeatureModel(Protocol):
