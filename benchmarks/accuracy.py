@@ -186,9 +186,9 @@ def build_megadepth_map(model):
     uv, valid = cam.project(transform_points(T, pts))
     pts, uv = pts[valid], uv[valid]
     n = len(pts)
-    coarse, fine, glob, light = describe_observations([lambda: img], [cam], T[None], pts,
-                                                      np.zeros(n, np.int64), np.arange(n),
-                                                      model, 'float16')
+    coarse, fine, glob, light, _ = describe_observations([lambda: img], [cam], T[None], pts,
+                                                         np.zeros(n, np.int64), np.arange(n),
+                                                         model, 'float16')
     rgb = img[np.clip(uv[:, 1].round().astype(int), 0, cam.height - 1),
               np.clip(uv[:, 0].round().astype(int), 0, cam.width - 1)]
     opts = BuildOptions(image_max_size=640, max_points_per_keyframe=max(n, 1))

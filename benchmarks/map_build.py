@@ -112,13 +112,14 @@ def main(argv: list[str] | None = None) -> None:
         model.extract(np.zeros((480, 640, 3), np.uint8))       # warm (and ONNX export)
         load0 = os.getloadavg()[0]
         maps[name], secs = build(args.sequence, model, opts)
-        rows[name] = {'backend': getattr(model, 'backend', 'torch'),
+        rows[name] = {'backend': getattr(getattr(model, 'model', model), 'backend', 'torch'),
                       's_per_keyframe': secs / maps[name].num_keyframes,
                       'keyframes': maps[name].num_keyframes,
                       'load_avg_1min': (load0, os.getloadavg()[0])}
     result = {'rows': rows, 'equal': compare(maps['torch'], maps['product'])}
     if not args.no_recall:
-        result['recall_25cm_2deg'] = {n: recall(m, args.sequence, product)
+        queries = getattr(product, 'model', product)      # the map's model (WithTrackingLevel)
+        result['recall_25cm_2deg'] = {n: recall(m, args.sequence, queries)
                                       for n, m in maps.items()}
     if args.json:
         print(json.dumps(result))
