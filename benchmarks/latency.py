@@ -10,7 +10,8 @@ One run on the fr1_rpy hard queries (every 2nd: 48) against the ``hard_map`` spl
   per query; fine level on, as by default) and ``rgbd`` (the query's depth image given);
 - ``nre_ros_before``: the pipeline as it was before issue 17: the ``xfeat-ms`` model in fp32
   (``precision: fp32``, so ONNX Runtime on CPU; the map built with ``--model xfeat-ms``, the
-  same map while ``xfeat-ms`` is the default model);
+  same map while ``xfeat-ms`` is the default model), tracking on the x4 fine level (its map's
+  tracking level unused, as ``tracking.fine_level: model``);
 - ``nre_ros_lite`` / ``nre_ros_s3`` / ``nre_ros_head``: the same with the ``xfeat-ms-lite`` /
   ``xfeat-ms-s3`` / ``xfeat-ms-head`` model (fine level on the x2 / x8/3 image / a trained head
   on the coarse pass: the cheaper candidates; map built with ``--model``);
@@ -138,12 +139,14 @@ def within(T, T_gt) -> bool:
 class NreMethod:
     """The pipeline on one map: (ms, T | None, mode reached) per mode."""
 
-    def __init__(self, map_path: Path, precision: str = 'auto') -> None:
+    def __init__(self, map_path: Path, precision: str = 'auto',
+                 tracking_level: bool = True) -> None:
         from nre_ros.maps import load_map
         from nre_ros.pipeline import PipelineConfig, Relocalizer, load_configured_model
         map_ = load_map(map_path)
         config = PipelineConfig(precision=precision)
-        self.reloc = Relocalizer(map_, load_configured_model(map_.spec.name, config), config)
+        self.reloc = Relocalizer(map_, load_configured_model(map_.spec.name, config), config,
+                                 tracking_model='auto' if tracking_level else None)
         self.reloc.warmup()
 
     def run(self, q, i: int) -> dict:
@@ -215,7 +218,7 @@ def run(args) -> tuple[dict, dict]:
     if 'nre_ros_before' in args.methods:
         runners['nre_ros_before'] = NreMethod(
             get_map(args.cache, None if DEFAULT_MODEL == BEFORE_MODEL else BEFORE_MODEL),
-            BEFORE_PRECISION)
+            BEFORE_PRECISION, tracking_level=False)
     for method, model in CANDIDATE_MODELS.items():
         if method in args.methods and DEFAULT_MODEL != model:
             runners[method] = NreMethod(get_map(args.cache, model))
