@@ -31,7 +31,7 @@ from nre_ros.geometry import Sim3, is_rigid, pose_error, se3_log
 from nre_ros.lossmaps import LossMaps, coarse_loss_maps, fine_loss_maps
 from nre_ros.maps import Map, RetrievalIndex, global_descriptor, load_map
 from nre_ros.maps.retrieval import nearest_keyframes
-from nre_ros.models import FeatureModel, load_model
+from nre_ros.models import TRACKING_MODELS, FeatureModel, load_model
 from nre_ros.preprocess import (PreparedImage, check_prepared_size, check_prior_pose,
                                 denoise, match_brightness, match_focal, prepare, rotated)
 from nre_ros.results import Failure, Outcome, Prior
@@ -307,6 +307,10 @@ class Relocalizer:
         """The model tracking queries run (one pass for both levels), or None: no tracking level
         in the map, ``fine_level: model``, or a model that does not match the map's level."""
         spec, cfg = self.map.tracking_spec, self.config
+        if spec is None and self.map.spec.name in TRACKING_MODELS:
+            logger.info('map has no tracking level (built before it existed or with '
+                        '--no-tracking-level): tracking runs the fine network of %s; rebuild the '
+                        'map to track with one network pass', self.map.spec.name)
         if spec is None or cfg.tracking.fine_level != 'auto' or not cfg.fine.enabled \
                 or not cfg.tracking.fine or model is None:
             return None
@@ -323,6 +327,8 @@ class Relocalizer:
                            'tracking runs the fine network of %s; rebuild the map to track with '
                            'one network pass', spec.name, diff, self.map.spec.name)
             return None
+        logger.info('tracking runs %s: both levels from one network pass (the map\'s tracking '
+                    'level)', spec.name)
         return model
 
     def check_map_file(self, every_s: float = 10.0) -> str | None:

@@ -39,6 +39,9 @@ def map_summary(m: Map, path: str | Path | None = None) -> dict:
         'model': m.spec.name, 'coarse': f'{m.spec.coarse_dim}-d /{m.spec.coarse_stride}',
         'fine': f'{m.spec.fine_dim}-d /{m.spec.fine_stride}' if m.obs_fine is not None
         else 'none',
+        # the fine level tracking queries run in one pass (obs_fine_tracking), or none
+        'tracking_level': 'none' if m.tracking_spec is None else
+        f'{m.tracking_spec.name} {m.tracking_spec.fine_dim}-d /{m.tracking_spec.fine_stride}',
         'descriptor_dtype': str(m.obs_coarse.dtype),
         # the light washed-out queries are matched to (None: built before it was recorded)
         'brightness_median': None if m.kf_brightness is None
