@@ -102,3 +102,5 @@ def test_tracking_level_round_trips_and_follows_keyframe_selection(demo, tmp_pat
         validate_map(replace(a, obs_fine_tracking=None))
     with pytest.raises(MapFormatError, match='obs_fine_tracking'):
         validate_map(replace(a, obs_fine_tracking=a.obs_fine_tracking[:, :32]))
+    with pytest.raises(MapFormatError, match='another coarse level'):
+        validate_map(replace(a, tracking_spec=replace(a.tracking_spec, coarse_dim=128)))

@@ -473,6 +473,9 @@ def validate_map(m: Map, where: str = '<memory>') -> None:
     if m.tracking_spec is not None:
         if m.tracking_spec.fine_dim == 0:
             _fail(where, f'tracking model {m.tracking_spec.name!r} has no fine level')
+        if not m.spec.same_coarse_level(m.tracking_spec):
+            _fail(where, f'tracking model {m.tracking_spec.name!r} has another coarse level than '
+                         f'{m.spec.name!r}: its single pass cannot query this map')
         _check_array(where, 'obs_fine_tracking', m.obs_fine_tracking,
                      (O, m.tracking_spec.fine_dim))
     if m.kf_fisheye is not None:

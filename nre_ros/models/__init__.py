@@ -94,8 +94,7 @@ class WithTrackingLevel:
 
     def __init__(self, model: FeatureModel, tracking: FeatureModel) -> None:
         a, b = model.spec, tracking.spec
-        coarse = ('coarse_stride', 'coarse_dim', 'inv_temperature', 'input_normalization')
-        if any(getattr(a, k) != getattr(b, k) for k in coarse) or b.fine_stride <= 0:
+        if not a.same_coarse_level(b) or b.fine_stride <= 0:
             raise ConfigError(f'model {b.name!r} cannot be the tracking level of {a.name!r}: '
                               'it needs the same coarse level and a fine level')
         self.model, self.tracking = model, tracking

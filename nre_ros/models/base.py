@@ -52,6 +52,11 @@ class ModelSpec:
     def from_dict(cls, data: dict) -> 'ModelSpec':
         return cls(**data)
 
+    def same_coarse_level(self, other: 'ModelSpec') -> bool:
+        """Whether ``other``'s coarse descriptors can be matched against this model's."""
+        return all(getattr(self, k) == getattr(other, k) for k in
+                   ('coarse_stride', 'coarse_dim', 'inv_temperature', 'input_normalization'))
+
     def mismatch(self, other: 'ModelSpec') -> str | None:
         """Human-readable difference between two specs, None when they are compatible."""
         a, b = asdict(self), asdict(other)
