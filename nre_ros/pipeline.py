@@ -307,14 +307,16 @@ class Relocalizer:
         """The model tracking queries run (one pass for both levels), or None: no tracking level
         in the map, ``fine_level: model``, or a model that does not match the map's level."""
         spec, cfg = self.map.tracking_spec, self.config
-        if spec is None and self.map.spec.name in TRACKING_MODELS:
-            logger.info('map has no tracking level (built before it existed or with '
-                        '--no-tracking-level): tracking runs the fine network of %s; rebuild the '
-                        'map to track with one network pass', self.map.spec.name)
-        if spec is None or cfg.tracking.fine_level != 'auto' or not cfg.fine.enabled \
-                or not cfg.tracking.fine or model is None:
+        if cfg.tracking.fine_level != 'auto' or not cfg.fine.enabled or not cfg.tracking.fine \
+                or model is None:
             return None
-        if model == 'auto':
+        if spec is None:
+            if self.map.spec.name in TRACKING_MODELS:
+                logger.info('map has no tracking level (built before it existed or with '
+                            '--no-tracking-level): tracking runs the fine network of %s; '
+                            'rebuild the map to track with one network pass', self.map.spec.name)
+            return None
+        if isinstance(model, str):          # 'auto': the map's tracking model, configured
             try:
                 model = load_configured_model(spec.name, cfg)
             except (ConfigError, BackendUnavailable, OSError) as exc:

@@ -90,12 +90,11 @@ def concat_maps(maps: list[Map], provenance: dict | None = None) -> Map:
     # a merged map has a brightness reference only when every part has one
     brightness = None if any(m.kf_brightness is None for m in maps) else cat('kf_brightness')
     # the tracking level only when every part has it, from the same model
-    tracking = maps[0].tracking_spec
-    if any(m.tracking_spec is None or m.tracking_spec.mismatch(tracking) for m in maps):
-        if tracking is not None or any(m.tracking_spec is not None for m in maps):
-            logger.warning('not every map has the same tracking level: the joined map has none '
-                           '(tracking runs the fine network; rebuild the parts to keep it)')
-        tracking = None
+    specs = [m.tracking_spec for m in maps]
+    tracking = specs[0] if all(t == specs[0] for t in specs) else None
+    if tracking is None and any(t is not None for t in specs):
+        logger.warning('not every map has the same tracking level: the joined map has none '
+                       '(tracking runs the fine network; rebuild the parts to keep it)')
     meta = maps[0].metadata
     if provenance is not None:
         meta = replace(meta, provenance=provenance)

@@ -17,6 +17,8 @@ Inference backends (torch CPU/CUDA, ONNX Runtime, TensorRT) wrap these: ``nre_ro
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from nre_ros.errors import ConfigError
@@ -102,6 +104,5 @@ class WithTrackingLevel:
         self.device = model.device
 
     def extract(self, image, fine: bool | None = None) -> DenseFeatures:
-        from dataclasses import replace
         feats = self.model.extract(image, fine=fine)
         return replace(feats, fine_tracking=self.tracking.extract(image, fine=True).fine)
