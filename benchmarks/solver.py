@@ -60,13 +60,20 @@ def time_ms(fn, repeats: int = 20, warmup: int = 3):
 
 def product_layout() -> str:
     """The memory layout of the query descriptors with the default pipeline on this machine:
-    channels-last where the networks run in bf16 (DenseFeatures), contiguous otherwise."""
+    channels-last where the networks run in bf16 (DenseFeatures), contiguous otherwise; the
+    coarse maps' matmul runs in bf16 there too (``pipeline.coarse_matmul_dtype``)."""
     from nre_ros.pipeline import PipelineConfig, resolve_runtime
     backend, precision = resolve_runtime(PipelineConfig())
     return 'channels-last' if backend == 'torch' and precision == 'bf16' else 'contiguous'
 
 
 LAYOUT = 'contiguous'
+
+
+def coarse_maps(q: torch.Tensor, p: torch.Tensor):
+    """The coarse loss maps as the default pipeline builds them on this machine."""
+    dtype = torch.bfloat16 if LAYOUT == 'channels-last' else torch.float32
+    return coarse_loss_maps(q, p, 20.0, matmul_dtype=dtype)
 
 
 def bench(n: int, repeats: int) -> dict:
@@ -80,7 +87,7 @@ def bench(n: int, repeats: int) -> dict:
         qf = qf.permute(1, 2, 0).contiguous().permute(2, 0, 1)
     pf = torch.nn.functional.normalize(torch.randn(n, 64, generator=g), dim=1)
     cfg = SolverConfig()
-    lm_ms, lm_iqr, coarse_maps = time_ms(lambda: coarse_loss_maps(q, p, 20.0), repeats)
+    lm_ms, lm_iqr, cmaps = time_ms(lambda: coarse_maps(q, p), repeats)
     maps = scene.maps
     ms_ms, ms_iqr, m = time_ms(lambda: msac(scene.points_world, maps, scene.K, cfg.msac), repeats)
     T0 = m.T_cam_world
@@ -95,7 +102,7 @@ def bench(n: int, repeats: int) -> dict:
         ground-truth fine maps the refinement runs on: built once per pose, outside the timed
         runs (the pipeline builds only the windows from descriptors)."""
         uv, index = se3.project_in_grid(scene.points_world, T, fl.K, (320, 240))
-        fine_loss_maps(qf, pf[index], uv[index].float(), coarse_maps, 4, 20.0, 16,
+        fine_loss_maps(qf, pf[index], uv[index].float(), cmaps, 4, 20.0, 16,
                        coarse_index=index)
         key = T.numpy().tobytes()
         if key not in truth:
@@ -107,7 +114,7 @@ def bench(n: int, repeats: int) -> dict:
                                             cfg.fine), repeats)
     def solve_all():
         """What the pipeline runs: coarse maps, solve_coarse, fine windows, fine GNC, verdict."""
-        coarse_loss_maps(q, p, 20.0)
+        coarse_maps(q, p)
         sol = solve_coarse(scene.points_world, maps, scene.K, cfg)
         return verdict(refine_level(sol, fine_from_descriptors(sol.T_cam_world), cfg),
                        cfg.verdict)
@@ -151,7 +158,8 @@ def main() -> None:
         print(json.dumps(rows))
         return
     print(f'# solver benchmark — {header(run_metadata())} | clock: {args.clock} | '
-          f'descriptors: {LAYOUT} (the default pipeline\'s here)')
+          f'descriptors: {LAYOUT} (the default pipeline\'s here; coarse matmul in '
+          f'{"bf16" if LAYOUT == "channels-last" else "float32"})')
     print('| N | loss maps ms (coarse + fine) | MSAC ms (hyp/s) | coarse GNC ms | fine GNC ms '
           '| total ms p50 (IQR) | maps MB | RE OpenCV MAGSAC ms | RE PoseLib ms |')
     print('|---|---|---|---|---|---|---|---|---|')

@@ -246,6 +246,45 @@ def _row_min(row):
     return r
 
 
+@numba.njit(cache=True, nogil=True, error_model='numpy', fastmath={'nnan', 'nsz'})
+def _neg_clamp_min(seg, cap):
+    """seg <- min(-seg, cap) in place for a float32 segment without NaN; returns its minimum
+    (fast-math flags: one vectorized pass)."""
+    low = cap
+    for j in range(seg.shape[0]):
+        v = -seg[j]
+        v = cap if v > cap else v
+        seg[j] = v
+        low = v if v < low else low
+    return low
+
+
+@_pjit
+def _neg_clamp_rows(maps, cap, width, minima, first):
+    """Each row of (N, M) ``maps`` (N maps of M = h * width cells, without NaN) <- min(-row,
+    cap) in place; its minimum into ``minima`` (N,) and the flat index of the minimum's first
+    occurrence in row-major order into ``first`` (N,), found on the way: the minimum of each
+    map row as it is clamped, then the first cell holding it in the first map row whose
+    minimum it is."""
+    c = np.float32(cap)
+    h = maps.shape[1] // width
+    for n in numba.prange(maps.shape[0]):
+        cells = maps[n]
+        by = 0
+        low = c
+        for y in range(h):
+            v = _neg_clamp_min(cells[y * width:(y + 1) * width], c)
+            if v < low:
+                low = v
+                by = y
+        row = cells[by * width:(by + 1) * width]
+        bx = 0
+        while bx < width - 1 and row[bx] != low:
+            bx += 1
+        minima[n] = low
+        first[n] = by * width + bx
+
+
 @_jit
 def _argmin_cells(maps, index, minima, out):
     """out[m] = the (x, y) cell of the first minimum in row-major order of maps[index[m]]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -35,12 +35,17 @@ class LossMaps:
         grid_size: (W, H) of the full feature grid.
         origin: (N, 2) int64 grid coordinates (x0, y0) of window cell (0, 0), or None for
             full-grid maps (origin 0).
+        minima: optional (N,) per-map minimum loss, and min_cells (N, 2) int64 map-frame cell
+            (x, y) of its first occurrence in row-major order, when the maker found them on
+            the way (``coarse_loss_maps``); otherwise computed on demand.
     """
 
     maps: Tensor
     ln_omega: float
     grid_size: tuple[int, int]
     origin: Tensor | None = None
+    minima: Tensor | None = field(default=None, repr=False, compare=False)
+    min_cells: Tensor | None = field(default=None, repr=False, compare=False)
 
     @property
     def num_points(self) -> int:
@@ -53,7 +58,9 @@ class LossMaps:
     def select(self, index: Tensor) -> 'LossMaps':
         """Maps of a subset of points; ``index`` (M,) long or (N,) bool."""
         origin = None if self.origin is None else self.origin[index]
-        return LossMaps(self.maps[index], self.ln_omega, self.grid_size, origin)
+        minima = None if self.minima is None else self.minima[index]
+        cells = None if self.min_cells is None else self.min_cells[index]
+        return LossMaps(self.maps[index], self.ln_omega, self.grid_size, origin, minima, cells)
 
     def to_local(self, uv: Tensor) -> Tensor:
         """(..., N, 2) grid coordinates -> coordinates in each point's map (window) frame."""
@@ -74,6 +81,8 @@ class LossMaps:
     def map_min(self) -> Tensor:
         """(N,) per-map minimum loss, computed once per LossMaps (MSAC's peakedness and the
         verdict's chance bound both read it; the maps are never modified in place)."""
+        if self.minima is not None:
+            return self.minima
         n = self.maps.shape[0]
         return self.maps.reshape(n, -1).amin(dim=1)
 
@@ -84,7 +93,8 @@ class LossMaps:
     def argmin_uv(self, subcell: bool = True, index: Tensor | None = None) -> Tensor:
         """(N, 2) float32 grid coordinates of each map's minimum, or (M, 2) of the maps
         ``index`` (M,) int64 selects (see ``argmin_cells``)."""
-        uv = argmin_cells(self.maps, subcell, index, None if index is None else self.map_min)
+        uv = argmin_cells(self.maps, subcell, index, None if index is None else self.map_min,
+                          self.min_cells)
         if self.origin is not None:
             origin = self.origin if index is None else self.origin[index]
             uv = uv + origin.to(uv.dtype)
@@ -117,12 +127,14 @@ class LossMaps:
 
 
 def argmin_cells(maps: Tensor, subcell: bool = True, index: Tensor | None = None,
-                 minima: Tensor | None = None) -> Tensor:
+                 minima: Tensor | None = None, cells: Tensor | None = None) -> Tensor:
     """(N, 2) float32 map-frame coordinates (x, y) of the minima of (N, h, w) maps, first
     occurrence in row-major order, found row first, then column (cheaper than one argmin over
     h*w cells). With ``index`` (M,) int64: (M, 2) of the maps it selects; given also the maps'
     minima (N,) (``LossMaps.map_min``), the compiled path (``lossmaps_numba``) reads the
-    selected maps in place, each up to the row holding its minimum (torch copies them).
+    selected maps in place, each up to the row holding its minimum (torch copies them). Given
+    ``cells`` (N, 2) int64, every map's first minimum cell (``LossMaps.min_cells``), no map is
+    searched.
 
     With ``subcell`` the minimum is refined per axis by the vertex of the parabola through the
     loss at the cell and its two neighbours (exact for Gaussian bumps, whose loss is
@@ -131,7 +143,9 @@ def argmin_cells(maps: Tensor, subcell: bool = True, index: Tensor | None = None
     """
     n, h, w = maps.shape
     rows = torch.arange(n, device=maps.device) if index is None else index
-    if (index is not None and minima is not None and maps.dtype == torch.float32
+    if cells is not None:
+        x, y = (cells if index is None else cells.index_select(0, index)).unbind(1)
+    elif (index is not None and minima is not None and maps.dtype == torch.float32
             and lossmaps_numba.usable(maps)):
         x, y = lossmaps_numba.argmin_cells(maps, index, minima).unbind(1)
     else:
@@ -213,9 +227,11 @@ def loss_maps_from_logits(logits: Tensor, ln_omega: float | None = None) -> Loss
     n, h, w = logits.shape
     if ln_omega is None:
         ln_omega = math.log(h * w + 1)
-    maps = torch.log_softmax(logits.reshape(n, h * w).float(), dim=1)
-    _neg_clamp_(maps, ln_omega)  # L = -ln C, truncated (in place)
-    return LossMaps(maps.reshape(n, h, w), float(ln_omega), (w, h))
+    maps = torch.log_softmax(logits.reshape(n, h * w).float(), dim=1).reshape(n, h, w)
+    finite = _all_finite(logits)
+    minima, first = _neg_clamp_with_minima_(maps, ln_omega, finite)  # L = -ln C, truncated
+    return LossMaps(maps, float(ln_omega), (w, h), minima=minima,
+                    min_cells=torch.stack([first % w, first // w], dim=1))
 
 
 def _neg_clamp_(maps: Tensor, ln_omega: float) -> Tensor:
@@ -226,8 +242,26 @@ def _neg_clamp_(maps: Tensor, ln_omega: float) -> Tensor:
     return maps.neg_().clamp_(max=ln_omega)
 
 
+def _all_finite(x: Tensor) -> bool:
+    """Whether every value of ``x`` is finite, told by their sum (one vectorised reduction; a
+    sum overflowing to inf only sends the caller down its slower NaN-safe path)."""
+    return math.isfinite(float(x.sum()))
+
+
+def _neg_clamp_with_minima_(maps: Tensor, ln_omega: float, finite: bool) -> tuple[Tensor, Tensor]:
+    """``_neg_clamp_`` on (N, h, w) maps, returning each map's minimum (N,) and the flat index
+    (N,) int64 of its first occurrence in row-major order; one compiled pass on the CPU when
+    the maps are known ``finite`` (log-softmax rows of finite logits)."""
+    if finite and maps.is_contiguous() and maps.dtype == torch.float32 \
+            and lossmaps_numba.usable(maps):
+        return lossmaps_numba.neg_clamp_rows_(maps, ln_omega)
+    _neg_clamp_(maps, ln_omega)
+    return maps.reshape(maps.shape[0], -1).min(dim=1)
+
+
 def coarse_loss_maps(query_desc: Tensor, point_desc: Tensor, inv_temperature: float,
-                     normalize: bool = False, chunk_elements: int = 1 << 23) -> LossMaps:
+                     normalize: bool = False, chunk_elements: int = 1 << 23,
+                     matmul_dtype: torch.dtype = torch.float32) -> LossMaps:
     """Loss maps of N map points on a dense query descriptor grid (one matmul + logsumexp).
 
     Args:
@@ -238,6 +272,9 @@ def coarse_loss_maps(query_desc: Tensor, point_desc: Tensor, inv_temperature: fl
         normalize: L2-normalise both descriptor sets first.
         chunk_elements: points x cells computed per matmul; the logits are written straight
             into the output and normalised there, so no transient buffer exists at any size.
+        matmul_dtype: torch.float32, or torch.bfloat16 for the dot products in bf16 (twice as
+            fast on a CPU with bf16 units; see ``_shifted_bf16_operands``). The log-softmax runs
+            in float32 either way.
 
     Returns:
         LossMaps with (N, h, w) float32 maps, ln_omega = ln(h*w + 1), grid_size (w, h).
@@ -245,6 +282,8 @@ def coarse_loss_maps(query_desc: Tensor, point_desc: Tensor, inv_temperature: fl
     if query_desc.ndim != 3 or point_desc.ndim != 2 or point_desc.shape[1] != query_desc.shape[0]:
         raise ShapeError(f'expected query_desc (C, h, w) and point_desc (N, C), got '
                          f'{tuple(query_desc.shape)} and {tuple(point_desc.shape)}')
+    if matmul_dtype not in (torch.float32, torch.bfloat16):
+        raise ValueError(f'matmul_dtype must be torch.float32 or torch.bfloat16, got {matmul_dtype}')
     c, h, w = query_desc.shape
     q = query_desc.reshape(c, h * w).float()
     p = point_desc.float()
@@ -252,16 +291,40 @@ def coarse_loss_maps(query_desc: Tensor, point_desc: Tensor, inv_temperature: fl
         q = torch.nn.functional.normalize(q, dim=0)
         p = torch.nn.functional.normalize(p, dim=1)
     p = p * float(inv_temperature)
+    finite = _all_finite(p) and _all_finite(q)
     ln_omega = math.log(h * w + 1)
     n = p.shape[0]
     step = max(1, chunk_elements // (h * w))
     maps = torch.empty(n, h * w, dtype=torch.float32, device=q.device)
+    if matmul_dtype == torch.bfloat16:
+        p, q = _shifted_bf16_operands(p, q)
+        buffer = torch.empty(min(step, n), h * w, dtype=torch.bfloat16, device=q.device)
     for s in range(0, n, step):
         rows = maps[s:s + step]                   # contiguous rows of the output
-        torch.mm(p[s:s + step], q, out=rows)
+        if matmul_dtype == torch.bfloat16:
+            logits = buffer[:rows.shape[0]]
+            torch.mm(p[s:s + step], q, out=logits)
+            rows.copy_(logits)
+        else:
+            torch.mm(p[s:s + step], q, out=rows)
         torch.log_softmax(rows, dim=1, out=rows)  # row-wise, in place
-    _neg_clamp_(maps, ln_omega)
-    return LossMaps(maps.reshape(n, h, w), ln_omega, (w, h))
+    maps = maps.reshape(n, h, w)
+    minima, first = _neg_clamp_with_minima_(maps, ln_omega, finite)
+    return LossMaps(maps, ln_omega, (w, h), minima=minima,
+                    min_cells=torch.stack([first % w, first // w], dim=1))
+
+
+def _shifted_bf16_operands(p: Tensor, q: Tensor) -> tuple[Tensor, Tensor]:
+    """bf16 operands (N, C + 1), (C + 1, h w) whose product is ``p q - b`` with b_n the
+    Cauchy-Schwarz bound ``|p_n| max_cells |q|`` of row n's logits.
+
+    A log-softmax row is unchanged by a constant shift, but a bf16 product is rounded to 8
+    significant bits: shifted, the largest logits (those the loss map resolves below its cap)
+    lie near 0, where that rounding is finest, instead of near tau (0.06-0.125 nats there)."""
+    bound = p.norm(dim=1, keepdim=True) * q.norm(dim=0).max()
+    pa = torch.cat([p, -bound], dim=1).to(torch.bfloat16)
+    qa = torch.cat([q, q.new_ones(1, q.shape[1])], dim=0).to(torch.bfloat16)
+    return pa, qa
 
 
 def window_origins(centres: Tensor, window: int) -> Tensor:

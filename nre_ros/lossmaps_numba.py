@@ -15,7 +15,7 @@ from torch import Tensor
 
 from nre_ros import compiled
 
-__all__ = ['argmin_cells', 'bilinear_cost', 'neg_clamp_', 'usable', 'warmup', 'window_logits',
+__all__ = ['argmin_cells', 'bilinear_cost', 'neg_clamp_', 'neg_clamp_rows_', 'usable', 'warmup', 'window_logits',
            'window_loss_maps']
 
 KERNELS = 'nre_ros._lossmaps_kernels'
@@ -117,6 +117,19 @@ def neg_clamp_(maps: Tensor, ln_omega: float) -> None:
     k._neg_clamp(maps.detach().numpy().reshape(-1), float(ln_omega))
 
 
+def neg_clamp_rows_(maps: Tensor, ln_omega: float) -> tuple[Tensor, Tensor]:
+    """``maps <- min(-maps, ln_omega)`` in place for a contiguous (N, h, w) float32 CPU tensor
+    without NaN; returns each map's minimum (N,) float32 and the flat index (N,) int64 of its
+    first occurrence in row-major order, found in the same pass."""
+    n, h, w = maps.shape
+    minima, first = np.empty(n, np.float32), np.empty(n, np.int64)
+    k = compiled.kernels(KERNELS)
+    compiled.threads(maps.numel())
+    k._neg_clamp_rows(maps.detach().numpy().reshape(n, h * w), float(ln_omega), w, minima,
+                      first)
+    return torch.from_numpy(minima), torch.from_numpy(first)
+
+
 def warmup() -> bool:
     """Compile (or load from the cache) every kernel on tiny inputs; False without numba."""
     if compiled.kernels(KERNELS) is None:
@@ -130,6 +143,7 @@ def warmup() -> bool:
     coarse = torch.rand(3, 3, 4, generator=g)
     window_loss_maps(logits, origin, coarse, None, math.log(13), 2.0, (7, 6), 1.0, math.log(43))
     neg_clamp_(coarse.clone(), 1.0)
+    neg_clamp_rows_(coarse.clone(), 1.0)
     argmin_cells(coarse, torch.tensor([2, 0]), coarse.flatten(1).amin(1))
     xy = torch.rand(2, 3, generator=g) * 5
     bilinear_cost(coarse.reshape(-1), torch.arange(3) * 12, (4, 3), 2.0, xy, xy)

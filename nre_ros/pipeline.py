@@ -224,6 +224,13 @@ def resolve_runtime(config: 'PipelineConfig', flags=None) -> tuple[str, str]:
     return resolve_backend(config.backend, config.device, precision), precision
 
 
+def coarse_matmul_dtype(model: FeatureModel) -> torch.dtype:
+    """The coarse loss maps' matmul dtype: bf16 where the model's networks run in bf16 on a
+    CPU (a 'torch-cpu-bf16' backend: its descriptors carry bf16 rounding already; docs/
+    decisions.md), float32 otherwise."""
+    return torch.bfloat16 if getattr(model, 'backend', '') == 'torch-cpu-bf16' else torch.float32
+
+
 def load_configured_model(name: str, config: 'PipelineConfig'):
     """Model ``name`` on ``config``'s backend, device and precision (what
     ``Relocalizer.from_config`` runs; benchmarks use it so their rows time the product's
@@ -282,6 +289,7 @@ class Relocalizer:
         self.config = config
         self.tracking_model = self._tracking_model(tracking_model)
         self.device = torch.device(config.device)
+        self._matmul_dtype = coarse_matmul_dtype(model)
         self.index = RetrievalIndex(map_.global_descriptors, config.retrieval.backend)
         logger.debug('retrieval over %d keyframes with %s', len(self.index), self.index.backend)
         self.points_world = torch.as_tensor(np.array(map_.points_world), dtype=torch.float64,
@@ -570,7 +578,8 @@ class Relocalizer:
     def _coarse_maps(self, c: _Candidate, timings: dict) -> _Candidate:
         t = time.perf_counter()
         desc = self._descriptors(c.point_idx, c.keyframes, 'coarse')
-        maps = coarse_loss_maps(c.features.coarse, desc, self.model.spec.inv_temperature)
+        maps = coarse_loss_maps(c.features.coarse, desc, self.model.spec.inv_temperature,
+                                matmul_dtype=self._matmul_dtype)
         _add(timings, 'lossmaps', t)
         return replace(c, coarse_maps=maps)
 

@@ -40,6 +40,59 @@ class TestCoarseLossMaps:
         chunked = coarse_loss_maps(q, p, 3.0, chunk_elements=54 * 4)  # 4 points per chunk
         torch.testing.assert_close(full.maps, chunked.maps)
 
+    def test_minima_found_on_the_way_are_the_maps_first_minima(self):
+        q, p = _random_desc(c=8, h=12, w=16, n=40)
+        q = q.round()                  # integer descriptors: ties between cells are common
+        p = p.round()
+        maps = coarse_loss_maps(q, p, 1.0)
+        assert maps.minima is not None and maps.min_cells is not None
+        flat = maps.maps.reshape(40, -1)
+        low, first = flat.min(dim=1)
+        assert torch.equal(maps.minima, low)
+        assert torch.equal(maps.min_cells, torch.stack([first % 16, first // 16], 1))
+        ties = (flat == low[:, None]).sum(1) > 1
+        assert bool(ties.any())        # the first occurrence was tested
+        plain = LossMaps(maps.maps, maps.ln_omega, maps.grid_size)
+        index = torch.tensor([3, 0, 39, 17])
+        torch.testing.assert_close(maps.argmin_uv(True), plain.argmin_uv(True))
+        torch.testing.assert_close(maps.argmin_uv(True, index), plain.argmin_uv(True, index))
+        sub = maps.select(index)
+        assert torch.equal(sub.map_min, low[index])
+        torch.testing.assert_close(sub.argmin_uv(False), plain.argmin_uv(False, index))
+
+    def test_minima_of_a_non_finite_descriptor_are_nan(self):
+        q, p = _random_desc(n=6)
+        p[2, 0] = float('nan')
+        maps = coarse_loss_maps(q, p, 2.0)
+        assert bool(torch.isnan(maps.minima[2]))
+        keep = torch.tensor([0, 1, 3, 4, 5])
+        torch.testing.assert_close(maps.minima[keep], coarse_loss_maps(q, p[keep], 2.0).minima)
+        assert not bool(maps.peakedness()[2] >= 0)        # never counted as peaked
+
+    def test_bf16_matmul_is_within_rounding_of_float32(self):
+        """bf16 dot products, shifted so that the resolved logits are the finest rounded:
+        within 0.15 nats of float32 wherever a map is below its cap (a bf16 network's own
+        descriptors differ more from float32's), also for descriptors that are not unit-norm."""
+        g = torch.Generator().manual_seed(1)
+        smooth = torch.nn.functional.interpolate(torch.randn(1, 64, 6, 8, generator=g),
+                                                 size=(30, 40), mode='bilinear')[0]
+        q = torch.nn.functional.normalize(smooth, dim=0)   # neighbours alike: wide bumps
+        cells = torch.randint(0, 1200, (300,), generator=g)
+        p = q.reshape(64, -1)[:, cells].T + 0.06 * torch.randn(300, 64, generator=g)
+        for scale in (1.0, 3.0):
+            ref = coarse_loss_maps(q.double() * scale, p.double(), 20.0).maps.float()
+            got = coarse_loss_maps(q * scale, p, 20.0, matmul_dtype=torch.bfloat16)
+            resolved = ref < got.ln_omega - 0.5
+            assert int(resolved.sum()) > 3000
+            err = (got.maps - ref)[resolved].abs()
+            assert float(err.max()) < 0.15, float(err.max())
+            assert float(err.median()) < 0.03, float(err.median())
+            assert float((got.maps - ref).abs().max()) < 0.2
+            low, first = got.maps.reshape(300, -1).min(dim=1)
+            assert torch.equal(got.minima, low)
+        with pytest.raises(ValueError, match='matmul_dtype'):
+            coarse_loss_maps(q, p, 20.0, matmul_dtype=torch.float16)
+
     def test_normalize(self):
         q, p = _random_desc()
         a = coarse_loss_maps(q, p, 5.0, normalize=True)

@@ -9,7 +9,7 @@ from nre_ros.backends import BackendConfig, load_backend
 from nre_ros.errors import ConfigError
 from nre_ros.maps.triangulate import select_keypoints
 from nre_ros.models import DEFAULT_MODEL, load_model
-from nre_ros.pipeline import PipelineConfig, resolve_runtime
+from nre_ros.pipeline import PipelineConfig, coarse_matmul_dtype, resolve_runtime
 from nre_ros.precision import bf16_unit, cpu_flags, describe, resolve_precision
 
 AMX = {'fpu', 'avx512f', 'avx512_bf16', 'amx_tile', 'amx_bf16', 'amx_int8'}
@@ -91,6 +91,16 @@ def fp32_and_bf16():
     fp32 = load_backend(BackendConfig(backend='torch', threads=2), model=model)
     bf16 = load_backend(BackendConfig(backend='torch', precision='bf16', threads=2), model=model)
     return fp32, bf16
+
+
+@pytest.mark.skipif(bf16_unit() is None, reason=NO_BF16)
+def test_coarse_matmul_follows_the_networks_precision(fp32_and_bf16):
+    """bf16 dot products for the coarse maps only where the networks themselves ran in bf16
+    on the CPU (their descriptors are bf16-rounded already); a plain model: float32."""
+    fp32, bf16 = fp32_and_bf16
+    assert coarse_matmul_dtype(bf16) == torch.bfloat16
+    assert coarse_matmul_dtype(fp32) == torch.float32
+    assert coarse_matmul_dtype(load_model(DEFAULT_MODEL)) == torch.float32
 
 
 @pytest.mark.skipif(bf16_unit() is None, reason=NO_BF16)

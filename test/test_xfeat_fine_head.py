@@ -143,10 +143,13 @@ def test_phase_activations_are_the_original_layers_activations(random_xfeat, act
     net = XFeatCoarseNet(random_xfeat, phase=True)
     with torch.inference_mode():
         phase = phase_activations(net, _image())
-    assert set(phase) == set(activations)
+    assert set(phase) == set(activations) | {'x_cells', 'f2_cells'}
     for key, value in activations.items():
         assert phase[key].shape == value.shape, key
         torch.testing.assert_close(phase[key], value, atol=1e-4, rtol=1e-4, msg=key)
+    # the cell forms it passes on are exactly what the head would unshuffle itself
+    assert torch.equal(phase['x_cells'], F.pixel_unshuffle(phase['x'], 4))
+    assert torch.equal(phase['f2_cells'], F.pixel_unshuffle(phase['f2'], 2))
 
 
 @pytest.mark.parametrize('precision', ['fp32', 'bf16'])

@@ -63,11 +63,14 @@ def phase_activations(coarse_net: XFeatCoarseNet, image: torch.Tensor, keypoints
     """``coarse_activations`` computed as ``coarse_net`` computes its level where it runs the
     phase form (first block on 4 x 4 cells, BatchNorm folded): the same values up to float
     rounding. Block1's second layer comes out of the phase block as ``pixel_unshuffle(f2, 2)``
-    and is shuffled back."""
+    and is shuffled back; both cell forms are passed on too (``x_cells`` = ``pixel_unshuffle(x,
+    4)``, ``f2_cells``), since the head reads them and need not unshuffle again."""
     x = instance_norm(image.mean(dim=1, keepdim=True), coarse_net.xfeat.norm.eps)
-    b2, f2_cells = coarse_net.phase_block1.with_second_layer(F.pixel_unshuffle(x, CELL))
+    x_cells = F.pixel_unshuffle(x, CELL)
+    b2, f2_cells = coarse_net.phase_block1.with_second_layer(x_cells)
     out = {'x': x, 'f2': F.pixel_shuffle(f2_cells, 2), 'b2': b2,
-           'feats': xfeat_tail(coarse_net.phase_tail, b2)}
+           'feats': xfeat_tail(coarse_net.phase_tail, b2), 'x_cells': x_cells,
+           'f2_cells': f2_cells}
     if keypoints:
         out['logits'] = coarse_net.phase_keypoint_head(F.pixel_unshuffle(x, STRIDE))
     return out
@@ -113,14 +116,24 @@ class FineHead(nn.Module):
             nn.init.zeros_(self.out.bias)
 
     def forward(self, x: torch.Tensor, f2: torch.Tensor, b2: torch.Tensor,
-                feats: torch.Tensor) -> torch.Tensor:
+                feats: torch.Tensor, x_cells: torch.Tensor | None = None,
+                f2_cells: torch.Tensor | None = None) -> torch.Tensor:
+        """``x_cells`` = ``pixel_unshuffle(x, 4)`` and ``f2_cells`` = ``pixel_unshuffle(f2,
+        2)`` where the caller has them already (``phase_activations``)."""
         fn = F.normalize(feats, dim=1)
+        f2_cells = F.pixel_unshuffle(f2, 2) if f2_cells is None else f2_cells
+        x_cells = F.pixel_unshuffle(x, 4) if x_cells is None else x_cells
         h4 = (_up(self.feat4(fn), 2) + self.block4(b2)
-              + self.f2to4(F.pixel_unshuffle(f2, 2)) + self.img4(F.pixel_unshuffle(x, 4)))
+              + self.f2to4(f2_cells) + self.img4(x_cells))
         h4 = F.relu(self.conv4(F.relu(h4)))
         h2 = _up(self.up42(h4), 2) + self.f2(f2) + self.img2(F.pixel_unshuffle(x, 2))
         h2 = F.relu(self.conv2(F.relu(h2)))
         return F.normalize(_up(fn, 4) + self.out(h2), dim=1)
+
+
+def _head(head: FineHead, a: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The head on ``pass_activations``' outputs."""
+    return head(a['x'], a['f2'], a['b2'], a['feats'], a.get('x_cells'), a.get('f2_cells'))
 
 
 def save_head(head: FineHead, path: str | Path, metadata: dict | None = None) -> Path:
@@ -145,7 +158,7 @@ class XFeatHeadFineNet(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         a = pass_activations(self.coarse_net, image, keypoints=False)
-        return self.head(a['x'], a['f2'], a['b2'], a['feats'])
+        return _head(self.head, a)
 
 
 class XFeatHeadJointNet(nn.Module):
@@ -163,7 +176,7 @@ class XFeatHeadJointNet(nn.Module):
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         a = pass_activations(self.coarse_net, image)
         scores = keypoint_scores(a['logits'])
-        fine = self.head(a['x'], a['f2'], a['b2'], a['feats'])
+        fine = _head(self.head, a)
         return F.normalize(a['feats'], dim=1), scores, fine
 
 

@@ -157,7 +157,8 @@ def msac(points_world: Tensor, maps: LossMaps, K: Tensor,
     flat = cmaps.reshape(-1)
     cpts = points_world[cand]
     cpts_t = cpts.T.float()                   # (3, n)
-    uv = argmin_cells(cmaps, config.subcell_argmin).to(torch.float64)
+    uv = argmin_cells(maps.maps, config.subcell_argmin, cand, maps.map_min,
+                      maps.min_cells).to(torch.float64)
     offset = torch.arange(n_cand, device=dev) * (h * w)
     fx, fy, cx, cy = (float(v) for v in (K[0, 0], K[1, 1], K[0, 2], K[1, 2]))
     low = maps.ln_omega - config.support_margin
