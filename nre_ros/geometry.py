@@ -101,6 +101,8 @@ def se3_exp(xi: np.ndarray) -> np.ndarray:
     xi = np.asarray(xi, dtype=np.float64)
     if xi.shape[-1] != 6:
         raise ShapeError(f'twists must have shape (..., 6), got {xi.shape}')
+    if xi.ndim == 1:
+        return _se3_exp_one(*xi.tolist())
     rho, phi = xi[..., :3], xi[..., 3:]
     th2 = np.sum(phi * phi, axis=-1)[..., None, None]
     th = np.sqrt(th2)
@@ -116,6 +118,30 @@ def se3_exp(xi: np.ndarray) -> np.ndarray:
     R = eye + a * W + b * W2
     V = eye + b * W + c * W2
     return make_transform(R, np.einsum('...ij,...j->...i', V, rho))
+
+
+def _se3_exp_one(r0: float, r1: float, r2: float, p0: float, p1: float, p2: float
+                 ) -> np.ndarray:
+    """``se3_exp`` of one twist in scalar arithmetic (the solvers' per-step case, where
+    numpy's per-call overhead would dominate); the same series and closed forms."""
+    th2 = p0 * p0 + p1 * p1 + p2 * p2
+    if th2 < 1e-12:
+        a, b, c = 1 - th2 / 6, 0.5 - th2 / 24, 1.0 / 6 - th2 / 120
+    else:
+        th = math.sqrt(th2)
+        sin, cos = math.sin(th), math.cos(th)
+        a, b, c = sin / th, (1 - cos) / th2, (th - sin) / (th2 * th)
+    # W = [phi]x, W2 = W @ W = phi phi^T - th2 I
+    w00, w11, w22 = p0 * p0 - th2, p1 * p1 - th2, p2 * p2 - th2
+    w01, w02, w12 = p0 * p1, p0 * p2, p1 * p2
+    R = ((1 + b * w00, -a * p2 + b * w01, a * p1 + b * w02),
+         (a * p2 + b * w01, 1 + b * w11, -a * p0 + b * w12),
+         (-a * p1 + b * w02, a * p0 + b * w12, 1 + b * w22))
+    V = ((1 + c * w00, -b * p2 + c * w01, b * p1 + c * w02),
+         (b * p2 + c * w01, 1 + c * w11, -b * p0 + c * w12),
+         (-b * p1 + c * w02, b * p0 + c * w12, 1 + c * w22))
+    t = [v[0] * r0 + v[1] * r1 + v[2] * r2 for v in V]
+    return np.array([[*R[0], t[0]], [*R[1], t[1]], [*R[2], t[2]], [0.0, 0.0, 0.0, 1.0]])
 
 
 def rotation_angle_deg(R_a: np.ndarray, R_b: np.ndarray) -> np.ndarray:

@@ -35,17 +35,26 @@ class LossMaps:
         grid_size: (W, H) of the full feature grid.
         origin: (N, 2) int64 grid coordinates (x0, y0) of window cell (0, 0), or None for
             full-grid maps (origin 0).
-        minima: optional (N,) per-map minimum loss, and min_cells (N, 2) int64 map-frame cell
-            (x, y) of its first occurrence in row-major order, when the maker found them on
-            the way (``coarse_loss_maps``); otherwise computed on demand.
+        minima: (N,) per-map minimum loss, and min_cells (N, 2) int64 map-frame cell (x, y)
+            of its first occurrence in row-major order, when the maker found them on the way
+            (``coarse_loss_maps``, ``with_minima``); otherwise None and computed on demand.
+            Not constructor arguments, so ``dataclasses.replace(maps, maps=...)`` drops them
+            instead of carrying stale ones.
     """
 
     maps: Tensor
     ln_omega: float
     grid_size: tuple[int, int]
     origin: Tensor | None = None
-    minima: Tensor | None = field(default=None, repr=False, compare=False)
-    min_cells: Tensor | None = field(default=None, repr=False, compare=False)
+    minima: Tensor | None = field(default=None, init=False, repr=False, compare=False)
+    min_cells: Tensor | None = field(default=None, init=False, repr=False, compare=False)
+
+    def with_minima(self, minima: Tensor, min_cells: Tensor) -> 'LossMaps':
+        """These maps with their known minima (N,) and first minimum cells (N, 2) int64."""
+        out = LossMaps(self.maps, self.ln_omega, self.grid_size, self.origin)
+        object.__setattr__(out, 'minima', minima)
+        object.__setattr__(out, 'min_cells', min_cells)
+        return out
 
     @property
     def num_points(self) -> int:
@@ -58,9 +67,10 @@ class LossMaps:
     def select(self, index: Tensor) -> 'LossMaps':
         """Maps of a subset of points; ``index`` (M,) long or (N,) bool."""
         origin = None if self.origin is None else self.origin[index]
-        minima = None if self.minima is None else self.minima[index]
-        cells = None if self.min_cells is None else self.min_cells[index]
-        return LossMaps(self.maps[index], self.ln_omega, self.grid_size, origin, minima, cells)
+        out = LossMaps(self.maps[index], self.ln_omega, self.grid_size, origin)
+        if self.minima is None or self.min_cells is None:
+            return out
+        return out.with_minima(self.minima[index], self.min_cells[index])
 
     def to_local(self, uv: Tensor) -> Tensor:
         """(..., N, 2) grid coordinates -> coordinates in each point's map (window) frame."""
@@ -230,8 +240,8 @@ def loss_maps_from_logits(logits: Tensor, ln_omega: float | None = None) -> Loss
     maps = torch.log_softmax(logits.reshape(n, h * w).float(), dim=1).reshape(n, h, w)
     finite = _all_finite(logits)
     minima, first = _neg_clamp_with_minima_(maps, ln_omega, finite)  # L = -ln C, truncated
-    return LossMaps(maps, float(ln_omega), (w, h), minima=minima,
-                    min_cells=torch.stack([first % w, first // w], dim=1))
+    return LossMaps(maps, float(ln_omega), (w, h)).with_minima(
+        minima, torch.stack([first % w, first // w], dim=1))
 
 
 def _neg_clamp_(maps: Tensor, ln_omega: float) -> Tensor:
@@ -310,8 +320,8 @@ def coarse_loss_maps(query_desc: Tensor, point_desc: Tensor, inv_temperature: fl
         torch.log_softmax(rows, dim=1, out=rows)  # row-wise, in place
     maps = maps.reshape(n, h, w)
     minima, first = _neg_clamp_with_minima_(maps, ln_omega, finite)
-    return LossMaps(maps, ln_omega, (w, h), minima=minima,
-                    min_cells=torch.stack([first % w, first // w], dim=1))
+    return LossMaps(maps, ln_omega, (w, h)).with_minima(
+        minima, torch.stack([first % w, first // w], dim=1))
 
 
 def _shifted_bf16_operands(p: Tensor, q: Tensor) -> tuple[Tensor, Tensor]:

@@ -58,6 +58,11 @@ class TestCoarseLossMaps:
         torch.testing.assert_close(maps.argmin_uv(True, index), plain.argmin_uv(True, index))
         sub = maps.select(index)
         assert torch.equal(sub.map_min, low[index])
+        # replacing the maps drops the minima found for the old ones
+        from dataclasses import replace
+        flat = replace(maps, maps=torch.zeros_like(maps.maps))
+        assert flat.minima is None and flat.min_cells is None
+        assert float(flat.map_min.max()) == 0.0
         torch.testing.assert_close(sub.argmin_uv(False), plain.argmin_uv(False, index))
 
     def test_minima_of_a_non_finite_descriptor_are_nan(self):
