@@ -111,7 +111,7 @@ def _cache_is_cold() -> bool:
     if os.environ.get('NUMBA_CACHE_DIR'):
         return False
     package = Path(__file__).resolve().parent
-    folders = [package, package / 'solver']
+    folders = [package, package / 'solver', package / 'models']
     if not all(os.access(f, os.W_OK) for f in folders):
         return False
     return not any(any((f / '__pycache__').glob('_*_kernels.*.nbi')) for f in folders)

@@ -184,3 +184,27 @@ def test_tracking_level_needs_the_same_coarse_level_and_a_fine_level(head_model)
         WithTrackingLevel(load_model('xfeat-ms', 'cpu'), coarse_only)
     both = WithTrackingLevel(load_model('xfeat-ms', 'cpu'), head_model)
     assert both.spec.name == 'xfeat-ms' and both.tracking_spec == head_model.spec
+
+
+def test_fused_tail_is_the_torch_tail_in_float32():
+    """The bf16 runner's compiled tail: normalize(up4(fn) + residual) from the bf16 tensors, in
+    float32, equal to torch's ops on the same values in float64; the torch ops elsewhere."""
+    from nre_ros import compiled
+    from nre_ros.models.xfeat_fine_head import fused_tail
+    if not compiled.available():
+        pytest.skip('numba is not available: the torch tail runs')
+    g = torch.Generator().manual_seed(0)
+    cl = torch.channels_last
+    fn = F.normalize(torch.randn(1, 64, 7, 9, generator=g), dim=1).bfloat16()
+    residual = (0.3 * torch.randn(1, 64, 28, 36, generator=g)).bfloat16()
+    fn, residual = fn.contiguous(memory_format=cl), residual.contiguous(memory_format=cl)
+    with torch.inference_mode():
+        got = fused_tail(fn, residual)
+        ref = F.normalize(F.interpolate(fn.double(), scale_factor=4.0, mode='bilinear',
+                                        align_corners=False) + residual.double(), dim=1)
+        assert got is not None and got.dtype == torch.float32 and got.shape == ref.shape
+        assert got.is_contiguous(memory_format=cl)
+        torch.testing.assert_close(got.double(), ref, atol=2e-6, rtol=0)
+        assert fused_tail(fn.float(), residual.float()) is None              # float32
+        assert fused_tail(fn, residual.contiguous()) is None                  # NCHW
+    assert fused_tail(fn, residual.requires_grad_()) is None                  # training

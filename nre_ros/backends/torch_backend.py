@@ -85,6 +85,10 @@ def normalized_descriptors(desc: torch.Tensor) -> torch.Tensor:
     """(N, C, H, W) descriptors, any dtype -> float32 L2-normalised over C, in the memory format
     they came in: a channels_last tensor stays channels_last (each cell's C values one
     contiguous row), so no transpose is made (why: docs/decisions.md, "Descriptor layout");
-    consumers read either layout (``nre_ros.models.base.DenseFeatures``)."""
+    consumers read either layout (``nre_ros.models.base.DenseFeatures``). A float32 output of
+    a bf16 pass was normalized in float32 by the network itself (``xfeat_fine_head.
+    fused_tail``) and is returned as it is."""
+    if desc.dtype == torch.float32:
+        return desc
     x = desc.float()
     return x.div_(torch.linalg.vector_norm(x, dim=1, keepdim=True).clamp_min_(1e-12))

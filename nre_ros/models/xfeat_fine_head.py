@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nre_ros import compiled
 from nre_ros.models.base import (DenseFeatures, ModelSpec, check_image, load_trained_module,
                                  save_trained_module)
 from nre_ros.models.xfeat import (FINE_INV_TEMPERATURE, INV_TEMPERATURE, NORMALIZATION, STRIDE,
@@ -128,7 +129,35 @@ class FineHead(nn.Module):
         h4 = F.relu(self.conv4(F.relu(h4)))
         h2 = _up(self.up42(h4), 2) + self.f2(f2) + self.img2(F.pixel_unshuffle(x, 2))
         h2 = F.relu(self.conv2(F.relu(h2)))
-        return F.normalize(_up(fn, 4) + self.out(h2), dim=1)
+        residual = self.out(h2)
+        fused = fused_tail(fn, residual)
+        return fused if fused is not None else F.normalize(_up(fn, 4) + residual, dim=1)
+
+
+HEAD_KERNELS = 'nre_ros.models._head_kernels'
+
+
+def fused_tail(fn: torch.Tensor, residual: torch.Tensor) -> torch.Tensor | None:
+    """``normalize(up4(fn) + residual)`` in one compiled pass, float32 (1, C, 4h, 4w)
+    channels-last, for the bf16 CPU runner's channels-last tensors (``fn`` (1, C, h, w),
+    ``residual`` (1, C, 4h, 4w) bf16) at inference; None elsewhere (training, export, CUDA,
+    float32, NCHW): the caller runs the torch ops. It replaces a bf16 upsampling, addition and
+    normalization and the runner's float32 re-normalization (docs/decisions.md)."""
+    cl = torch.channels_last
+    if (residual.dtype != torch.bfloat16 or residual.shape[0] != 1
+            or not residual.is_contiguous(memory_format=cl)
+            or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+            or torch.compiler.is_compiling()):
+        return None
+    kernels = compiled.usable(HEAD_KERNELS, fn, residual)
+    if kernels is None:
+        return None
+    base = fn[0].float().permute(1, 2, 0).contiguous()                 # (h, w, C)
+    out = torch.empty(residual.shape, dtype=torch.float32).contiguous(memory_format=cl)
+    bits = residual[0].permute(1, 2, 0).view(torch.int16).numpy().view(np.uint16)
+    compiled.threads(out.numel())
+    kernels._upsampled_base_plus_residual(base.numpy(), bits, out[0].permute(1, 2, 0).numpy())
+    return out
 
 
 def _head(head: FineHead, a: dict[str, torch.Tensor]) -> torch.Tensor:
