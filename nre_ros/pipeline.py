@@ -31,7 +31,7 @@ from nre_ros.geometry import Sim3, is_rigid, pose_error, se3_log
 from nre_ros.lossmaps import LossMaps, coarse_loss_maps, fine_loss_maps
 from nre_ros.maps import Map, RetrievalIndex, global_descriptor, load_map
 from nre_ros.maps.retrieval import nearest_keyframes
-from nre_ros.models import TRACKING_MODELS, FeatureModel, load_model
+from nre_ros.models import TRACKING_MODELS, FeatureModel, joint_features, load_model
 from nre_ros.preprocess import (PreparedImage, check_prepared_size, check_prior_pose,
                                 denoise, match_brightness, match_focal, prepare, rotated)
 from nre_ros.results import Failure, Outcome, Prior
@@ -384,9 +384,12 @@ class Relocalizer:
     def warmup(self) -> None:
         """One inference on a blank image, and the compiled CPU kernels loaded (numba compiles
         them, or reads its disk cache), so the first real query is not slow."""
-        self.model.extract(np.zeros((480, 640, 3), np.uint8))
+        blank = np.zeros((480, 640, 3), np.uint8)
+        self.model.extract(blank)
+        if self._shares_pass():
+            joint_features(self.model, blank)
         if self.tracking_model is not None:
-            self.tracking_model.extract(np.zeros((480, 640, 3), np.uint8), fine=True)
+            joint_features(self.tracking_model, blank)
         if self.device.type == 'cpu':
             compiled.warmup()
 
@@ -517,9 +520,11 @@ class Relocalizer:
         same pass; with ``tracking_level``, both levels from the tracking model's one pass."""
         t = time.perf_counter()
         if tracking_level:
-            feats = self.tracking_model.extract(prep.image, fine=True)
+            feats = joint_features(self.tracking_model, prep.image)
+        elif fine and self._shares_pass():
+            feats = joint_features(self.model, prep.image)
         else:
-            feats = self.model.extract(prep.image, fine=fine and self._shares_pass())
+            feats = self.model.extract(prep.image, fine=False)
         _add(timings, 'features', t)
         return _Candidate(prep, feats, tracking_level=tracking_level)
 

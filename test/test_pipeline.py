@@ -187,7 +187,8 @@ def test_point_cap_keeps_every_retrieved_keyframe(reloc):
 
 class _CountingModel:
     """A model that says its fine level comes out of the coarse pass (``shares_pass``) and
-    records the extraction calls the pipeline makes."""
+    records the extraction calls the pipeline makes (its one-pass ``extract_joint``: the
+    wrapped model's own where it has a joint network, else ``extract(fine=True)``)."""
 
     shares_pass = True
 
@@ -205,6 +206,12 @@ class _CountingModel:
         self.calls.append(('extract_fine',))
         return self.model.extract_fine(image)
 
+    def extract_joint(self, image):
+        self.calls.append(('extract_joint',))
+        if getattr(self.model, 'shares_pass', False):
+            return self.model.extract_joint(image)
+        return self.model.extract(image, fine=True)
+
 
 def test_a_model_sharing_its_pass_gives_both_levels_in_one_call(reloc, queries):
     """Tracking and an upright global query ask such a model once for both levels, and the
@@ -219,7 +226,7 @@ def test_a_model_sharing_its_pass_gives_both_levels_in_one_call(reloc, queries):
         assert out.ok, out
         assert out.info['mode'] == ('global' if prior is None else 'tracking')
         assert out.info['level'] == 'fine'
-        assert model.calls == [('extract', True)]
+        assert model.calls == [('extract_joint',)]
         assert pose_error(out.T_cam_world, T_gt)[0] < 0.10
     assert not reloc._shares_pass()        # xfeat-ms itself: coarse first, fine network later
 
@@ -248,7 +255,7 @@ def test_tracking_runs_the_maps_tracking_level_in_one_pass(reloc, queries):
         main.calls.clear(), track.calls.clear()
         out = hybrid.localize(image, queries.camera, prior=prior)
         assert out.ok and out.info['mode'] == 'tracking' and out.info['level'] == 'fine', out
-        assert main.calls == [] and track.calls == [('extract', True)]
+        assert main.calls == [] and track.calls == [('extract_joint',)]
         ref = x4.localize(image, queries.camera, prior=prior)
         assert ref.ok            # (it may have fallen back to global search)
         dt, dr = pose_error(out.T_cam_world, T_gt)

@@ -154,10 +154,12 @@ def test_phase_activations_are_the_original_layers_activations(random_xfeat, act
 
 @pytest.mark.parametrize('precision', ['fp32', 'bf16'])
 def test_backend_joint_level_gives_both_levels_of_the_separate_networks(head_model, precision):
-    """``extract`` with the fine level runs the one-pass 'joint' network: the same coarse level
-    as the coarse network and the same fine level as the fine network (which reruns the coarse
-    pass), unit-norm in float32 after a bf16 pass too."""
+    """``extract_joint`` runs the one-pass 'joint' network: the same coarse level as the coarse
+    network and the same fine level as the fine network (which reruns the coarse pass),
+    unit-norm in float32 after a bf16 pass too, and no keypoint scores; ``extract`` with the
+    fine level has the scores (the networks a map build needs)."""
     from nre_ros.backends import BackendConfig, load_backend
+    from nre_ros.models import joint_features
     from nre_ros.precision import cpu_flags
     if precision == 'bf16' and not {'amx_bf16', 'avx512_bf16'} & set(cpu_flags()):
         pytest.skip('this CPU has no bf16 units')
@@ -165,14 +167,21 @@ def test_backend_joint_level_gives_both_levels_of_the_separate_networks(head_mod
                      model=head_model)
     assert m.shares_pass and 'joint' in m.runner.levels()
     image = np.random.default_rng(1).integers(0, 256, (96, 130, 3), dtype=np.uint8)
+    joint = m.extract_joint(image)
+    assert joint.keypoint_scores is None
     full = m.extract(image)
     coarse = m.extract(image, fine=False)
-    assert coarse.fine is None
+    assert coarse.fine is None and full.keypoint_scores is not None
     tol = {'fp32': 1e-5, 'bf16': 1e-6}[precision]     # bf16: the same ops in the same order
-    torch.testing.assert_close(full.coarse, coarse.coarse, atol=tol, rtol=tol)
+    torch.testing.assert_close(joint.coarse, coarse.coarse, atol=tol, rtol=tol)
     torch.testing.assert_close(full.keypoint_scores, coarse.keypoint_scores, atol=tol, rtol=tol)
-    torch.testing.assert_close(full.fine, m.extract_fine(image), atol=tol, rtol=tol)
-    torch.testing.assert_close(full.fine.norm(dim=0), torch.ones(48, 65), atol=1e-5, rtol=0)
+    torch.testing.assert_close(joint.fine, m.extract_fine(image), atol=tol, rtol=tol)
+    torch.testing.assert_close(full.fine, joint.fine, atol=tol, rtol=tol)
+    torch.testing.assert_close(joint.fine.norm(dim=0), torch.ones(48, 65), atol=1e-5, rtol=0)
+    torch.testing.assert_close(joint_features(m, image).fine, joint.fine, atol=0, rtol=0)
+    # the torch model itself: the same one-pass levels, without scores
+    plain = head_model.extract_joint(image)
+    assert plain.keypoint_scores is None and plain.fine.shape == joint.fine.shape
 
 
 def test_tracking_level_needs_the_same_coarse_level_and_a_fine_level(head_model):
@@ -208,3 +217,20 @@ def test_fused_tail_is_the_torch_tail_in_float32():
         assert fused_tail(fn.float(), residual.float()) is None              # float32
         assert fused_tail(fn, residual.contiguous()) is None                  # NCHW
     assert fused_tail(fn, residual.requires_grad_()) is None                  # training
+
+
+def test_onnx_joint_level_names_its_two_outputs(head_model, tmp_path):
+    """The exported 'joint' graph has the descriptors and the fine descriptors (no scores), as
+    the torch network computes them."""
+    import onnx
+    from nre_ros.backends import BackendConfig, load_backend
+    m = load_backend(BackendConfig(model='xfeat-ms-head', backend='onnxruntime',
+                                   precision='fp32', cache_dir=str(tmp_path)), model=head_model)
+    graph = next(tmp_path.rglob('xfeat-ms-head-joint.onnx'))
+    assert [o.name for o in onnx.load(str(graph)).graph.output] == ['descriptors',
+                                                                     'fine_descriptors']
+    image = np.random.default_rng(2).integers(0, 256, (96, 130, 3), dtype=np.uint8)
+    a, b = m.extract_joint(image), head_model.extract_joint(image)
+    assert a.keypoint_scores is None
+    torch.testing.assert_close(a.coarse, b.coarse, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(a.fine, b.fine, atol=1e-5, rtol=1e-5)

@@ -25,8 +25,8 @@ def padded_size(size: tuple[int, ...], multiple: int) -> tuple[int, ...]:
 
 class Runner(Protocol):
     """Runs one level network of a model: 'coarse' (descriptors, scores), 'fine'
-    (descriptors) or, where the model has it, 'joint' (descriptors, scores, fine descriptors
-    from one pass)."""
+    (descriptors) or, where the model has it, 'joint' (descriptors, fine descriptors from one
+    pass)."""
 
     name: str
     device: torch.device
@@ -64,29 +64,40 @@ class BackendModel:
 
     @property
     def shares_pass(self) -> bool:
-        """Whether the fine level comes out of the coarse pass (a 'joint' network): then
-        ``extract(fine=True)`` costs little more than the coarse level alone."""
+        """Whether both levels come out of one pass (a 'joint' network): then
+        ``extract_joint`` costs little more than the coarse level alone."""
         return 'joint' in self.runner.levels()
 
     def extract(self, image: np.ndarray, fine: bool | None = None) -> DenseFeatures:
-        """(H, W, 3) uint8 RGB -> DenseFeatures (float32 on ``self.device``)."""
+        """(H, W, 3) uint8 RGB -> DenseFeatures (float32 on ``self.device``), keypoint scores
+        included."""
         image = check_image(image)
         H, W = image.shape[:2]
         x = pad_image(image, self.pad_multiple, self.device, self.runner.input_dtype)
         with_fine = (self.with_fine if fine is None else fine) and self.spec.fine_stride > 0
-        joint = with_fine and self.shares_pass
         with torch.inference_mode():
-            out = self.runner('joint' if joint else 'coarse', x)
-            s, sf = self.spec.coarse_stride, self.spec.fine_stride
+            out = self.runner('coarse', x)
+            s = self.spec.coarse_stride
             coarse = cropped(out[0], H // s, W // s)
             scores = out[1][0, 0, :H, :W].float().contiguous() if len(out) > 1 else None
-            fine_map = None
-            if joint:
-                fine_map = cropped(out[2], H // sf, W // sf)
-            elif with_fine:
-                fine_map = self._fine(x, H, W)
+            fine_map = self._fine(x, H, W) if with_fine else None
         return DenseFeatures(coarse=coarse, fine=fine_map, keypoint_scores=scores,
                              image_size=(W, H))
+
+    def extract_joint(self, image: np.ndarray) -> DenseFeatures:
+        """(H, W, 3) uint8 RGB -> both descriptor levels from the 'joint' network's one pass,
+        without keypoint scores (a query's features; ``shares_pass`` models only)."""
+        if not self.shares_pass:
+            raise ValueError(f'model {self.spec.name} has no joint network on this backend')
+        image = check_image(image)
+        H, W = image.shape[:2]
+        x = pad_image(image, self.pad_multiple, self.device, self.runner.input_dtype)
+        with torch.inference_mode():
+            desc, fine_desc = self.runner('joint', x)
+            s, sf = self.spec.coarse_stride, self.spec.fine_stride
+            return DenseFeatures(coarse=cropped(desc, H // s, W // s),
+                                 fine=cropped(fine_desc, H // sf, W // sf),
+                                 keypoint_scores=None, image_size=(W, H))
 
     def extract_fine(self, image: np.ndarray) -> torch.Tensor:
         """(H, W, 3) uint8 RGB -> (C, H/fs, W/fs) fine descriptors only (no coarse pass)."""

@@ -4,7 +4,7 @@ Files: ``<dir>/<model>-<level>.onnx`` plus ``<dir>/<model>.spec.json`` (the Mode
 SHA-256 of each graph, checked before every use), written by ``export_onnx`` (``nre-ros export``). Input ``image`` (1, 3, H, W) float32 in [0, 1] with H, W
 multiples of the model's pad multiple; outputs ``descriptors`` (1, C, H/s, W/s) L2-normalized and,
 for coarse levels that have one, ``scores`` (1, 1, H, W); a 'joint' level (both levels from one
-pass) adds ``fine_descriptors``.
+pass) has ``descriptors`` and ``fine_descriptors`` (the network's ``output_names``).
 """
 from __future__ import annotations
 
@@ -31,7 +31,10 @@ def _output_names(net: nn.Module, example: torch.Tensor) -> list[str]:
     with torch.inference_mode():
         out = net(example)
     n = len(out) if isinstance(out, tuple) else 1
-    return ['descriptors', 'scores', 'fine_descriptors'][:n]
+    names = getattr(net, 'output_names', ('descriptors', 'scores', 'fine_descriptors')[:n])
+    if len(names) != n:
+        raise ValueError(f'{type(net).__name__} returns {n} outputs, names {names}')
+    return list(names)
 
 
 def export_level(net: nn.Module, path: str | Path, example_hw: tuple[int, int] = (480, 640),

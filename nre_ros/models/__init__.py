@@ -25,7 +25,8 @@ from nre_ros.errors import ConfigError
 from nre_ros.models.base import DenseFeatures, FeatureModel, ModelSpec
 
 __all__ = ['DenseFeatures', 'FeatureModel', 'ModelSpec', 'load_model', 'MODEL_NAMES',
-           'DEFAULT_MODEL', 'unloadable_reason', 'TRACKING_MODELS', 'WithTrackingLevel']
+           'DEFAULT_MODEL', 'unloadable_reason', 'TRACKING_MODELS', 'WithTrackingLevel',
+           'joint_features']
 
 # model -> the model whose fine level (computed in its coarse pass: one network pass) a map of
 # that model also stores as its tracking level (MODELS.md, "Tracking level")
@@ -86,6 +87,13 @@ def unloadable_reason(spec: ModelSpec) -> str | None:
     return None if diff is None else f'the installed {spec.name!r} differs: {diff}'
 
 
+def joint_features(model: FeatureModel, image) -> DenseFeatures:
+    """Both descriptor levels of ``image``: from one pass without keypoint scores where the
+    model has it (``extract_joint``), else ``extract(fine=True)``."""
+    extract_joint = getattr(model, 'extract_joint', None)
+    return extract_joint(image) if extract_joint is not None else model.extract(image, fine=True)
+
+
 class WithTrackingLevel:
     """A map-building model: ``model``'s levels plus ``tracking``'s fine level as the features'
     ``fine_tracking`` (the map's ``obs_fine_tracking``, described by ``tracking_spec``).
@@ -105,4 +113,4 @@ class WithTrackingLevel:
 
     def extract(self, image, fine: bool | None = None) -> DenseFeatures:
         feats = self.model.extract(image, fine=fine)
-        return replace(feats, fine_tracking=self.tracking.extract(image, fine=True).fine)
+        return replace(feats, fine_tracking=joint_features(self.tracking, image).fine)

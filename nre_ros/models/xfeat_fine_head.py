@@ -32,7 +32,7 @@ from nre_ros.models.base import (DenseFeatures, ModelSpec, check_image, load_tra
                                  save_trained_module)
 from nre_ros.models.xfeat import (FINE_INV_TEMPERATURE, INV_TEMPERATURE, NORMALIZATION, STRIDE,
                                   XFeatCoarseNet, XFeatMultiScale, instance_norm,
-                                  keypoint_scores, pad_image, xfeat_tail,
+                                  pad_image, xfeat_tail,
                                   xfeat_with_file_sha256)
 from nre_ros.models.xfeat_phase import CELL
 
@@ -191,29 +191,30 @@ class XFeatHeadFineNet(nn.Module):
 
 
 class XFeatHeadJointNet(nn.Module):
-    """(1, 3, H, W) in [0, 1] (multiples of 32) -> both levels from one XFeat pass: the coarse
-    level's outputs (L2-normalized (1, 64, H/8, W/8) descriptors, (1, 1, H, W) keypoint scores,
-    as ``XFeatCoarseNet``) and the head's L2-normalized (1, 64, H/2, W/2) fine descriptors."""
+    """(1, 3, H, W) in [0, 1] (multiples of 32) -> both descriptor levels from one XFeat pass:
+    the coarse level's L2-normalized (1, 64, H/8, W/8) descriptors (as ``XFeatCoarseNet``) and
+    the head's L2-normalized (1, 64, H/2, W/2) fine descriptors. No keypoint scores: queries
+    do not read them (map building runs the 'coarse' network, which has them)."""
 
-    descriptor_outputs = (0, 2)       # outputs a runner re-normalizes after a bf16 pass
+    descriptor_outputs = (0, 1)       # outputs a runner re-normalizes after a bf16 pass
+    output_names = ('descriptors', 'fine_descriptors')
 
     def __init__(self, coarse_net: XFeatCoarseNet, head: FineHead) -> None:
         super().__init__()
         self.coarse_net = coarse_net
         self.head = head
 
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        a = pass_activations(self.coarse_net, image)
-        scores = keypoint_scores(a['logits'])
-        fine = _head(self.head, a)
-        return F.normalize(a['feats'], dim=1), scores, fine
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        a = pass_activations(self.coarse_net, image, keypoints=False)
+        return F.normalize(a['feats'], dim=1), _head(self.head, a)
 
 
 class XFeatMultiScaleHead(XFeatMultiScale):
     """Model 'xfeat-ms-head': XFeat coarse (/8, 64-d, as 'xfeat-ms') + the trained fine head
-    on the same pass's activations (/2, 64-d). ``extract`` with the fine level runs XFeat once
-    (the 'joint' network of ``networks()``, which backends run the same way: ``shares_pass``);
-    the 'fine' network (``extract_fine``) reruns the coarse pass itself.
+    on the same pass's activations (/2, 64-d). ``extract_joint`` runs XFeat once for both
+    levels (the 'joint' network of ``networks()``, which backends run the same way:
+    ``shares_pass``), without keypoint scores; ``extract`` with the fine level runs the
+    'coarse' network (scores) and the 'fine' one (which reruns the coarse pass itself).
 
     Args:
         device: torch device.
@@ -223,7 +224,7 @@ class XFeatMultiScaleHead(XFeatMultiScale):
     """
 
     name = NAME
-    shares_pass = True     # extract(fine=True) costs one pass + the head, not two passes
+    shares_pass = True     # extract_joint costs one pass + the head, not two passes
 
     def __init__(self, device: str | torch.device = 'cpu', pretrained: bool = True,
                  weights: str | Path | None = None, with_fine: bool = True) -> None:
@@ -250,14 +251,14 @@ class XFeatMultiScaleHead(XFeatMultiScale):
         return {**super().networks(), 'joint': self.joint_net}
 
     @torch.inference_mode()
-    def extract(self, image: np.ndarray, fine: bool | None = None) -> DenseFeatures:
-        """(H, W, 3) uint8 RGB -> DenseFeatures; with the fine level, one XFeat pass for both."""
-        if not (self.with_fine if fine is None else fine):
-            return super().extract(image, fine=False)
+    def extract_joint(self, image: np.ndarray) -> DenseFeatures:
+        """(H, W, 3) uint8 RGB -> both descriptor levels from one XFeat pass (the 'joint'
+        network), without keypoint scores (what a query needs). ``extract`` with the fine
+        level runs the 'coarse' and 'fine' networks instead, for the scores a map needs."""
         image = check_image(image)
         H, W = image.shape[:2]
-        desc, scores, fine_map = self.joint_net(pad_image(image, self.pad_multiple, self.device))
+        desc, fine_map = self.joint_net(pad_image(image, self.pad_multiple, self.device))
         return DenseFeatures(
             coarse=desc[0, :, :H // STRIDE, :W // STRIDE].contiguous(),
             fine=fine_map[0, :, :H // FINE_STRIDE, :W // FINE_STRIDE].contiguous(),
-            keypoint_scores=scores[0, 0, :H, :W].contiguous(), image_size=(W, H))
+            keypoint_scores=None, image_size=(W, H))
