@@ -153,7 +153,7 @@ def fused_tail(fn: torch.Tensor, residual: torch.Tensor) -> torch.Tensor | None:
     if kernels is None:
         return None
     base = fn[0].float().permute(1, 2, 0).contiguous()                 # (h, w, C)
-    out = torch.empty(residual.shape, dtype=torch.float32).contiguous(memory_format=cl)
+    out = torch.empty(residual.shape, dtype=torch.float32, memory_format=cl)
     bits = residual[0].permute(1, 2, 0).view(torch.int16).numpy().view(np.uint16)
     compiled.threads(out.numel())
     kernels._upsampled_base_plus_residual(base.numpy(), bits, out[0].permute(1, 2, 0).numpy())
