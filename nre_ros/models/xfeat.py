@@ -221,11 +221,12 @@ def fine_stride_of(upsample: int | tuple[int, int]) -> int:
 def pad_image(image: np.ndarray, multiple: int, device: torch.device,
               dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """(H, W, 3) uint8 -> (1, 3, H', W') in [0, 1], replicate-padded right/bottom to
-    ``multiple``."""
+    ``multiple``; channels-last (the image's own layout) when no padding is needed."""
     H, W = image.shape[:2]
     x = torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1)[None]
-    x = x.to(dtype) / 255.0
-    return F.pad(x, (0, (-W) % multiple, 0, (-H) % multiple), mode='replicate')
+    x = x.to(dtype).div_(255.0)
+    pad = (0, (-W) % multiple, 0, (-H) % multiple)
+    return F.pad(x, pad, mode='replicate') if any(pad) else x
 
 
 class XFeatMultiScale:
