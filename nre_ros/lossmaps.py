@@ -281,7 +281,8 @@ def coarse_loss_maps(query_desc: Tensor, point_desc: Tensor, inv_temperature: fl
             64-d descriptors; 1.0 for NRE's raw descriptors).
         normalize: L2-normalise both descriptor sets first.
         chunk_elements: points x cells computed per matmul; the logits are written straight
-            into the output and normalised there, so no transient buffer exists at any size.
+            into the output and normalised there, so no transient buffer exists at any size
+            (in bf16, one bf16 buffer of a chunk's logits).
         matmul_dtype: torch.float32, or torch.bfloat16 for the dot products in bf16 (twice as
             fast on a CPU with bf16 units; see ``_shifted_bf16_operands``). The log-softmax runs
             in float32 either way.
