@@ -70,3 +70,26 @@ def test_rows_and_strict_json(acc):
     assert out['nre_ros_rgbd']['fr1_hard']['recall_25cm_2deg'] is None
     assert out['nre_ros']['out_of_map_cabinet_in_fr1']['median_t_m'] is None
     assert out['nre_ros']['out_of_map']['false_fix_rate'] == 0.0
+
+
+def test_megadepth_map_builds_is_cached_and_localizes_its_query(acc, megadepth_pair, tmp_path):
+    """accuracy.py's MegaDepth map (one keyframe + the pair's given 3D points, built with the
+    product's networks) is a valid map the cache keeps, and its one query lands within the
+    benchmark's threshold of the ground truth (SfM units)."""
+    from nre_ros.geometry import pose_error
+    from nre_ros.maps import load_map, validate_map
+    from nre_ros.pipeline import PipelineConfig, Relocalizer, load_configured_model
+    cfg = PipelineConfig()
+    model = load_configured_model('xfeat-ms', cfg)
+    path = acc.get_map('megadepth', tmp_path, model)
+    stamp = path.stat().st_mtime_ns
+    assert acc.get_map('megadepth', tmp_path, model) == path     # kept, not rebuilt
+    assert path.stat().st_mtime_ns == stamp
+    m = load_map(path, model.spec)
+    validate_map(m)
+    assert m.num_keyframes == 1 and m.num_points > 100 and m.kf_brightness is not None
+    (query,) = acc.queries('nre_megadepth_pair', 1, None)
+    out = Relocalizer(m, model, cfg).localize(query.image(), query.camera)
+    assert out.ok, out
+    dt, dr = pose_error(out.T_cam_world, query.T_gt)
+    assert dt < 0.25 and dr < 2.0, (dt, dr)
