@@ -237,11 +237,8 @@ def loss_maps_from_logits(logits: Tensor, ln_omega: float | None = None) -> Loss
     n, h, w = logits.shape
     if ln_omega is None:
         ln_omega = math.log(h * w + 1)
-    maps = torch.log_softmax(logits.reshape(n, h * w).float(), dim=1).reshape(n, h, w)
-    finite = _all_finite(logits)
-    minima, first = _neg_clamp_with_minima_(maps, ln_omega, finite)  # L = -ln C, truncated
-    return LossMaps(maps, float(ln_omega), (w, h)).with_minima(
-        minima, torch.stack([first % w, first // w], dim=1))
+    log_probs = torch.log_softmax(logits.reshape(n, h * w).float(), dim=1).reshape(n, h, w)
+    return _truncated(log_probs, ln_omega, _all_finite(logits))   # L = -ln C, truncated
 
 
 def _neg_clamp_(maps: Tensor, ln_omega: float) -> Tensor:
@@ -258,15 +255,20 @@ def _all_finite(x: Tensor) -> bool:
     return math.isfinite(float(x.sum()))
 
 
-def _neg_clamp_with_minima_(maps: Tensor, ln_omega: float, finite: bool) -> tuple[Tensor, Tensor]:
-    """``_neg_clamp_`` on (N, h, w) maps, returning each map's minimum (N,) and the flat index
-    (N,) int64 of its first occurrence in row-major order; one compiled pass on the CPU when
-    the maps are known ``finite`` (log-softmax rows of finite logits)."""
-    if finite and maps.is_contiguous() and maps.dtype == torch.float32 \
-            and lossmaps_numba.usable(maps):
-        return lossmaps_numba.neg_clamp_rows_(maps, ln_omega)
-    _neg_clamp_(maps, ln_omega)
-    return maps.reshape(maps.shape[0], -1).min(dim=1)
+def _truncated(log_probs: Tensor, ln_omega: float, finite: bool) -> LossMaps:
+    """Full-grid LossMaps ``min(-log_probs, ln_omega)`` of (N, h, w) float32 log-probabilities
+    (negated and truncated in place), with each map's minimum and first minimum cell in
+    row-major order found on the way: one compiled pass on the CPU when the log-probabilities
+    are known ``finite`` (log-softmax rows of finite logits)."""
+    n, h, w = log_probs.shape
+    if finite and log_probs.is_contiguous() and log_probs.dtype == torch.float32 \
+            and lossmaps_numba.usable(log_probs):
+        minima, first = lossmaps_numba.neg_clamp_rows_(log_probs, ln_omega)
+    else:
+        _neg_clamp_(log_probs, ln_omega)
+        minima, first = log_probs.reshape(n, -1).min(dim=1)
+    return LossMaps(log_probs, float(ln_omega), (w, h)).with_minima(
+        minima, torch.stack([first % w, first // w], dim=1))
 
 
 def coarse_loss_maps(query_desc: Tensor, point_desc: Tensor, inv_temperature: float,
@@ -319,10 +321,7 @@ def coarse_loss_maps(query_desc: Tensor, point_desc: Tensor, inv_temperature: fl
         else:
             torch.mm(p[s:s + step], q, out=rows)
         torch.log_softmax(rows, dim=1, out=rows)  # row-wise, in place
-    maps = maps.reshape(n, h, w)
-    minima, first = _neg_clamp_with_minima_(maps, ln_omega, finite)
-    return LossMaps(maps, ln_omega, (w, h)).with_minima(
-        minima, torch.stack([first % w, first // w], dim=1))
+    return _truncated(maps.reshape(n, h, w), ln_omega, finite)
 
 
 def _shifted_bf16_operands(p: Tensor, q: Tensor) -> tuple[Tensor, Tensor]:

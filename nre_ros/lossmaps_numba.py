@@ -15,8 +15,8 @@ from torch import Tensor
 
 from nre_ros import compiled
 
-__all__ = ['argmin_cells', 'bilinear_cost', 'neg_clamp_', 'neg_clamp_rows_', 'usable', 'warmup', 'window_logits',
-           'window_loss_maps']
+__all__ = ['argmin_cells', 'bilinear_cost', 'neg_clamp_', 'neg_clamp_rows_', 'usable', 'warmup',
+           'window_logits', 'window_loss_maps']
 
 KERNELS = 'nre_ros._lossmaps_kernels'
 _TILE = 48          # windows are visited by 48 x 48 blocks of their origins (cache locality)

@@ -17,7 +17,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from nre_ros.lossmaps import LossMaps, argmin_cells, bilinear_cost
+from nre_ros.lossmaps import LossMaps, bilinear_cost
 from nre_ros.solver import se3
 from nre_ros.solver.p3p import p3p
 
@@ -157,8 +157,7 @@ def msac(points_world: Tensor, maps: LossMaps, K: Tensor,
     flat = cmaps.reshape(-1)
     cpts = points_world[cand]
     cpts_t = cpts.T.float()                   # (3, n)
-    uv = argmin_cells(maps.maps, config.subcell_argmin, cand, maps.map_min,
-                      maps.min_cells).to(torch.float64)
+    uv = maps.argmin_uv(config.subcell_argmin, cand).to(torch.float64)
     offset = torch.arange(n_cand, device=dev) * (h * w)
     fx, fy, cx, cy = (float(v) for v in (K[0, 0], K[1, 1], K[0, 2], K[1, 2]))
     low = maps.ln_omega - config.support_margin
