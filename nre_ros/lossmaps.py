@@ -285,9 +285,9 @@ def coarse_loss_maps(query_desc: Tensor, point_desc: Tensor, inv_temperature: fl
         chunk_elements: points x cells computed per matmul; the logits are written straight
             into the output and normalised there, so no transient buffer exists at any size
             (in bf16, one bf16 buffer of a chunk's logits).
-        matmul_dtype: torch.float32, or torch.bfloat16 for the dot products in bf16 (twice as
-            fast on a CPU with bf16 units; see ``_shifted_bf16_operands``). The log-softmax runs
-            in float32 either way.
+        matmul_dtype: torch.float32, or torch.bfloat16 for the dot products in bf16 (for CPUs
+            with bf16 units; measured in docs/decisions.md; rounding: ``_shifted_bf16_operands``).
+            The log-softmax runs in float32 either way.
 
     Returns:
         LossMaps with (N, h, w) float32 maps, ln_omega = ln(h*w + 1), grid_size (w, h).
