@@ -120,6 +120,7 @@ class FineConfig:
 
 
 TRACKING_FINE_LEVELS = ('auto', 'model')
+SPREAD_GRID = (8, 6)               # image cells (columns, rows) tracking's capped points spread over
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,9 @@ class TrackingConfig:
     # from the coarse pass: one network pass; MODELS.md), else the model's; 'model' = always
     # the model's fine level
     fine_level: str = 'auto'
+    # cap on the point set around a prior, spread over the image (``spread_over_image``;
+    # 0 = retrieval.max_points): most of tracking's solver time is per point (docs/decisions.md)
+    max_points: int = 500
     # with a prior covariance: also reject results whose squared Mahalanobis distance to the
     # prior (prior + result covariance) exceeds this (chi-square, 6 dof, p = 0.999)
     max_mahalanobis_sq: float = 22.46
@@ -294,6 +298,7 @@ class Relocalizer:
         logger.debug('retrieval over %d keyframes with %s', len(self.index), self.index.backend)
         self.points_world = torch.as_tensor(np.array(map_.points_world), dtype=torch.float64,
                                             device=self.device)
+        self._points_world_np = np.asarray(map_.points_world, np.float64)
         self._kf_T_cam_world = np.asarray(map_.kf_T_cam_world, np.float64)
         self._map_T_model = map_.metadata.map_T_model or Sim3.identity()
         self._map_checked_at, self._map_change = time.monotonic(), None
@@ -568,6 +573,18 @@ class Relocalizer:
         _, first = np.unique(pts, return_index=True)
         return pts[np.sort(first)][:self.config.retrieval.max_points].astype(np.int64)
 
+    def _points_near(self, keyframes: np.ndarray, T_cam_world: np.ndarray, camera: Camera
+                     ) -> np.ndarray:
+        """Points of ``keyframes`` (``_points_of``) for a query near ``T_cam_world`` (4, 4),
+        capped at ``tracking.max_points`` by ``spread_over_image`` of their projections."""
+        pts = self._points_of(keyframes)
+        cap = self.config.tracking.max_points
+        if not cap or len(pts) <= cap:
+            return pts
+        p_cam = self._points_world_np[pts] @ T_cam_world[:3, :3].T + T_cam_world[:3, 3]
+        uv, valid = camera.project(p_cam)
+        return pts[spread_over_image(uv, valid, (camera.width, camera.height), cap)]
+
     def _descriptors(self, point_idx: np.ndarray, keyframes: np.ndarray, level: str
                      ) -> torch.Tensor:
         """(N, C) descriptors of ``point_idx``, taken from the best-ranked keyframe seeing each."""
@@ -806,7 +823,7 @@ class Relocalizer:
         nearest = nearest_keyframes(kf, T_init)[:n_kf]
         c = replace(self._candidate(prep, timings, fine=self.config.tracking.fine,
                                     tracking_level=self.tracking_model is not None),
-                    keyframes=nearest, point_idx=self._points_of(nearest))
+                    keyframes=nearest, point_idx=self._points_near(nearest, T_init, prep.camera))
         if len(c.point_idx) < self.config.solver.min_points:
             return Failure('too_few_points', 'no map points near the prior', timings)
         c = self._coarse_maps(c, timings)
@@ -844,6 +861,24 @@ class Relocalizer:
         support = None if out.support is None else replace(out.support, point_idx=c.point_idx)
         return replace(out, T_cam_world=T, covariance=cov, timings_ms=timings, info=info,
                        support=support)
+
+
+def spread_over_image(uv: np.ndarray, valid: np.ndarray, size: tuple[int, int], cap: int,
+                      grid: tuple[int, int] = SPREAD_GRID) -> np.ndarray:
+    """Indices (sorted, at most ``cap``) of points at pixels ``uv`` (N, 2) in an image of
+    ``size`` (W, H), taken round-robin over the cells of a ``grid`` (columns, rows): every
+    cell's first point (in the given order) before any cell's second; points not ``valid``
+    (N,) bool (off the image or behind the camera) after all the others."""
+    n = len(uv)
+    gx, gy = grid
+    col = np.clip(uv[:, 0] * gx / size[0], 0, gx - 1).astype(np.int64)
+    row = np.clip(uv[:, 1] * gy / size[1], 0, gy - 1).astype(np.int64)
+    cell = np.where(valid, row * gx + col, gx * gy)
+    order = np.argsort(cell, kind='stable')
+    rank = np.empty(n, np.int64)
+    rank[order] = np.arange(n) - np.searchsorted(cell[order], cell[order])
+    rank = np.where(valid, rank, n)
+    return np.sort(np.argsort(rank, kind='stable')[:cap])
 
 
 def quarter_turns_to(T_kf_world: np.ndarray, T_cam_world: np.ndarray,

@@ -56,6 +56,21 @@ def test_tracking_from_a_prior(reloc, queries):
     assert out.ok and out.info['mode'] == 'tracking'
     assert 'msac' not in out.timings_ms
     assert pose_error(out.T_cam_world, T_gt)[0] < 0.10
+    assert out.info['points'] == reloc.config.tracking.max_points   # the demo map has more
+
+
+def test_tracking_without_a_point_cap_uses_every_point_of_its_keyframes(queries):
+    from dataclasses import replace
+    from nre_ros.paths import shared_file
+    cfg = PipelineConfig()
+    uncapped = Relocalizer.from_config(shared_file('maps/demo/fr1_rpy.nremap'),
+                                       replace(cfg, tracking=replace(cfg.tracking, max_points=0)))
+    frame = queries.frames[1]
+    T_gt = invert(frame.T_world_cam)
+    out = uncapped.localize(queries.load_rgb(frame), queries.camera, prior=Prior(T_gt))
+    assert out.ok and out.info['mode'] == 'tracking'
+    assert out.info['points'] > 2 * cfg.tracking.max_points
+    assert pose_error(out.T_cam_world, T_gt)[0] < 0.10
 
 
 def test_out_of_map_image_is_a_failure(reloc, cabinet):
