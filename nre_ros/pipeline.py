@@ -30,7 +30,7 @@ from nre_ros.errors import (BackendUnavailable, ConfigError, InputError, MapForm
 from nre_ros.geometry import Sim3, is_rigid, pose_error, se3_log
 from nre_ros.lossmaps import LossMaps, coarse_loss_maps, fine_loss_maps
 from nre_ros.maps import Map, RetrievalIndex, global_descriptor, load_map
-from nre_ros.maps.retrieval import nearest_keyframes
+from nre_ros.maps.retrieval import nearest_keyframes, spread_over_image
 from nre_ros.models import TRACKING_MODELS, FeatureModel, joint_features, load_model
 from nre_ros.preprocess import (PreparedImage, check_prepared_size, check_prior_pose,
                                 denoise, match_brightness, match_focal, prepare, rotated)
@@ -120,7 +120,6 @@ class FineConfig:
 
 
 TRACKING_FINE_LEVELS = ('auto', 'model')
-SPREAD_GRID = (8, 6)               # image cells (columns, rows) tracking's capped points spread over
 
 
 @dataclass(frozen=True)
@@ -861,24 +860,6 @@ class Relocalizer:
         support = None if out.support is None else replace(out.support, point_idx=c.point_idx)
         return replace(out, T_cam_world=T, covariance=cov, timings_ms=timings, info=info,
                        support=support)
-
-
-def spread_over_image(uv: np.ndarray, valid: np.ndarray, size: tuple[int, int], cap: int,
-                      grid: tuple[int, int] = SPREAD_GRID) -> np.ndarray:
-    """Indices (sorted, at most ``cap``) of points at pixels ``uv`` (N, 2) in an image of
-    ``size`` (W, H), taken round-robin over the cells of a ``grid`` (columns, rows): every
-    cell's first point (in the given order) before any cell's second; points not ``valid``
-    (N,) bool (off the image or behind the camera) after all the others."""
-    n = len(uv)
-    gx, gy = grid
-    col = np.clip(uv[:, 0] * gx / size[0], 0, gx - 1).astype(np.int64)
-    row = np.clip(uv[:, 1] * gy / size[1], 0, gy - 1).astype(np.int64)
-    cell = np.where(valid, row * gx + col, gx * gy)
-    order = np.argsort(cell, kind='stable')
-    rank = np.empty(n, np.int64)
-    rank[order] = np.arange(n) - np.searchsorted(cell[order], cell[order])
-    rank = np.where(valid, rank, n)
-    return np.sort(np.argsort(rank, kind='stable')[:cap])
 
 
 def quarter_turns_to(T_kf_world: np.ndarray, T_cam_world: np.ndarray,

@@ -1,7 +1,7 @@
 """Tracking's capped point set: spread over the image, not the first points of a dense corner."""
 import numpy as np
 
-from nre_ros.pipeline import SPREAD_GRID, spread_over_image
+from nre_ros.maps.retrieval import SPREAD_GRID, spread_over_image
 
 SIZE = (640, 480)
 

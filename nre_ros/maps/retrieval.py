@@ -1,4 +1,6 @@
-"""Top-k image retrieval over keyframe global descriptors (numpy; FAISS optional, same API)."""
+"""What a query is matched against: top-k image retrieval over keyframe global descriptors
+(numpy; FAISS optional, same API), the keyframes nearest to a pose, and a point set spread
+over the image."""
 from __future__ import annotations
 
 import logging
@@ -14,6 +16,7 @@ BACKENDS = ('auto', 'numpy', 'faiss')
 # Up to this many queries the numpy backend scores with einsum instead of BLAS: a threaded
 # BLAS product waits for its worker threads, milliseconds on a busy CPU (docs/decisions.md)
 SMALL_BATCH = 16
+SPREAD_GRID = (8, 6)     # image cells (columns, rows) that ``spread_over_image`` spreads over
 
 
 class RetrievalIndex:
@@ -100,3 +103,21 @@ def nearest_keyframes(kf_T_cam_world: np.ndarray, T_cam_world: np.ndarray,
     centre = -T[:3, :3].T @ T[:3, 3]
     dist = angle + np.linalg.norm(centres - centre, axis=1) / metres_per_degree
     return np.argsort(dist, kind='stable')
+
+
+def spread_over_image(uv: np.ndarray, valid: np.ndarray, size: tuple[int, int], cap: int,
+                      grid: tuple[int, int] = SPREAD_GRID) -> np.ndarray:
+    """Indices (sorted, at most ``cap``) of points at pixels ``uv`` (N, 2) in an image of
+    ``size`` (W, H), taken round-robin over the cells of a ``grid`` (columns, rows): every
+    cell's first point (in the given order) before any cell's second; points not ``valid``
+    (N,) bool (off the image or behind the camera) after all the others."""
+    n = len(uv)
+    gx, gy = grid
+    col = np.clip(uv[:, 0] * gx / size[0], 0, gx - 1).astype(np.int64)
+    row = np.clip(uv[:, 1] * gy / size[1], 0, gy - 1).astype(np.int64)
+    cell = np.where(valid, row * gx + col, gx * gy)
+    order = np.argsort(cell, kind='stable')
+    rank = np.empty(n, np.int64)
+    rank[order] = np.arange(n) - np.searchsorted(cell[order], cell[order])
+    rank = np.where(valid, rank, n)
+    return np.sort(np.argsort(rank, kind='stable')[:cap])
