@@ -297,7 +297,6 @@ class Relocalizer:
         logger.debug('retrieval over %d keyframes with %s', len(self.index), self.index.backend)
         self.points_world = torch.as_tensor(np.array(map_.points_world), dtype=torch.float64,
                                             device=self.device)
-        self._points_world_np = np.asarray(map_.points_world, np.float64)
         self._kf_T_cam_world = np.asarray(map_.kf_T_cam_world, np.float64)
         self._map_T_model = map_.metadata.map_T_model or Sim3.identity()
         self._map_checked_at, self._map_change = time.monotonic(), None
@@ -580,7 +579,8 @@ class Relocalizer:
         cap = self.config.tracking.max_points
         if not cap or len(pts) <= cap:
             return pts
-        p_cam = self._points_world_np[pts] @ T_cam_world[:3, :3].T + T_cam_world[:3, 3]
+        points = np.asarray(self.map.points_world[pts], np.float64)
+        p_cam = points @ T_cam_world[:3, :3].T + T_cam_world[:3, 3]
         uv, valid = camera.project(p_cam)
         return pts[spread_over_image(uv, valid, (camera.width, camera.height), cap)]
 
