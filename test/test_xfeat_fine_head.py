@@ -184,6 +184,23 @@ def test_backend_joint_level_gives_both_levels_of_the_separate_networks(head_mod
     assert plain.keypoint_scores is None and plain.fine.shape == joint.fine.shape
 
 
+def test_joint_features_of_a_backend_model_without_a_joint_network_runs_both_networks():
+    """A backend model whose levels do not share a pass (xfeat-ms: the fine level is its own
+    network on the x4 image) still has ``extract_joint``, which refuses; ``joint_features``
+    gives it both levels from ``extract(fine=True)`` instead."""
+    from nre_ros.backends import BackendConfig, load_backend
+    from nre_ros.models import joint_features
+    m = load_backend(BackendConfig(model='xfeat-ms', backend='torch', precision='fp32'))
+    assert not m.shares_pass
+    image = np.random.default_rng(2).integers(0, 256, (64, 96, 3), dtype=np.uint8)
+    with pytest.raises(ValueError, match='no joint network'):
+        m.extract_joint(image)
+    both, full = joint_features(m, image), m.extract(image, fine=True)
+    assert both.fine is not None and both.fine.shape == full.fine.shape
+    torch.testing.assert_close(both.coarse, full.coarse, atol=0, rtol=0)
+    torch.testing.assert_close(both.fine, full.fine, atol=0, rtol=0)
+
+
 def test_tracking_level_needs_the_same_coarse_level_and_a_fine_level(head_model):
     """WithTrackingLevel pairs a map's model with a model that shares its coarse level."""
     from nre_ros.errors import ConfigError

@@ -89,9 +89,10 @@ def unloadable_reason(spec: ModelSpec) -> str | None:
 
 def joint_features(model: FeatureModel, image) -> DenseFeatures:
     """Both descriptor levels of ``image``: from one pass without keypoint scores where the
-    model has it (``extract_joint``), else ``extract(fine=True)``."""
-    extract_joint = getattr(model, 'extract_joint', None)
-    return extract_joint(image) if extract_joint is not None else model.extract(image, fine=True)
+    model's levels share it (``shares_pass``: ``extract_joint``), else ``extract(fine=True)``."""
+    if getattr(model, 'shares_pass', False):
+        return model.extract_joint(image)
+    return model.extract(image, fine=True)
 
 
 class WithTrackingLevel:
