@@ -143,6 +143,9 @@ class TrackingConfig:
         if self.fine_level not in TRACKING_FINE_LEVELS:
             raise ConfigError(f'pipeline.tracking.fine_level must be one of '
                               f'{list(TRACKING_FINE_LEVELS)}, got {self.fine_level!r}')
+        if self.max_points < 0:
+            raise ConfigError('pipeline.tracking.max_points must be >= 0 (0 = no cap), got '
+                              f'{self.max_points}')
 
 
 @dataclass(frozen=True)

@@ -105,6 +105,11 @@ def test_pipeline_yaml_is_the_default_and_strict(tmp_path):
     (tmp_path / 'bad.yaml').write_text('pipeline:\n  retrieval:\n    top_kk: 3\n')
     with pytest.raises(ConfigError, match='top_kk'):
         PipelineConfig.from_yaml(tmp_path / 'bad.yaml')
+    for bad, message in (('-5', r'max_points must be >= 0 \(0 = no cap\), got -5'),
+                         ('2.5', 'max_points: expected int, got 2.5')):
+        (tmp_path / 'cap.yaml').write_text(f'pipeline:\n  tracking:\n    max_points: {bad}\n')
+        with pytest.raises(ConfigError, match=message):
+            PipelineConfig.from_yaml(tmp_path / 'cap.yaml')
 
 
 def test_onnxruntime_backend_localizes_like_torch(queries, tmp_path, monkeypatch):
